@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` (main job) and `make test` (the test suite).
+VENV ?= .venv
+BIN := $(VENV)/bin
+LAB := $(BIN)/spiderpool-lab
+NODES ?= 2
+
+.PHONY: demo test lint lab-build down clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+## demo: build (or reuse) the lab, bring it up with $(NODES) nodes and show it
+demo: $(VENV)/.installed
+	$(LAB) build
+	$(LAB) up --nodes $(NODES)
+	$(LAB) status
+
+## test: lint, type-check, build the lab if needed, run the whole suite against it
+test: lint lab-build
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src
+
+lab-build: $(VENV)/.installed
+	$(LAB) build
+
+## down: stop the lab and remove everything it created
+down: $(VENV)/.installed
+	$(LAB) down

@@ -1,0 +1,257 @@
+"""Build the upstream programs the lab runs, from their published Go modules.
+
+Each component is a small Go module of ours under ``lab/go/<dir>`` whose ``go.mod``/``go.sum`` pin
+the upstream module (those files are the lock of what we build). A component is built once per
+version into the cache; a later build with the same inputs is a no-op. If the pinned version does
+not build, the neighbouring versions are tried in order and the one that built is recorded in
+``build.lock.json`` in the cache, with the exact error of each failed attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spiderpool.lab import paths
+from spiderpool.lab.progress import say, step
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    #: folder under lab/go holding our pinning module
+    module_dir: str
+    #: the upstream module whose version we pin
+    module: str
+    #: pinned version first, then neighbours to try if it does not build
+    versions: tuple[str, ...]
+    #: binary name -> Go package that builds it
+    binaries: dict[str, str] = field(default_factory=dict)
+    #: k8s.io/kubernetes needs every k8s.io/* staging module replaced by its published v0.x twin
+    staging_replace: bool = False
+
+
+K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl")
+CNI_PLUGINS = {
+    "macvlan": "plugins/main/macvlan",
+    "bridge": "plugins/main/bridge",
+    "ptp": "plugins/main/ptp",
+    "loopback": "plugins/main/loopback",
+    "host-local": "plugins/ipam/host-local",
+    "static": "plugins/ipam/static",
+    "tuning": "plugins/meta/tuning",
+}
+
+COMPONENTS: tuple[Component, ...] = (
+    Component(
+        name="etcd",
+        module_dir="etcd",
+        module="go.etcd.io/etcd/server/v3",
+        versions=("v3.6.16", "v3.6.15", "v3.6.8"),
+        binaries={"etcd": "go.etcd.io/etcd/server/v3"},
+    ),
+    Component(
+        name="kubernetes",
+        module_dir="k8s",
+        module="k8s.io/kubernetes",
+        versions=("v1.37.2", "v1.36.3", "v1.35.4"),
+        binaries={b: f"k8s.io/kubernetes/cmd/{b}" for b in K8S_BINARIES},
+        staging_replace=True,
+    ),
+    Component(
+        name="cni-plugins",
+        module_dir="cni",
+        module="github.com/containernetworking/plugins",
+        versions=("v1.10.0", "v1.9.1", "v1.9.0"),
+        binaries={b: f"github.com/containernetworking/plugins/{p}" for b, p in CNI_PLUGINS.items()},
+    ),
+    Component(
+        name="multus",
+        module_dir="multus",
+        module="gopkg.in/k8snetworkplumbingwg/multus-cni.v4",
+        versions=("v4.3.0", "v4.2.4", "v4.2.3"),
+        binaries={"multus": "gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus"},
+    ),
+    Component(
+        name="helm",
+        module_dir="helm",
+        module="helm.sh/helm/v3",
+        versions=("v3.22.0", "v3.21.4", "v3.20.2"),
+        binaries={"helm": "helm.sh/helm/v3/cmd/helm"},
+    ),
+)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GOTOOLCHAIN", "local")
+    env["CGO_ENABLED"] = "0"
+    env["GOFLAGS"] = (env.get("GOFLAGS", "") + " -trimpath -mod=mod").strip()
+    return env
+
+
+def go_version() -> str:
+    try:
+        out = subprocess.run(["go", "version"], check=True, capture_output=True, text=True).stdout
+    except FileNotFoundError as exc:
+        raise BuildError("the Go toolchain ('go') is not on PATH; the lab builds upstream from source") from exc
+    return out.strip()
+
+
+def _run_go(args: list[str], cwd: Path, log: Path) -> None:
+    with log.open("a") as fh:
+        fh.write(f"\n$ go {' '.join(args)}\n")
+        fh.flush()
+        proc = subprocess.run(["go", *args], cwd=cwd, env=_go_env(), stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        raise BuildError(f"go {' '.join(args[:2])} failed in {cwd.name}:\n" + "\n".join(tail))
+
+
+def _fingerprint(src: Path, version: str, gover: str) -> str:
+    h = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "tools.go"):
+        p = src / name
+        if p.exists():
+            h.update(p.read_bytes())
+    h.update(version.encode())
+    h.update(gover.encode())
+    return h.hexdigest()[:16]
+
+
+def _default_binary_name(pkg: str) -> str:
+    parts = pkg.split("/")
+    last = parts[-1]
+    if re.fullmatch(r"v\d+", last):
+        return parts[-2]
+    return last
+
+
+def _prepare_workdir(comp: Component, version: str, work: Path) -> None:
+    src = paths.repo_root() / "lab" / "go" / comp.module_dir
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(src, work)
+    pinned = comp.versions[0]
+    if version == pinned:
+        return
+    log = work / "build.log"
+    # A neighbouring version: move the requirement (and the staging replaces) and let Go resolve.
+    _run_go(["get", f"{comp.module}@{version}"], work, log)
+    if comp.staging_replace:
+        staging = "v0." + version.removeprefix("v1.")
+        gomod = (work / "go.mod").read_text()
+        for mod in sorted(set(re.findall(r"^\s*(k8s\.io/[\w.-]+) => ", gomod, flags=re.M))):
+            _run_go(["mod", "edit", f"-replace={mod}={mod}@{staging}"], work, log)
+    _run_go(["mod", "tidy"], work, log)
+
+
+def _build_version(comp: Component, version: str, gover: str) -> Path:
+    cache = paths.cache_dir()
+    out = cache / "bin" / comp.name / version
+    stamp = out / ".built.json"
+    src = paths.repo_root() / "lab" / "go" / comp.module_dir
+    fp = _fingerprint(src, version, gover)
+    if stamp.exists():
+        try:
+            if json.loads(stamp.read_text()).get("fingerprint") == fp and all(
+                (out / b).exists() for b in comp.binaries
+            ):
+                return out
+        except (ValueError, OSError):
+            pass
+    work = cache / "work" / f"{comp.name}-{version}"
+    _prepare_workdir(comp, version, work)
+    log = work / "build.log"
+    tmp_out = work / "out"
+    tmp_out.mkdir(exist_ok=True)
+    _run_go(["build", "-ldflags=-s -w", "-o", str(tmp_out) + "/", *comp.binaries.values()], work, log)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name, pkg in comp.binaries.items():
+        shutil.move(str(tmp_out / _default_binary_name(pkg)), out / name)
+    stamp.write_text(
+        json.dumps({"fingerprint": fp, "module": comp.module, "version": version, "go": gover, "built": time.time()})
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def lock_path() -> Path:
+    return paths.cache_dir() / "build.lock.json"
+
+
+def read_lock() -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(lock_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_all(*, only: list[str] | None = None) -> dict[str, dict[str, object]]:
+    """Build every component (or those named), returning the lock written to the cache."""
+    gover = go_version()
+    say(f"toolchain: {gover}; cache: {paths.cache_dir()}")
+    lock = read_lock()
+    wanted = [c for c in COMPONENTS if not only or c.name in only]
+    unknown = set(only or []) - {c.name for c in COMPONENTS}
+    if unknown:
+        raise BuildError(f"unknown component(s) {sorted(unknown)}; known: {[c.name for c in COMPONENTS]}")
+    failures: list[str] = []
+    for i, comp in enumerate(wanted, 1):
+        errors: dict[str, str] = {}
+        for version in comp.versions:
+            label = f"[{i}/{len(wanted)}] {comp.name} {version} ({', '.join(comp.binaries)})"
+            try:
+                with step(label):
+                    out = _build_version(comp, version, gover)
+            except BuildError as exc:
+                errors[version] = str(exc)
+                say(f"{comp.name} {version} did not build; trying the next version")
+                continue
+            lock[comp.name] = {
+                "module": comp.module,
+                "version": version,
+                "go": gover,
+                "dir": str(out),
+                "binaries": sorted(comp.binaries),
+                "failed_versions": errors,
+            }
+            break
+        else:
+            failures.append(comp.name)
+            lock[comp.name] = {"module": comp.module, "version": None, "failed_versions": errors}
+        lock_path().parent.mkdir(parents=True, exist_ok=True)
+        lock_path().write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    if failures:
+        raise BuildError(f"could not build {failures}; errors are in {lock_path()}")
+    return lock
+
+
+def binary(name: str) -> Path:
+    """Path of a built binary, e.g. ``binary("kube-apiserver")``."""
+    for entry in read_lock().values():
+        bins = entry.get("binaries")
+        if isinstance(bins, list) and name in bins and entry.get("dir"):
+            path = Path(str(entry["dir"])) / name
+            if path.exists():
+                return path
+    raise BuildError(f"{name} is not built yet: run 'spiderpool-lab build'")
+
+
+def cni_bin_dir() -> Path:
+    """Folder with the reference CNI plugins."""
+    return binary("macvlan").parent

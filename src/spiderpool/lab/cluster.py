@@ -1,0 +1,624 @@
+"""The lab cluster: control plane on loopback, nodes as network namespaces.
+
+``Lab.up()`` is idempotent: it starts whatever is missing and returns once the cluster is ready
+(control plane healthy, every node Ready, the default ServiceAccount present). ``Lab.down()``
+stops every process carrying the lab's mark and deletes every namespace with the lab's prefix.
+
+Where things run:
+- etcd, kube-apiserver, kube-controller-manager and kube-scheduler run in the root namespace and
+  listen on 127.0.0.1 only;
+- per node, a forwarder (root namespace) listens on 127.0.0.1:<apiserver port> *inside* the node
+  namespace and relays to the apiserver, so one kubeconfig works everywhere;
+- per node, the node agent (kubelet and runtime stand-in) runs inside the node namespace, as do
+  the CNI plugins it executes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spiderpool.lab import build, netns, paths, pki, procs, topology
+from spiderpool.lab.progress import say, step
+
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    index: int
+    netns: str
+    dir: Path
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.dir / "etc" / "cni" / "net.d"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        return self.dir / "opt" / "cni" / "bin"
+
+    @property
+    def var_lib_cni(self) -> Path:
+        return self.dir / "var" / "lib" / "cni"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.dir / "sandboxes"
+
+    @property
+    def ip4(self) -> str:
+        return topology.UNDERLAYS[0].node_ip4(self.index)
+
+    @property
+    def ip6(self) -> str:
+        return topology.UNDERLAYS[0].node_ip6(self.index)
+
+
+class Lab:
+    """One lab instance, identified by its directory and namespace prefix."""
+
+    def __init__(self, directory: Path | None = None, prefix: str | None = None) -> None:
+        self.dir = directory or paths.lab_dir()
+        self.prefix = prefix or paths.netns_prefix()
+        self.logs = self.dir / "logs"
+        self.pki = pki.Pki(self.dir / "pki")
+        self.state_file = self.dir / "state.json"
+
+    # ----------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        tmp.replace(self.state_file)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "admin.kubeconfig"
+
+    def node(self, name: str) -> NodeInfo:
+        index = int(name.removeprefix("node"))
+        return NodeInfo(name, index, topology.node_netns(self.prefix, name), self.dir / "nodes" / name)
+
+    def nodes(self) -> list[NodeInfo]:
+        return [self.node(n) for n in self.state().get("nodes", [])]
+
+    def env(self) -> dict[str, str]:
+        """Variables to use the lab from another shell."""
+        bins = [str(build.binary("kubectl").parent), str(build.binary("helm").parent)]
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": os.pathsep.join([*bins, os.environ.get("PATH", "")]),
+            paths.LAB_DIR_ENV: str(self.dir),
+            paths.PREFIX_ENV: self.prefix,
+        }
+
+    # -------------------------------------------------------------- helpers
+    def _client_ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.client_cert("admin")), str(self.pki.client_key("admin")))
+        return ctx
+
+    def _https_ok(self, port: int, path: str) -> bool:
+        try:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=self._client_ssl(), timeout=3)
+            conn.request("GET", path)
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except (OSError, ssl.SSLError, http.client.HTTPException):
+            return False
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A small admin request to the apiserver (used by lab tooling, not by the product)."""
+        port = int(self.state()["ports"]["apiserver"])
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=self._client_ssl(), timeout=10)
+        payload = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        conn.request(method, path, body=payload, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        conn.close()
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, raw.decode(errors="replace")
+
+    def _write_kubeconfig(self, path: Path, identity: str, port: int) -> None:
+        user = f"lab-{identity}"
+        conf = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "lab",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{port}",
+                        "certificate-authority": str(self.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate": str(self.pki.client_cert(identity)),
+                        "client-key": str(self.pki.client_key(identity)),
+                    },
+                }
+            ],
+            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": user}}],
+            "current-context": "lab",
+        }
+        path.write_text(yaml.safe_dump(conf))
+
+    def _start(self, state: dict[str, Any], key: str, argv: list[str], *, netns_name: str | None = None) -> None:
+        log = self.logs / f"{key.replace('/', '-')}.log"
+        pid = procs.start(argv, lab_id=state["lab_id"], log=log, netns=netns_name)
+        state.setdefault("procs", {})[key] = pid
+        self._save(state)
+
+    def _running(self, state: dict[str, Any], key: str) -> bool:
+        return procs.alive(state.get("procs", {}).get(key))
+
+    def _log(self, key: str) -> Path:
+        return self.logs / f"{key.replace('/', '-')}.log"
+
+    def _wait(self, key: str, condition: Any, what: str, timeout: float = 120) -> None:
+        def check() -> bool:
+            if not self._running(self.state(), key):
+                raise LabError(f"{key} exited while starting\n{procs.tail(self._log(key))}")
+            return bool(condition())
+
+        procs.wait_for(check, timeout=timeout, what=what, detail=lambda: procs.tail(self._log(key)))
+
+    # ------------------------------------------------------------------- up
+    def up(self, *, nodes: int = 2, cni: str = "macvlan") -> None:
+        """Bring the lab up (idempotent) with exactly ``nodes`` nodes."""
+        if os.geteuid() != 0:
+            raise LabError("the lab creates network namespaces and must run as root")
+        for tool in ("ip", "nsenter", "sysctl"):
+            if shutil.which(tool) is None:
+                raise LabError(f"'{tool}' is missing; install iproute2, util-linux and procps")
+        leaks = topology.root_routes_to_lab()
+        if leaks:
+            raise LabError(f"refusing to start: the root namespace routes lab subnets: {leaks}")
+        state = self.state()
+        if not state.get("lab_id"):
+            state = {"lab_id": secrets.token_hex(6), "procs": {}, "nodes": []}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        self._save(state)
+        with step("control plane"):
+            self._up_control_plane(state)
+        with step(f"fabric and {nodes} node(s)"):
+            self._up_nodes(state, nodes, cni)
+        with step("cluster ready"):
+            self._wait_ready(nodes)
+        leaks = topology.root_routes_to_lab()
+        if leaks:
+            raise LabError(f"the root namespace routes lab subnets: {leaks}")
+
+    def _up_control_plane(self, state: dict[str, Any]) -> None:
+        ports = state.setdefault("ports", {})
+        for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler"):
+            owner = {
+                "etcd": "etcd",
+                "etcd_peer": "etcd",
+                "apiserver": "kube-apiserver",
+                "controller_manager": "kube-controller-manager",
+                "scheduler": "kube-scheduler",
+            }[name]
+            if name not in ports or (not self._running(state, owner) and not _port_free(int(ports[name]))):
+                ports[name] = _free_port()
+        self._save(state)
+        self.pki.dir.mkdir(parents=True, exist_ok=True)
+        pki.create(self.pki.dir, service_ip=topology.SERVICE_IP)
+        api = int(ports["apiserver"])
+        for identity in ("admin", "controller-manager", "scheduler", "kube-proxy"):
+            self._write_kubeconfig(self.dir / f"{identity}.kubeconfig", identity, api)
+
+        if not self._running(state, "etcd"):
+            ec, ep = ports["etcd"], ports["etcd_peer"]
+            self._start(
+                state,
+                "etcd",
+                [
+                    str(build.binary("etcd")),
+                    "--name=lab",
+                    f"--data-dir={self.dir / 'etcd'}",
+                    f"--listen-client-urls=http://127.0.0.1:{ec}",
+                    f"--advertise-client-urls=http://127.0.0.1:{ec}",
+                    f"--listen-peer-urls=http://127.0.0.1:{ep}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{ep}",
+                    f"--initial-cluster=lab=http://127.0.0.1:{ep}",
+                    "--unsafe-no-fsync",  # a throwaway lab: trade durability for speed
+                    "--log-level=warn",
+                ],
+            )
+        self._wait("etcd", lambda: self._etcd_healthy(int(ports["etcd"])), "etcd health")
+
+        if not self._running(state, "kube-apiserver"):
+            p = self.pki
+            self._start(
+                state,
+                "kube-apiserver",
+                [
+                    str(build.binary("kube-apiserver")),
+                    f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={api}",
+                    f"--tls-cert-file={p.apiserver_cert}",
+                    f"--tls-private-key-file={p.apiserver_key}",
+                    f"--client-ca-file={p.ca_cert}",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    f"--service-account-key-file={p.sa_pub}",
+                    f"--service-account-signing-key-file={p.sa_key}",
+                    f"--service-cluster-ip-range={topology.SERVICE_CIDR}",
+                    "--authorization-mode=Node,RBAC",
+                    "--allow-privileged=true",
+                    "--profiling=false",
+                ],
+            )
+        self._wait("kube-apiserver", lambda: self._https_ok(api, "/readyz"), "kube-apiserver /readyz")
+
+        common = [
+            "--bind-address=127.0.0.1",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+        if not self._running(state, "kube-controller-manager"):
+            kc = str(self.dir / "controller-manager.kubeconfig")
+            self._start(
+                state,
+                "kube-controller-manager",
+                [
+                    str(build.binary("kube-controller-manager")),
+                    f"--kubeconfig={kc}",
+                    f"--authentication-kubeconfig={kc}",
+                    f"--authorization-kubeconfig={kc}",
+                    f"--secure-port={ports['controller_manager']}",
+                    f"--service-account-private-key-file={self.pki.sa_key}",
+                    f"--root-ca-file={self.pki.ca_cert}",
+                    f"--cluster-signing-cert-file={self.pki.ca_cert}",
+                    f"--cluster-signing-key-file={self.pki.ca_key}",
+                    "--use-service-account-credentials=true",
+                    f"--service-cluster-ip-range={topology.SERVICE_CIDR}",
+                    "--controllers=*",
+                    *common,
+                ],
+            )
+        if not self._running(state, "kube-scheduler"):
+            ks = str(self.dir / "scheduler.kubeconfig")
+            self._start(
+                state,
+                "kube-scheduler",
+                [
+                    str(build.binary("kube-scheduler")),
+                    f"--kubeconfig={ks}",
+                    f"--authentication-kubeconfig={ks}",
+                    f"--authorization-kubeconfig={ks}",
+                    f"--secure-port={ports['scheduler']}",
+                    *common,
+                ],
+            )
+        self._wait(
+            "kube-controller-manager",
+            lambda: self._https_ok(int(ports["controller_manager"]), "/healthz"),
+            "kube-controller-manager /healthz",
+        )
+        self._wait(
+            "kube-scheduler", lambda: self._https_ok(int(ports["scheduler"]), "/healthz"), "kube-scheduler /healthz"
+        )
+
+    @staticmethod
+    def _etcd_healthy(port: int) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+            conn.request("GET", "/health")
+            body = conn.getresponse().read()
+            conn.close()
+        except (OSError, http.client.HTTPException):
+            return False
+        return b'"health":"true"' in body
+
+    def _up_nodes(self, state: dict[str, Any], count: int, cni: str) -> None:
+        topology.ensure_switch(self.prefix)
+        wanted = [topology.node_name(i) for i in range(1, count + 1)]
+        for name in [n for n in state.get("nodes", []) if n not in wanted]:
+            self._remove_node(state, name)
+        api = int(state["ports"]["apiserver"])
+        for name in wanted:
+            node = self.node(name)
+            topology.ensure_node(self.prefix, node.index)
+            self._prepare_node_dirs(node, state, cni)
+            if name not in state["nodes"]:
+                state["nodes"].append(name)
+                self._save(state)
+            fwd = f"forwarder/{name}"
+            if not self._running(state, fwd):
+                self._start(
+                    state,
+                    fwd,
+                    [
+                        sys.executable,
+                        "-m",
+                        "spiderpool.lab.forward",
+                        f"--netns={node.netns}",
+                        f"--port={api}",
+                    ],
+                )
+            agent = f"node/{name}"
+            if not self._running(state, agent):
+                self._start(
+                    state,
+                    agent,
+                    [
+                        sys.executable,
+                        "-m",
+                        "spiderpool.lab.node",
+                        str(node.dir / "node.json"),
+                    ],
+                    netns_name=node.netns,
+                )
+
+    def _prepare_node_dirs(self, node: NodeInfo, state: dict[str, Any], cni: str) -> None:
+        for d in (node.cni_conf_dir, node.cni_bin_dir, node.var_lib_cni, node.sandboxes_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        # The reference plugins are "installed" on every node, as a node image would ship them.
+        for plugin in build.cni_bin_dir().iterdir():
+            if plugin.name.startswith("."):
+                continue
+            link = node.cni_bin_dir / plugin.name
+            if not link.exists():
+                link.symlink_to(plugin)
+        multus = build.binary("multus")
+        if not (node.cni_bin_dir / "multus").exists():
+            (node.cni_bin_dir / "multus").symlink_to(multus)
+        conf = {
+            "name": node.name,
+            "index": node.index,
+            "netns": node.netns,
+            "prefix": self.prefix,
+            "lab_id": state["lab_id"],
+            "kubeconfig": str(self.kubeconfig),
+            "ip4": node.ip4,
+            "ip6": node.ip6,
+            "cni_conf_dir": str(node.cni_conf_dir),
+            "cni_bin_dir": str(node.cni_bin_dir),
+            "cni_cache_dir": str(node.var_lib_cni),
+            "sandboxes_dir": str(node.sandboxes_dir),
+            "log_dir": str(self.logs),
+        }
+        (node.dir / "node.json").write_text(json.dumps(conf, indent=2))
+        if cni == "macvlan" and not any(node.cni_conf_dir.iterdir()):
+            self.write_cni_config(node.name, "10-lab-macvlan.conflist", self.macvlan_conflist(node.name))
+
+    def _remove_node(self, state: dict[str, Any], name: str) -> None:
+        for key in (f"node/{name}", f"forwarder/{name}"):
+            pid = state.get("procs", {}).pop(key, None)
+            if pid:
+                procs.stop([pid])
+        node = self.node(name)
+        for sandbox in node.sandboxes_dir.glob("*.json"):
+            try:
+                ns = json.loads(sandbox.read_text()).get("netns")
+            except (OSError, ValueError):
+                continue
+            if ns:
+                netns.delete(ns)
+        topology.remove_node(self.prefix, name)
+        self.api("DELETE", f"/api/v1/nodes/{name}")
+        shutil.rmtree(node.dir, ignore_errors=True)
+        state["nodes"].remove(name)
+        self._save(state)
+
+    def _wait_ready(self, count: int) -> None:
+        names = [topology.node_name(i) for i in range(1, count + 1)]
+
+        def nodes_ready() -> bool:
+            code, body = self.api("GET", "/api/v1/nodes")
+            if code != 200:
+                return False
+            ready = set()
+            for item in body.get("items", []):
+                for cond in item.get("status", {}).get("conditions", []):
+                    if cond.get("type") == "Ready" and cond.get("status") == "True":
+                        ready.add(item["metadata"]["name"])
+            return all(n in ready for n in names)
+
+        def default_sa() -> bool:
+            code, _ = self.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            return code == 200
+
+        def detail() -> str:
+            return "\n".join(procs.tail(self._log(f"node/{n}"), 15) for n in names)
+
+        procs.wait_for(nodes_ready, timeout=120, what=f"nodes {names} Ready", detail=detail)
+        procs.wait_for(
+            default_sa,
+            timeout=120,
+            what="the default ServiceAccount",
+            detail=lambda: procs.tail(self._log("kube-controller-manager")),
+        )
+
+    # ------------------------------------------------------------- CNI config
+    def macvlan_conflist(self, node_name: str) -> dict[str, Any]:
+        """The reference macvlan + host-local config; each node gets a disjoint range."""
+        node = self.node(node_name)
+        u = topology.UNDERLAYS[0]
+        base = f"172.18.{100 + node.index}"
+        return {
+            "cniVersion": "1.0.0",
+            "name": "lab-macvlan",
+            "plugins": [
+                {
+                    "type": "macvlan",
+                    "master": u.node_if,
+                    "mode": "bridge",
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": str(node.var_lib_cni / "networks"),
+                        "ranges": [
+                            [
+                                {
+                                    "subnet": u.ipv4,
+                                    "rangeStart": f"{base}.1",
+                                    "rangeEnd": f"{base}.254",
+                                    "gateway": u.gateway4,
+                                }
+                            ]
+                        ],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                }
+            ],
+        }
+
+    def multus_conf(self, node_name: str, delegate: dict[str, Any]) -> dict[str, Any]:
+        """A Multus thin-plugin config for a node, with ``delegate`` as the cluster default network."""
+        node = self.node(node_name)
+        return {
+            "cniVersion": "0.3.1",
+            "name": "multus-cni-network",
+            "type": "multus",
+            "kubeconfig": str(self.kubeconfig),
+            "cniDir": str(node.var_lib_cni / "multus"),
+            "binDir": str(node.cni_bin_dir),
+            "logFile": str(self.logs / f"multus-{node.name}.log"),
+            "logLevel": "verbose",
+            "delegates": [delegate],
+        }
+
+    def kubectl(
+        self, *args: str, input_text: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the lab's kubectl; raise with its output when ``check`` and it fails."""
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+        proc = subprocess.run(
+            [str(build.binary("kubectl")), *args], input=input_text, capture_output=True, text=True, env=env
+        )
+        if check and proc.returncode != 0:
+            raise LabError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def write_cni_config(self, node_name: str, filename: str, config: dict[str, Any]) -> Path:
+        """Write one CNI config file into a node's config directory."""
+        path = self.node(node_name).cni_conf_dir / filename
+        tmp = path.with_suffix(".tmp~")
+        tmp.write_text(json.dumps(config, indent=2))
+        tmp.replace(path)
+        return path
+
+    def clear_cni_config(self, node_name: str) -> None:
+        for f in self.node(node_name).cni_conf_dir.iterdir():
+            if f.is_file():
+                f.unlink()
+
+    def reset_cni_config(self) -> None:
+        """Give every node the lab's default network (macvlan + host-local) and nothing else."""
+        for node in self.nodes():
+            self.clear_cni_config(node.name)
+            self.write_cni_config(node.name, "10-lab-macvlan.conflist", self.macvlan_conflist(node.name))
+
+    # ---------------------------------------------------------------- lookup
+    def pod_netns(self, namespace: str, pod: str) -> str:
+        """Network namespace of a running pod, from the node agents' sandbox records."""
+        found: list[tuple[float, str]] = []
+        for node in self.nodes():
+            for rec in node.sandboxes_dir.glob("*.json"):
+                try:
+                    data = json.loads(rec.read_text())
+                except (OSError, ValueError):
+                    continue
+                if data.get("namespace") == namespace and data.get("name") == pod and data.get("ready_network"):
+                    found.append((float(data.get("created", 0)), str(data["netns"])))
+        if not found:
+            raise LabError(f"pod {namespace}/{pod} has no sandbox on any lab node")
+        return max(found)[1]
+
+    def exec_argv(self, target: str, argv: list[str]) -> list[str]:
+        """argv running ``argv`` in a node (``node1``) or a pod (``ns/pod``) network namespace."""
+        if "/" in target:
+            ns, pod = target.split("/", 1)
+            return netns.exec_argv(self.pod_netns(ns, pod), argv)
+        if target not in self.state().get("nodes", []):
+            raise LabError(f"no lab node named {target!r}; nodes: {self.state().get('nodes', [])}")
+        return netns.exec_argv(self.node(target).netns, argv)
+
+    # ---------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        state = self.state()
+        return {
+            "dir": str(self.dir),
+            "prefix": self.prefix,
+            "ports": state.get("ports", {}),
+            "processes": {k: {"pid": v, "alive": procs.alive(v)} for k, v in state.get("procs", {}).items()},
+            "nodes": state.get("nodes", []),
+            "namespaces": topology.lab_namespaces(self.prefix),
+        }
+
+    # ------------------------------------------------------------------ down
+    def down(self) -> None:
+        """Stop everything the lab started and remove every namespace and link it made."""
+        state = self.state()
+        lab_id = state.get("lab_id")
+        agents = [v for k, v in state.get("procs", {}).items() if k.startswith("node/")]
+        procs.stop(agents)
+        if lab_id:
+            for _ in range(3):  # children may be re-parented while we stop their parents
+                pids = procs.marked(lab_id)
+                if not pids:
+                    break
+                procs.stop(pids)
+        pods = [n for n in topology.lab_namespaces(self.prefix) if "-pod-" in n]
+        for name in pods + topology.lab_namespaces(self.prefix):
+            netns.delete(name)
+        for child in self.dir.iterdir() if self.dir.exists() else []:
+            if child.name == "logs":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        say(f"lab down: {len(pods)} pod namespace(s) removed, no lab processes left")

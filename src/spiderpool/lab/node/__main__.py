@@ -1,0 +1,3 @@
+from spiderpool.lab.node.agent import main
+
+main()

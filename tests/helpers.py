@@ -1,0 +1,57 @@
+"""Small helpers the integration tests share: reading objects and waiting on conditions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from spiderpool.lab import procs
+from spiderpool.lab.cluster import Lab
+
+
+def get_json(lab: Lab, *args: str) -> Any:
+    return json.loads(lab.kubectl("get", *args, "-o", "json").stdout)
+
+
+def pods(lab: Lab, namespace: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(lab, "pods", "-n", namespace, "-l", selector)["items"]
+    return items
+
+
+def wait_running(lab: Lab, namespace: str, selector: str, count: int, timeout: float = 120) -> list[dict[str, Any]]:
+    """Wait until exactly ``count`` pods match and all are Running with an IP; return them."""
+    found: list[dict[str, Any]] = []
+
+    def ready() -> bool:
+        nonlocal found
+        found = pods(lab, namespace, selector)
+        return len(found) == count and all(
+            p["status"].get("phase") == "Running" and p["status"].get("podIP") for p in found
+        )
+
+    procs.wait_for(
+        ready,
+        timeout=timeout,
+        what=f"{count} Running pod(s) {selector} in {namespace}",
+        detail=lambda: lab.kubectl("get", "pods,events", "-n", namespace, "-o", "wide", check=False).stdout,
+    )
+    return found
+
+
+def wait_gone(lab: Lab, namespace: str, selector: str, timeout: float = 120) -> None:
+    procs.wait_for(
+        lambda: not pods(lab, namespace, selector),
+        timeout=timeout,
+        what=f"pods {selector} in {namespace} to be deleted",
+        detail=lambda: lab.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout,
+    )
+
+
+def in_netns(lab: Lab, target: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a command inside a node (``node1``) or pod (``ns/name``) network namespace."""
+    return subprocess.run(lab.exec_argv(target, list(argv)), capture_output=True, text=True, timeout=timeout)
+
+
+def apply(lab: Lab, manifest: str) -> None:
+    lab.kubectl("apply", "-f", "-", input_text=manifest)

@@ -1,0 +1,101 @@
+"""A Deployment on the reference macvlan + host-local CNI: scheduling, pod IPs, traffic, clean removal."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from spiderpool.lab import netns, procs, topology
+from spiderpool.lab.cluster import Lab
+from tests.helpers import apply, get_json, in_netns, wait_gone, wait_running
+
+NS = "lab-macvlan"
+DEPLOYMENT = f"""
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NS}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {NS}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {{app: web}}
+      containers:
+      - name: web
+        image: registry.invalid/web:1
+        ports:
+        - containerPort: 80
+"""
+
+
+def test_deployment_runs_on_two_nodes_and_cleans_up(lab: Lab) -> None:
+    lab.reset_cni_config()
+    apply(lab, DEPLOYMENT)
+    pods = wait_running(lab, NS, "app=web", 3)
+
+    # The real scheduler spread them over both nodes, and each got an address from its node's range.
+    by_node: dict[str, list[dict[str, object]]] = {}
+    for pod in pods:
+        by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+    assert sorted(len(v) for v in by_node.values()) == [1, 2], by_node.keys()
+    for pod in pods:
+        node = lab.node(pod["spec"]["nodeName"])
+        ip = ipaddress.ip_address(pod["status"]["podIP"])
+        assert ip in ipaddress.ip_network(f"172.18.{100 + node.index}.0/24"), (pod["metadata"]["name"], ip)
+        assert pod["status"]["hostIP"] == node.ip4
+        assert pod["status"]["podIPs"] == [{"ip": str(ip)}]
+
+    # The address is really on the pod's eth0, a macvlan on the node's eth0.
+    first = pods[0]
+    target = f"{NS}/{first['metadata']['name']}"
+    addrs = json.loads(in_netns(lab, target, "ip", "-j", "addr", "show", "eth0").stdout)
+    assert first["status"]["podIP"] in [a["local"] for a in addrs[0]["addr_info"]]
+    assert addrs[0].get("link_type") == "ether"
+
+    # Pod-to-pod across the two nodes: ping and HTTP to the declared containerPort.
+    a = by_node["node1"][0]
+    b = by_node["node2"][0]
+    src = f"{NS}/{a['metadata']['name']}"
+    ping = in_netns(lab, src, "ping", "-c", "2", "-W", "2", b["status"]["podIP"])
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert " 0% packet loss" in ping.stdout
+    http = in_netns(lab, src, "curl", "-sS", "--max-time", "5", f"http://{b['status']['podIP']}:80/hello")
+    assert http.returncode == 0, http.stderr
+    reply = json.loads(http.stdout)
+    assert reply["pod"] == f"{NS}/{b['metadata']['name']}"
+    assert reply["client"] == a["status"]["podIP"]
+
+    # Scale to 0: CNI DEL runs and nothing of the pods is left on the nodes.
+    lab.kubectl("scale", "-n", NS, "deployment/web", "--replicas=0")
+    wait_gone(lab, NS, "app=web")
+    procs.wait_for(
+        lambda: not [n for n in topology.lab_namespaces(lab.prefix) if "-pod-" in n],
+        timeout=60,
+        what="pod namespaces to be removed",
+    )
+    for node in lab.nodes():
+        macvlans = netns.ip_json(node.netns, ["link", "show", "type", "macvlan"])
+        assert macvlans == [], f"{node.name} still has macvlan links: {macvlans}"
+        leases = node.var_lib_cni / "networks" / "lab-macvlan"
+        held = [p.name for p in leases.glob("172.*")] if leases.exists() else []
+        assert held == [], f"host-local on {node.name} still holds {held}"
+        assert not list((node.var_lib_cni / "results").glob("lab-macvlan-*")), "CNI result cache not removed"
+        assert not list(node.sandboxes_dir.glob("*.json")), "sandbox records left behind"
+    events = get_json(lab, "events", "-n", NS)["items"]
+    assert not [e for e in events if e.get("reason") == "FailedCreatePodSandBox"], "unexpected sandbox failures"
+    lab.kubectl("delete", "namespace", NS, "--wait=false")
