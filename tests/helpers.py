@@ -34,9 +34,14 @@ def wait_running(lab: Lab, namespace: str, selector: str, count: int, timeout: f
         ready,
         timeout=timeout,
         what=f"{count} Running pod(s) {selector} in {namespace}",
-        detail=lambda: lab.kubectl("get", "pods,events", "-n", namespace, "-o", "wide", check=False).stdout,
+        detail=lambda: _describe(lab, namespace),
     )
     return found
+
+
+def _describe(lab: Lab, namespace: str) -> str:
+    out = lab.kubectl("get", "pods,events", "-n", namespace, "-o", "wide", check=False)
+    return out.stdout + out.stderr
 
 
 def wait_gone(lab: Lab, namespace: str, selector: str, timeout: float = 120) -> None:

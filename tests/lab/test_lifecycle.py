@@ -57,10 +57,16 @@ def _ready(lab: Lab, name: str) -> str:
 def test_private_lab_up_twice_restart_and_down(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab", prefix="splabt")
     try:
-        lab.up(nodes=1, cni="none")
+        lab.up(nodes=2, cni="none")
         pids = dict(lab.state()["procs"])
-        lab.up(nodes=1, cni="none")  # idempotent: nothing restarted
+        lab.up(nodes=2, cni="none")  # idempotent: nothing restarted
         assert lab.state()["procs"] == pids
+        # Fewer nodes: node2 goes away entirely (processes, namespace, Node object).
+        lab.up(nodes=1, cni="none")
+        assert lab.state()["nodes"] == ["node1"]
+        assert not procs.alive(pids["node/node2"])
+        assert not netns.exists("splabt-node2")
+        assert lab.api("GET", "/api/v1/nodes/node2")[0] == 404
 
         ptp = copy.deepcopy(PTP)
         ptp["plugins"][0]["ipam"]["dataDir"] = str(lab.node("node1").var_lib_cni / "networks")
@@ -75,7 +81,7 @@ def test_private_lab_up_twice_restart_and_down(tmp_path: Path) -> None:
         # Kill the node agent; `up` restarts it and the new agent adopts the sandbox, no new ADD.
         netns_before = set(topology.lab_namespaces(lab.prefix))
         procs.stop([lab.state()["procs"]["node/node1"]])
-        lab.up(nodes=1)
+        lab.up(nodes=1, cni="none")
         wait_running(lab, "default", "app=probe", 2)
         assert get_json(lab, "pod", "-n", "default", "served")["metadata"]["uid"] == uid
         procs.wait_for(lambda: _ready(lab, "served") == "True", timeout=60, what="pod 'served' Ready again")

@@ -73,6 +73,7 @@ def test_multus_adds_second_interface(lab: Lab) -> None:
         lab.clear_cni_config(node.name)
         lab.write_cni_config(node.name, "00-multus.conf", lab.multus_conf(node.name, lab.macvlan_conflist(node.name)))
     try:
+        apply(lab, POD)
         (pod,) = wait_running(lab, NS, "app=two-nics", 1)
         target = f"{NS}/two-nics"
 
@@ -80,7 +81,8 @@ def test_multus_adds_second_interface(lab: Lab) -> None:
         assert {"eth0", "net1"} <= links
         net1 = json.loads(in_netns(lab, target, "ip", "-j", "addr", "show", "net1").stdout)[0]
         v4 = [a["local"] for a in net1["addr_info"] if a["family"] == "inet"]
-        assert len(v4) == 1 and ipaddress.ip_address(v4[0]) in ipaddress.ip_network(NAD_RANGE), v4
+        assert len(v4) == 1, v4
+        assert ipaddress.ip_address(v4[0]) in ipaddress.ip_network(NAD_RANGE), v4
         # The pod IP is the default network's (eth0), as the runtime reports it.
         assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network("172.18.101.0/24")
 

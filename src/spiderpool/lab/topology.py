@@ -131,7 +131,7 @@ def ensure_node(prefix: str, index: int) -> str:
         if u is UNDERLAYS[0]:
             cmds += [
                 f"route replace default via {u.gateway4} dev {u.node_if}",
-                f"-6 route replace default via {u.gateway6} dev {u.node_if}",
+                f"route replace ::/0 via {u.gateway6} dev {u.node_if}",
             ]
         netns.ip_batch(ns, cmds)
     return ns

@@ -139,6 +139,8 @@ class NodeAgent:
         now = _now()
         cap = {"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "100Gi"}
         addresses = [
+            # Two InternalIPs share the merge key "type": replace the list instead of merging it.
+            {"$patch": "replace"},
             {"type": "InternalIP", "address": self.conf["ip4"]},
             {"type": "InternalIP", "address": self.conf["ip6"]},
             {"type": "Hostname", "address": self.name},
