@@ -203,7 +203,8 @@ class ReservedIPSpec:
 
     __rules__ = (
         Rule(
-            "!has(self.ipVersion) || self.ips.all(r, r.split('-').all(a, !isIP(a) || ip(a).family() == self.ipVersion))",
+            "!has(self.ipVersion) ||"
+            " self.ips.all(r, r.split('-').all(a, !isIP(a) || ip(a).family() == self.ipVersion))",
             "SpiderReservedIP: spec.ips must all be of the family given by spec.ipVersion",
             field_path=".ips",
         ),
