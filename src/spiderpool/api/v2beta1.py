@@ -410,6 +410,14 @@ class SriovConfig:
 _CNI_TYPES = ("macvlan", "ipvlan", "vlan", "sriov", "ovs", "ib-sriov", "ipoib", "custom")
 
 
+def _required_for(field: str, cni_type: str) -> Rule:
+    return Rule(
+        f"!has(self.cniType) || self.cniType != '{cni_type}' || has(self.{field})",
+        f"SpiderMultusConfig: spec.{field} is required when spec.cniType is '{cni_type}'; give its master interface(s)",
+        field_path=f".{field}",
+    )
+
+
 def _only_matching(field: str, cni_type: str) -> Rule:
     return Rule(
         f"!has(self.{field}) || self.cniType == '{cni_type}'",
@@ -431,6 +439,10 @@ class MultusConfigSpec:
         _only_matching("ibsriov", "ib-sriov"),
         _only_matching("ipoib", "ipoib"),
         _only_matching("customCNI", "custom"),
+        _required_for("macvlan", "macvlan"),
+        _required_for("ipvlan", "ipvlan"),
+        _required_for("vlan", "vlan"),
+        _required_for("sriov", "sriov"),
     )
 
     cniType: Annotated[str, F(enum=_CNI_TYPES, default="custom", max_length=16)] | None = None

@@ -202,6 +202,26 @@ class Lab:
         state.setdefault("procs", {})[key] = pid
         self._save(state)
 
+    def start_process(self, key: str, argv: list[str], *, netns_name: str | None = None) -> int:
+        """Start a process that belongs to the lab (stopped by ``down``); log in ``logs/<key>.log``."""
+        state = self.state()
+        self._start(state, key, argv, netns_name=netns_name)
+        return int(state["procs"][key])
+
+    def stop_process(self, key: str, *, kill: bool = False) -> None:
+        """Stop a lab process: SIGTERM (graceful), or SIGKILL with ``kill`` (a crash)."""
+        state = self.state()
+        pid = state.get("procs", {}).pop(key, None)
+        self._save(state)
+        if pid and kill:
+            os.kill(pid, 9)
+            procs.wait_for(lambda: not procs.alive(pid), timeout=10, what=f"{key} to die")
+        elif pid:
+            procs.stop([pid])
+
+    def process_alive(self, key: str) -> bool:
+        return self._running(self.state(), key)
+
     def _running(self, state: dict[str, Any], key: str) -> bool:
         return procs.alive(state.get("procs", {}).get(key))
 

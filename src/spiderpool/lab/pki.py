@@ -7,17 +7,16 @@ a real cluster.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-_VALIDITY = datetime.timedelta(days=365)
+from spiderpool.certs import new_key, sign, write_cert, write_key, x509_name
 
 
 @dataclass(frozen=True)
@@ -35,75 +34,6 @@ CLIENT_IDENTITIES = (
     Identity("scheduler", "system:kube-scheduler"),
     Identity("kube-proxy", "system:kube-proxy", "system:node-proxier"),
 )
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _name(cn: str, org: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
-
-
-def _sign(
-    *,
-    subject: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    ca: bool = False,
-    usages: list[x509.ObjectIdentifier] | None = None,
-    sans: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if usages:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -150,13 +80,13 @@ def create(directory: Path, *, service_ip: str) -> Pki:
     if pki.exists():
         return pki
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = _key()
-    ca_name = _name("spiderpool-lab-ca")
-    ca = _sign(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, issuer_key=ca_key, ca=True)
-    _write_key(pki.ca_key, ca_key)
-    _write_cert(pki.ca_cert, ca)
+    ca_key = new_key()
+    ca_name = x509_name("spiderpool-lab-ca")
+    ca = sign(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, issuer_key=ca_key, ca=True)
+    write_key(pki.ca_key, ca_key)
+    write_cert(pki.ca_cert, ca)
 
-    server_key = _key()
+    server_key = new_key()
     dns = [
         "localhost",
         "kubernetes",
@@ -166,31 +96,31 @@ def create(directory: Path, *, service_ip: str) -> Pki:
     ]
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1", service_ip)]
-    server = _sign(
-        subject=_name("kube-apiserver"),
+    server = sign(
+        subject=x509_name("kube-apiserver"),
         public_key=server_key.public_key(),
         issuer=ca_name,
         issuer_key=ca_key,
         usages=[ExtendedKeyUsageOID.SERVER_AUTH],
         sans=sans,
     )
-    _write_key(pki.apiserver_key, server_key)
-    _write_cert(pki.apiserver_cert, server)
+    write_key(pki.apiserver_key, server_key)
+    write_cert(pki.apiserver_cert, server)
 
     for ident in CLIENT_IDENTITIES:
-        key = _key()
-        cert = _sign(
-            subject=_name(ident.cn, ident.org),
+        key = new_key()
+        cert = sign(
+            subject=x509_name(ident.cn, ident.org),
             public_key=key.public_key(),
             issuer=ca_name,
             issuer_key=ca_key,
             usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
         )
-        _write_key(pki.client_key(ident.name), key)
-        _write_cert(pki.client_cert(ident.name), cert)
+        write_key(pki.client_key(ident.name), key)
+        write_cert(pki.client_cert(ident.name), cert)
 
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_key(pki.sa_key, sa)
+    write_key(pki.sa_key, sa)
     pki.sa_pub.write_bytes(
         sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

@@ -1,0 +1,399 @@
+"""Admission logic for Spiderpool objects: defaults and normalisation (mutate), cross-object rules
+(validate). Pure functions over plain dicts; the webhook server feeds them the request and a
+snapshot of the other objects it watches.
+
+Rules that need only the object itself are in the CRD schema (see ``spiderpool.api.v2beta1``) and
+are not repeated here, except where the webhook must parse a field anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ipaddress
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spiderpool.api import constants as c
+from spiderpool.api.v2beta1 import API_VERSION
+from spiderpool.ipam.ranges import IPSet, RangeError, cidr_label, parse_cidr, parse_ip, parse_range
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class Snapshot:
+    """The other Spiderpool objects the webhook knows of (from its watch caches), by name."""
+
+    pools: dict[str, Obj] = field(default_factory=dict)
+    subnets: dict[str, Obj] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    enable_ipv4: bool = True
+    enable_ipv6: bool = True
+
+
+# ------------------------------------------------------------------ helpers
+def _spec(obj: Obj) -> Obj:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _name(obj: Obj) -> str:
+    return str(obj.get("metadata", {}).get("name", ""))
+
+
+def _family_of(spec: Obj) -> int | None:
+    try:
+        return parse_cidr(str(spec.get("subnet", ""))).version
+    except RangeError:
+        return None
+
+
+def _canonical_ranges(family: int, ranges: Any) -> list[str] | None:
+    if not isinstance(ranges, list):
+        return None
+    try:
+        return IPSet.parse(family, [str(r) for r in ranges]).to_ranges()
+    except RangeError:
+        return None
+
+
+def allocated_ips(pool: Obj) -> dict[str, Any]:
+    """The pool's ``status.allocatedIPs`` (a JSON string upstream) as a map IP -> record."""
+    raw = pool.get("status", {}).get("allocatedIPs")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pool_sets(spec: Obj) -> tuple[IPSet, IPSet] | None:
+    """(ips, usable) of a pool or subnet spec, or None if it does not parse."""
+    family = _family_of(spec)
+    if family is None:
+        return None
+    try:
+        ips = IPSet.parse(family, [str(r) for r in spec.get("ips") or []])
+        exclude = IPSet.parse(family, [str(r) for r in spec.get("excludeIPs") or []])
+    except RangeError:
+        return None
+    return ips, ips.difference(exclude)
+
+
+def _short(s: IPSet, limit: int = 3) -> str:
+    ranges = s.to_ranges()
+    more = f" and {len(ranges) - limit} more" if len(ranges) > limit else ""
+    return ", ".join(ranges[:limit]) + more
+
+
+def _owning_subnet(spec: Obj, snapshot: Snapshot) -> Obj | None:
+    """The SpiderSubnet whose CIDR equals the pool's, if any."""
+    try:
+        net = parse_cidr(str(spec.get("subnet", "")))
+    except RangeError:
+        return None
+    for sub in snapshot.subnets.values():
+        try:
+            if parse_cidr(str(_spec(sub).get("subnet", ""))) == net:
+                return sub
+        except RangeError:
+            continue
+    return None
+
+
+# ------------------------------------------------------------------- mutate
+def _normalise_addressing(spec: Obj) -> None:
+    """Canonical CIDR/IP text, ipVersion from subnet, ranges merged and sorted."""
+    try:
+        net = parse_cidr(str(spec.get("subnet", "")))
+    except RangeError:
+        return  # the schema reports it with a precise message
+    spec["subnet"] = str(net)
+    spec.setdefault("ipVersion", net.version)
+    for key in ("ips", "excludeIPs"):
+        merged = _canonical_ranges(net.version, spec.get(key))
+        if merged is not None and key in spec:
+            spec[key] = merged
+    gw = spec.get("gateway")
+    if isinstance(gw, str):
+        with contextlib.suppress(RangeError):
+            spec["gateway"] = str(parse_ip(gw))
+    for route in spec.get("routes") or []:
+        if isinstance(route, dict):
+            try:
+                route["dst"] = str(parse_cidr(str(route.get("dst")), strict=False))
+                route["gw"] = str(parse_ip(str(route.get("gw"))))
+            except RangeError:
+                pass
+
+
+def _add_finalizer(obj: Obj) -> None:
+    meta = obj.setdefault("metadata", {})
+    if meta.get("deletionTimestamp"):
+        return
+    finalizers = meta.setdefault("finalizers", [])
+    if c.FINALIZER not in finalizers:
+        finalizers.append(c.FINALIZER)
+
+
+def mutate(kind: str, obj: Obj, snapshot: Snapshot) -> Obj:
+    """Return the object with defaults applied and fields normalised (never raises)."""
+    out = copy.deepcopy(obj)
+    if out.get("metadata", {}).get("deletionTimestamp"):
+        return out
+    spec = out.get("spec")
+    if not isinstance(spec, dict):
+        return out
+    labels = out.setdefault("metadata", {}).setdefault("labels", {})
+    if kind in ("SpiderIPPool", "SpiderSubnet"):
+        _normalise_addressing(spec)
+        _add_finalizer(out)
+        if _family_of(spec) is not None:
+            key = c.LABEL_IPPOOL_CIDR if kind == "SpiderIPPool" else c.LABEL_SUBNET_CIDR
+            labels[key] = cidr_label(str(spec["subnet"]))
+    if kind == "SpiderIPPool":
+        owner = _owning_subnet(spec, snapshot)
+        if owner is not None:
+            _link_to_subnet(out, spec, owner)
+    elif kind == "SpiderReservedIP":
+        ips = spec.get("ips")
+        if isinstance(ips, list) and ips:
+            try:
+                family, _ = parse_range(str(ips[0]))
+            except RangeError:
+                return out
+            spec.setdefault("ipVersion", family)
+            merged = _canonical_ranges(family, ips)
+            if merged is not None:
+                spec["ips"] = merged
+    elif kind == "SpiderCoordinator":
+        hijack = spec.get("hijackCIDR")
+        if isinstance(hijack, list):
+            spec["hijackCIDR"] = [_as_cidr(str(h)) for h in hijack]
+        for route in spec.get("policyRoutes") or []:
+            if isinstance(route, dict) and "dst" in route:
+                route["dst"] = _as_cidr(str(route["dst"]))
+    if not labels:
+        out["metadata"].pop("labels")
+    return out
+
+
+def _as_cidr(text: str) -> str:
+    """A bare IP becomes a host route CIDR (/32 or /128); a CIDR is canonicalised."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
+
+
+def _link_to_subnet(pool: Obj, spec: Obj, subnet: Obj) -> None:
+    meta = pool["metadata"]
+    sub_name = _name(subnet)
+    meta.setdefault("labels", {})[c.LABEL_OWNER_SUBNET] = sub_name
+    uid = subnet.get("metadata", {}).get("uid")
+    if uid:
+        refs = [r for r in meta.get("ownerReferences", []) if r.get("kind") != "SpiderSubnet"]
+        refs.append(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "SpiderSubnet",
+                "name": sub_name,
+                "uid": uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        )
+        meta["ownerReferences"] = refs
+    sub_spec = _spec(subnet)
+    # A pool of a subnet inherits its gateway and routes unless it sets its own (upstream behaviour).
+    if "gateway" not in spec and sub_spec.get("gateway"):
+        spec["gateway"] = sub_spec["gateway"]
+    if "routes" not in spec and sub_spec.get("routes"):
+        spec["routes"] = copy.deepcopy(sub_spec["routes"])
+
+
+# ----------------------------------------------------------------- validate
+def validate(kind: str, operation: str, obj: Obj, old: Obj | None, snapshot: Snapshot, settings: Settings) -> list[str]:
+    """Errors as ``"<field>: <problem>; <fix>"``; empty when the object is acceptable."""
+    if operation not in ("CREATE", "UPDATE"):
+        return []
+    if obj.get("metadata", {}).get("deletionTimestamp"):
+        return []  # only finalizer removal is left to do; never block it
+    spec = _spec(obj)
+    if kind == "SpiderIPPool":
+        return _validate_pool(obj, spec, old, snapshot, settings)
+    if kind == "SpiderSubnet":
+        return _validate_subnet(obj, spec, old, snapshot, settings)
+    if kind == "SpiderReservedIP":
+        return _validate_ranges(spec, ("ips",)) + _validate_family_enabled(spec.get("ipVersion"), settings)
+    if kind == "SpiderMultusConfig":
+        return _validate_multus(spec)
+    return []
+
+
+def _validate_family_enabled(version: Any, settings: Settings) -> list[str]:
+    if version == 4 and not settings.enable_ipv4:
+        return ["spec.ipVersion: IPv4 is disabled in this cluster (enableIPv4=false); use IPv6 or enable IPv4"]
+    if version == 6 and not settings.enable_ipv6:
+        return ["spec.ipVersion: IPv6 is disabled in this cluster (enableIPv6=false); use IPv4 or enable IPv6"]
+    return []
+
+
+def _validate_ranges(spec: Obj, keys: Iterable[str]) -> list[str]:
+    errors = []
+    for key in keys:
+        for i, text in enumerate(spec.get(key) or []):
+            try:
+                parse_range(str(text))
+            except RangeError as exc:
+                errors.append(f"spec.{key}[{i}]: {exc}")
+    return errors
+
+
+def _validate_addressing(spec: Obj, settings: Settings) -> tuple[list[str], tuple[IPSet, IPSet] | None]:
+    family = _family_of(spec)
+    errors = _validate_family_enabled(family, settings)
+    errors += _validate_ranges(spec, ("ips", "excludeIPs"))
+    sets = pool_sets(spec) if not errors else None
+    gw = spec.get("gateway")
+    if sets is not None and isinstance(gw, str):
+        try:
+            if parse_ip(gw) in sets[1]:
+                errors.append(
+                    f"spec.gateway: {gw} is one of the usable IPs in spec.ips, so it could be given to a pod;"
+                    " remove it from ips or add it to excludeIPs"
+                )
+        except RangeError:
+            pass
+    return errors, sets
+
+
+def _validate_pool(obj: Obj, spec: Obj, old: Obj | None, snap: Snapshot, settings: Settings) -> list[str]:
+    errors, sets = _validate_addressing(spec, settings)
+    if sets is None:
+        return errors
+    ips, usable = sets
+    net = parse_cidr(str(spec["subnet"]))
+    me = _name(obj)
+    for other in snap.pools.values():
+        name = _name(other)
+        if name == me or other.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        ospec = _spec(other)
+        try:
+            onet = parse_cidr(str(ospec.get("subnet", "")))
+        except RangeError:
+            continue
+        if onet.version != net.version:
+            continue
+        if onet == net:
+            other_sets = pool_sets(ospec)
+            if other_sets is not None and ips.overlaps(other_sets[0]):
+                errors.append(
+                    f'spec.ips: {_short(ips.intersection(other_sets[0]))} already belong to SpiderIPPool "{name}";'
+                    " pools of one subnet must not share IPs, so remove them from one of the pools"
+                )
+        elif onet.overlaps(net):
+            errors.append(
+                f'spec.subnet: {net} overlaps SpiderIPPool "{name}" whose subnet is {onet};'
+                f" pools of overlapping subnets must use the same CIDR (use {onet} or a disjoint subnet)"
+            )
+    owner = _owning_subnet(spec, snap)
+    if owner is not None:
+        sub_sets = pool_sets(_spec(owner))
+        if sub_sets is not None and not ips.issubset(sub_sets[1]):
+            errors.append(
+                f"spec.ips: {_short(ips.difference(sub_sets[1]))} are not offered by SpiderSubnet"
+                f' "{_name(owner)}" ({_short(sub_sets[1])}); add them to the subnet\'s ips or remove them from the pool'
+            )
+    else:
+        for sub in snap.subnets.values():
+            try:
+                snet = parse_cidr(str(_spec(sub).get("subnet", "")))
+            except RangeError:
+                continue
+            if snet.version == net.version and snet.overlaps(net):
+                errors.append(
+                    f'spec.subnet: {net} overlaps SpiderSubnet "{_name(sub)}" ({snet}); a pool inside a'
+                    f" SpiderSubnet must use exactly its CIDR ({snet})"
+                )
+    if old is not None:
+        gone = [ip for ip in allocated_ips(old) if ip not in usable]
+        if gone:
+            holder = allocated_ips(old)[gone[0]]
+            pod = holder.get("pod", "?") if isinstance(holder, dict) else "?"
+            errors.append(
+                f"spec.ips: {', '.join(sorted(gone)[:3])} still allocated (e.g. to pod {pod}); delete the pod"
+                " (or wait for its release) before removing or excluding the IP"
+            )
+    return errors
+
+
+def _validate_subnet(obj: Obj, spec: Obj, old: Obj | None, snap: Snapshot, settings: Settings) -> list[str]:
+    errors, sets = _validate_addressing(spec, settings)
+    if sets is None:
+        return errors
+    _, usable = sets
+    net = parse_cidr(str(spec["subnet"]))
+    me = _name(obj)
+    for other in snap.subnets.values():
+        name = _name(other)
+        if name == me:
+            continue
+        try:
+            onet = parse_cidr(str(_spec(other).get("subnet", "")))
+        except RangeError:
+            continue
+        if onet.version == net.version and onet.overlaps(net):
+            errors.append(
+                f'spec.subnet: {net} overlaps SpiderSubnet "{name}" ({onet}); subnets must not overlap, so use a'
+                " disjoint CIDR or add the IPs to that subnet"
+            )
+    for pool in snap.pools.values():
+        pspec = _spec(pool)
+        try:
+            pnet = parse_cidr(str(pspec.get("subnet", "")))
+        except RangeError:
+            continue
+        if pnet.version != net.version:
+            continue
+        if pnet == net:
+            psets = pool_sets(pspec)
+            if psets is not None and not psets[0].issubset(usable):
+                errors.append(
+                    f'spec.ips: SpiderIPPool "{_name(pool)}" holds {_short(psets[0].difference(usable))} which'
+                    " this subnet would not offer; keep them in ips (not in excludeIPs) or shrink that pool first"
+                )
+        elif pnet.overlaps(net):
+            errors.append(
+                f'spec.subnet: {net} overlaps SpiderIPPool "{_name(pool)}" with subnet {pnet}; use the pool\'s'
+                f" CIDR ({pnet}) for this subnet or move the pool"
+            )
+    return errors
+
+
+def _validate_multus(spec: Obj) -> list[str]:
+    errors = []
+    if spec.get("cniType") == "custom" and spec.get("customCNI"):
+        try:
+            conf = json.loads(spec["customCNI"])
+            if not isinstance(conf, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            errors.append(f"spec.customCNI: not a JSON object ({exc}); give a CNI config or conflist as JSON")
+    for i, item in enumerate(spec.get("chainCNIJsonData") or []):
+        try:
+            plugin = json.loads(item)
+            if not isinstance(plugin, dict) or "type" not in plugin:
+                raise ValueError("needs an object with a 'type'")
+        except ValueError as exc:
+            errors.append(f'spec.chainCNIJsonData[{i}]: not a CNI plugin config ({exc}); e.g. {{"type":"tuning"}}')
+    return errors

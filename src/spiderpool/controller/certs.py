@@ -1,0 +1,123 @@
+"""The webhook's serving certificate: made by the controller itself, shared by its replicas.
+
+The first replica to start creates a CA and a serving certificate and stores them in a Secret;
+the others read that Secret. So every replica serves the same certificate and the webhook
+configurations carry one CA bundle, whichever replica registered them.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from lightkube import ApiError, AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
+
+from spiderpool.certs import new_key, sign, x509_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingCert:
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    def write(self, directory: Path) -> tuple[Path, Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = directory / "tls.crt", directory / "tls.key"
+        cert.write_bytes(self.cert_pem)
+        key.write_bytes(self.key_pem)
+        key.chmod(0o600)
+        return cert, key
+
+    def covers(self, dns: list[str], ips: list[str]) -> bool:
+        cert = x509.load_pem_x509_certificate(self.cert_pem)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        names = set(san.get_values_for_type(x509.DNSName))
+        addrs = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+        return set(dns) <= names and set(ips) <= addrs
+
+
+def generate(*, dns: list[str], ips: list[str]) -> ServingCert:
+    ca_key = new_key()
+    ca_name = x509_name("spiderpool-webhook-ca")
+    ca = sign(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, issuer_key=ca_key, ca=True)
+    key = new_key()
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    cert = sign(
+        subject=x509_name(dns[0] if dns else "spiderpool-controller"),
+        public_key=key.public_key(),
+        issuer=ca_name,
+        issuer_key=ca_key,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans=sans,
+    )
+    pem = serialization.Encoding.PEM
+    return ServingCert(
+        ca_pem=ca.public_bytes(pem),
+        cert_pem=cert.public_bytes(pem),
+        key_pem=key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+
+
+def _from_secret(secret: Secret) -> ServingCert | None:
+    data = secret.data or {}
+    try:
+        return ServingCert(
+            ca_pem=base64.b64decode(data["ca.crt"]),
+            cert_pem=base64.b64decode(data["tls.crt"]),
+            key_pem=base64.b64decode(data["tls.key"]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+async def ensure(client: AsyncClient, *, namespace: str, name: str, dns: list[str], ips: list[str]) -> ServingCert:
+    """Read the shared serving certificate, creating (or replacing) it when missing or unfit."""
+    for _ in range(5):
+        try:
+            secret = await client.get(Secret, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            secret = None
+        current = _from_secret(secret) if secret is not None else None
+        if current is not None and current.covers(dns, ips):
+            return current
+        fresh = generate(dns=dns, ips=ips)
+        body = Secret(
+            metadata=ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/name": "spiderpool"}),
+            type="kubernetes.io/tls",
+            data={
+                "ca.crt": base64.b64encode(fresh.ca_pem).decode(),
+                "tls.crt": base64.b64encode(fresh.cert_pem).decode(),
+                "tls.key": base64.b64encode(fresh.key_pem).decode(),
+            },
+        )
+        try:
+            if secret is None:
+                await client.create(body)
+            else:
+                assert secret.metadata is not None
+                body.metadata.resourceVersion = secret.metadata.resourceVersion  # type: ignore[union-attr]
+                await client.replace(body)
+            log.info("webhook serving certificate created secret=%s/%s", namespace, name)
+            return fresh
+        except ApiError as exc:
+            if exc.status.code not in (409,):
+                raise
+            # another replica won the race: read what it stored
+    raise RuntimeError(f"could not settle the webhook certificate in secret {namespace}/{name}")

@@ -1,0 +1,156 @@
+"""``spiderpool-controller``: admission webhooks (every replica) and reconcilers (the leader only).
+
+Ports follow upstream: 5720 health (``/healthz``, ``/readyz``), 5721 metrics, 5722 webhook (TLS).
+The webhook socket is opened with SO_REUSEPORT, so replicas on one host (as in the lab) can share
+the port and the kernel spreads connections over whichever replicas are alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from spiderpool import logs
+from spiderpool.controller import admission, certs, webhook
+from spiderpool.controller.cache import ObjectCache
+from spiderpool.controller.leader import LeaderElector
+from spiderpool.controller.status import StatusReconciler
+from spiderpool.k8s.client import async_client
+
+log = logging.getLogger("spiderpool.controller")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="spiderpool-controller", description=__doc__)
+    p.add_argument("--kubeconfig", help="kubeconfig path (default: $KUBECONFIG, then the service account)")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("SPIDERPOOL_NAMESPACE", "kube-system"),
+        help="namespace of the leader Lease and the webhook certificate Secret",
+    )
+    p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}", help="leader election identity")
+    p.add_argument("--lease-name", default="spiderpool-controller")
+    p.add_argument("--lease-duration", type=float, default=15.0)
+    p.add_argument("--renew-deadline", type=float, default=10.0)
+    p.add_argument("--retry-period", type=float, default=2.0)
+    p.add_argument("--webhook-bind", default="0.0.0.0")
+    p.add_argument("--webhook-port", type=int, default=5722)
+    p.add_argument("--webhook-url", help="register the webhooks by URL, e.g. https://127.0.0.1:5722")
+    p.add_argument(
+        "--webhook-service",
+        default="spiderpool-controller",
+        help="register the webhooks through this Service (in --namespace) when no URL is given",
+    )
+    p.add_argument("--webhook-service-port", type=int, default=5722)
+    p.add_argument("--webhook-secret", default="spiderpool-controller-webhook")
+    p.add_argument("--health-bind", default="0.0.0.0")
+    p.add_argument("--health-port", type=int, default=5720)
+    p.add_argument("--metrics-port", type=int, default=5721)
+    p.add_argument("--disable-ipv4", action="store_true", help="reject IPv4 pools and subnets")
+    p.add_argument("--disable-ipv6", action="store_true", help="reject IPv6 pools and subnets")
+    p.add_argument("--log-level", default=None)
+    return p.parse_args(argv)
+
+
+def _cert_names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    svc, ns = args.webhook_service, args.namespace
+    dns = [svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local", "localhost"]
+    return dns, ["127.0.0.1"]
+
+
+class Controller:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.client = async_client(args.kubeconfig, field_manager="spiderpool-controller")
+        self.cache = ObjectCache(self.client)
+        self.settings = admission.Settings(enable_ipv4=not args.disable_ipv4, enable_ipv6=not args.disable_ipv6)
+        self.stop = asyncio.Event()
+        self.serving = False
+        self.elector = LeaderElector(
+            self.client,
+            name=args.lease_name,
+            namespace=args.namespace,
+            identity=args.identity,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+        )
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if self.serving and self.cache.is_synced():
+            return web.Response(text="ok")
+        return web.Response(status=503, text="webhook not serving or caches not synced")
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def leading(self) -> None:
+        await StatusReconciler(self.client, self.cache).run()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        a = self.args
+        runners: list[web.AppRunner] = []
+
+        health = web.Application()
+        health.add_routes([web.get("/healthz", self.healthz), web.get("/readyz", self.readyz)])
+        metrics = web.Application()
+        metrics.add_routes([web.get("/metrics", self.metrics)])
+        for app, port in ((health, a.health_port), (metrics, a.metrics_port)):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, a.health_bind, port).start()
+            runners.append(runner)
+
+        dns, ips = _cert_names(a)
+        cert = await certs.ensure(self.client, namespace=a.namespace, name=a.webhook_secret, dns=dns, ips=ips)
+        cert_dir = Path(tempfile.mkdtemp(prefix="spiderpool-webhook-"))
+        crt, key = cert.write(cert_dir)
+        cache_task = asyncio.create_task(self.cache.run())
+
+        hook = web.Application()
+        hook.add_routes(webhook.Webhook(self.cache, self.settings).routes())
+        runner = web.AppRunner(hook, access_log=None)
+        await runner.setup()
+        await web.TCPSite(
+            runner, a.webhook_bind, a.webhook_port, ssl_context=webhook.server_ssl(crt, key), reuse_port=True
+        ).start()
+        runners.append(runner)
+        self.serving = True
+        service = None if a.webhook_url else (a.namespace, a.webhook_service, a.webhook_service_port)
+        await webhook.register(self.client, cert.ca_pem, url_base=a.webhook_url, service=service)
+        log.info("serving webhooks port=%d identity=%s", a.webhook_port, a.identity)
+
+        try:
+            await self.elector.run(self.leading, self.stop)
+        finally:
+            self.serving = False
+            cache_task.cancel()
+            for r in reversed(runners):
+                await r.cleanup()
+            await self.client.close()
+            log.info("controller stopped identity=%s", a.identity)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.setup("spiderpool-controller", args.log_level)
+    asyncio.run(Controller(args).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Keeps SpiderIPPool and SpiderSubnet status true, and runs their finalizers (leader only).
+
+- Pool: ``totalIPCount`` = |ips - excludeIPs|; ``allocatedIPCount`` = the number of allocation
+  records. The finalizer is removed once a deleted pool holds no allocation, so a pool deleted
+  while IPs are in use stays Terminating until they are released.
+- Subnet: ``controlledIPPools`` is the ledger of which IPs each pool of the subnet holds;
+  ``allocatedIPCount`` counts those IPs, ``totalIPCount`` = |ips - excludeIPs|. The finalizer is
+  removed once no pool of the subnet is left.
+
+Changes arrive from the watch cache and are handled in small batches, so a burst of updates to
+one object costs one status write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.types import PatchType
+from prometheus_client import Counter
+
+from spiderpool.api import constants as c
+from spiderpool.controller.admission import allocated_ips, pool_sets
+from spiderpool.controller.cache import ObjectCache
+from spiderpool.ipam.ranges import IPSet, RangeError, parse_cidr
+from spiderpool.k8s.resources import SpiderIPPool, SpiderSubnet
+
+log = logging.getLogger(__name__)
+
+STATUS_WRITES = Counter("spiderpool_controller_status_writes_total", "Status updates written", ["kind"])
+BATCH_SECONDS = 0.2
+
+
+def pool_status(pool: dict[str, Any]) -> dict[str, Any]:
+    sets = pool_sets(pool.get("spec", {}))
+    total = sets[1].count() if sets else 0
+    return {"allocatedIPCount": len(allocated_ips(pool)), "totalIPCount": total}
+
+
+def _cidr(obj: dict[str, Any]) -> str | None:
+    try:
+        return str(parse_cidr(str(obj.get("spec", {}).get("subnet", ""))))
+    except RangeError:
+        return None
+
+
+def subnet_status(subnet: dict[str, Any], pools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The subnet's ledger and counts, from the pools that share its CIDR."""
+    sets = pool_sets(subnet.get("spec", {}))
+    if sets is None:
+        return {"controlledIPPools": None, "allocatedIPCount": 0, "totalIPCount": 0}
+    _, usable = sets
+    try:
+        previous = json.loads(subnet.get("status", {}).get("controlledIPPools") or "{}")
+    except ValueError:
+        previous = {}
+    ledger: dict[str, Any] = {}
+    held = IPSet(usable.family)
+    for pool in sorted(pools, key=lambda p: str(p["metadata"]["name"])):
+        psets = pool_sets(pool.get("spec", {}))
+        if psets is None:
+            continue
+        mine = psets[0].intersection(usable)
+        name = str(pool["metadata"]["name"])
+        entry: dict[str, Any] = {"ips": mine.to_ranges()}
+        app = previous.get(name, {}).get("application") if isinstance(previous.get(name), dict) else None
+        if app:
+            entry["application"] = app
+        ledger[name] = entry
+        held = held.union(mine)
+    return {
+        "controlledIPPools": json.dumps(ledger, sort_keys=True) if ledger else None,
+        "allocatedIPCount": held.count(),
+        "totalIPCount": usable.count(),
+    }
+
+
+class StatusReconciler:
+    def __init__(self, client: AsyncClient, cache: ObjectCache) -> None:
+        self.client = client
+        self.cache = cache
+        self.pending: set[tuple[str, str]] = set()
+        self.wake = asyncio.Event()
+        cache.listeners.append(self.enqueue)
+
+    def enqueue(self, kind: str, name: str) -> None:
+        self.pending.add((kind, name))
+        if kind == "SpiderIPPool":
+            # a pool change moves its subnet's ledger
+            pool = self.cache.pools.get(name)
+            cidr = _cidr(pool) if pool else None
+            for sub_name, sub in self.cache.subnets.items():
+                if cidr is None or _cidr(sub) == cidr:
+                    self.pending.add(("SpiderSubnet", sub_name))
+        self.wake.set()
+
+    async def run(self) -> None:
+        for name in list(self.cache.pools):
+            self.enqueue("SpiderIPPool", name)
+        for name in list(self.cache.subnets):
+            self.enqueue("SpiderSubnet", name)
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await asyncio.sleep(BATCH_SECONDS)  # coalesce a burst of events into one pass
+            batch, self.pending = self.pending, set()
+            for kind, name in sorted(batch):
+                try:
+                    if kind == "SpiderIPPool":
+                        await self.reconcile_pool(name)
+                    else:
+                        await self.reconcile_subnet(name)
+                except ApiError as exc:
+                    if exc.status.code in (404,):
+                        continue
+                    log.warning("reconcile failed kind=%s name=%s error=%s", kind, name, exc)
+                    self.pending.add((kind, name))
+                    self.wake.set()
+                except Exception:
+                    log.exception("reconcile crashed kind=%s name=%s", kind, name)
+
+    async def _finalize(self, res: Any, obj: dict[str, Any], releasable: bool) -> None:
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        deleting = bool(meta.get("deletionTimestamp"))
+        if deleting and releasable and c.FINALIZER in finalizers:
+            finalizers.remove(c.FINALIZER)
+        elif not deleting and c.FINALIZER not in finalizers:
+            finalizers.append(c.FINALIZER)  # created while the webhook was down
+        else:
+            return
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        await self.client.patch(res, meta["name"], patch, patch_type=PatchType.MERGE)
+        log.info("finalizer %s kind=%s name=%s", "removed" if deleting else "added", obj.get("kind"), meta["name"])
+
+    async def _write_status(self, res: Any, obj: dict[str, Any], want: dict[str, Any], kind: str) -> dict[str, Any]:
+        """Write the status if it differs; return the object as it now stands."""
+        have = obj.get("status") or {}
+        if all(have.get(k) == v for k, v in want.items()):
+            return obj
+        updated = await self.client.patch(
+            res.Status, obj["metadata"]["name"], {"status": want}, patch_type=PatchType.MERGE
+        )
+        STATUS_WRITES.labels(kind).inc()
+        return dict(updated.to_dict())
+
+    async def reconcile_pool(self, name: str) -> None:
+        pool = self.cache.pools.get(name)
+        if pool is None:
+            return
+        pool = await self._write_status(SpiderIPPool, pool, pool_status(pool), "SpiderIPPool")
+        await self._finalize(SpiderIPPool, pool, releasable=not allocated_ips(pool))
+
+    async def reconcile_subnet(self, name: str) -> None:
+        subnet = self.cache.subnets.get(name)
+        if subnet is None:
+            return
+        cidr = _cidr(subnet)
+        pools = [p for p in self.cache.pools.values() if cidr is not None and _cidr(p) == cidr]
+        subnet = await self._write_status(SpiderSubnet, subnet, subnet_status(subnet, pools), "SpiderSubnet")
+        if subnet["metadata"].get("deletionTimestamp"):
+            # Deleting a subnet deletes the pools it owns; each of them waits for its own IPs.
+            for pool in pools:
+                owned = pool["metadata"].get("labels", {}).get(c.LABEL_OWNER_SUBNET) == name
+                if owned and not pool["metadata"].get("deletionTimestamp"):
+                    await self.client.delete(SpiderIPPool, pool["metadata"]["name"])
+        await self._finalize(SpiderSubnet, subnet, releasable=not pools)

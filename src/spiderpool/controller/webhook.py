@@ -1,0 +1,203 @@
+"""The admission webhook server (TLS, AdmissionReview v1) and its self-registration.
+
+Paths follow upstream: ``/mutate-spiderpool-spidernet-io-v2beta1-<kind>`` and ``/validate-...``.
+The configurations use ``failurePolicy: Ignore``: when no replica answers, the apiserver still
+enforces every schema rule, and nothing (installs, upgrades, the controller's own start) can
+deadlock on the webhook. The cross-object rules then wait for a replica to come back; see
+docs/api.md for what that leaves open.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from lightkube import AsyncClient
+from lightkube.resources.admissionregistration_v1 import (
+    MutatingWebhookConfiguration,
+    ValidatingWebhookConfiguration,
+)
+from lightkube.types import PatchType
+from prometheus_client import Counter, Histogram
+
+from spiderpool.api.v2beta1 import GROUP, VERSION
+from spiderpool.controller import admission
+from spiderpool.controller.cache import ObjectCache
+
+log = logging.getLogger(__name__)
+
+#: kind -> plural, for every kind that has webhooks
+KINDS = {
+    "SpiderIPPool": "spiderippools",
+    "SpiderSubnet": "spidersubnets",
+    "SpiderReservedIP": "spiderreservedips",
+    "SpiderCoordinator": "spidercoordinators",
+    "SpiderMultusConfig": "spidermultusconfigs",
+}
+CONFIG_NAME = "spiderpool-controller"
+
+ADMISSIONS = Counter(
+    "spiderpool_controller_admission_requests_total", "Admission requests answered", ["kind", "webhook", "allowed"]
+)
+ADMISSION_SECONDS = Histogram(
+    "spiderpool_controller_admission_duration_seconds", "Time to answer an admission request", ["webhook"]
+)
+
+
+def path(mode: str, kind: str) -> str:
+    return f"/{mode}-{GROUP.replace('.', '-')}-{VERSION}-{kind.lower()}"
+
+
+def json_patch(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """A JSON patch turning ``before`` into ``after`` at the granularity the mutator works at."""
+    ops: list[dict[str, Any]] = []
+    for key in ("labels", "finalizers", "ownerReferences"):
+        b, a = before.get("metadata", {}).get(key), after.get("metadata", {}).get(key)
+        if a != b and a is not None:
+            ops.append({"op": "add", "path": f"/metadata/{key}", "value": a})
+    if before.get("spec") != after.get("spec") and "spec" in after:
+        ops.append({"op": "add", "path": "/spec", "value": after["spec"]})
+    return ops
+
+
+@dataclass
+class Webhook:
+    cache: ObjectCache
+    settings: admission.Settings
+
+    def routes(self) -> list[web.RouteDef]:
+        out = []
+        for kind in KINDS:
+            out.append(web.post(path("mutate", kind), self._handler("mutate", kind)))
+            out.append(web.post(path("validate", kind), self._handler("validate", kind)))
+        return out
+
+    def _handler(self, mode: str, kind: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            started = time.monotonic()
+            try:
+                review = await request.json()
+                req = review["request"]
+            except (ValueError, KeyError, TypeError):
+                return web.json_response({"error": "expected an AdmissionReview"}, status=400)
+            response = self.answer(mode, kind, req)
+            ADMISSIONS.labels(kind, mode, str(response["allowed"]).lower()).inc()
+            ADMISSION_SECONDS.labels(mode).observe(time.monotonic() - started)
+            return web.json_response(
+                {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+            )
+
+        return handle
+
+    def answer(self, mode: str, kind: str, req: dict[str, Any]) -> dict[str, Any]:
+        uid = req.get("uid", "")
+        obj = req.get("object") or {}
+        old = req.get("oldObject")
+        snapshot = self.cache.snapshot()
+        if mode == "mutate":
+            ops = json_patch(obj, admission.mutate(kind, obj, snapshot))
+            out: dict[str, Any] = {"uid": uid, "allowed": True}
+            if ops:
+                out["patchType"] = "JSONPatch"
+                out["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
+            return out
+        errors = admission.validate(kind, req.get("operation", ""), obj, old, snapshot, self.settings)
+        if not errors:
+            return {"uid": uid, "allowed": True}
+        name = obj.get("metadata", {}).get("name", "")
+        log.info("admission denied kind=%s name=%s errors=%s", kind, name, errors)
+        return {
+            "uid": uid,
+            "allowed": False,
+            "status": {"code": 422, "reason": "Invalid", "message": "; ".join(errors)},
+        }
+
+
+def server_ssl(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def _client_config(
+    ca_pem: bytes, mode: str, kind: str, *, url_base: str | None, service: tuple[str, str, int] | None
+) -> dict[str, Any]:
+    conf: dict[str, Any] = {"caBundle": base64.b64encode(ca_pem).decode()}
+    if url_base:
+        conf["url"] = url_base.rstrip("/") + path(mode, kind)
+    elif service:
+        ns, name, port = service
+        conf["service"] = {"namespace": ns, "name": name, "port": port, "path": path(mode, kind)}
+    else:
+        raise ValueError("either a webhook URL base or a Service is needed")
+    return conf
+
+
+def configurations(
+    ca_pem: bytes, *, url_base: str | None = None, service: tuple[str, str, int] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Mutating and Validating webhook configurations covering Spiderpool kinds only."""
+    docs = []
+    for mode, kind_name in (("mutate", "MutatingWebhookConfiguration"), ("validate", "ValidatingWebhookConfiguration")):
+        hooks = []
+        for kind, plural in KINDS.items():
+            hooks.append(
+                {
+                    "name": f"{kind.lower()}.{GROUP}",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "failurePolicy": "Ignore",
+                    "matchPolicy": "Equivalent",
+                    "timeoutSeconds": 5,
+                    "clientConfig": _client_config(ca_pem, mode, kind, url_base=url_base, service=service),
+                    "rules": [
+                        {
+                            "apiGroups": [GROUP],
+                            "apiVersions": [VERSION],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": [plural],
+                            "scope": "*",
+                        }
+                    ],
+                }
+            )
+        docs.append(
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": kind_name,
+                "metadata": {"name": CONFIG_NAME, "labels": {"app.kubernetes.io/name": "spiderpool"}},
+                "webhooks": hooks,
+            }
+        )
+    return docs[0], docs[1]
+
+
+async def register(
+    client: AsyncClient, ca_pem: bytes, *, url_base: str | None = None, service: tuple[str, str, int] | None = None
+) -> None:
+    """Create or update both configurations (server-side apply, so replicas converge)."""
+    mutating, validating = configurations(ca_pem, url_base=url_base, service=service)
+    await client.patch(
+        MutatingWebhookConfiguration,
+        CONFIG_NAME,
+        mutating,
+        patch_type=PatchType.APPLY,
+        field_manager="spiderpool-controller",
+        force=True,
+    )
+    await client.patch(
+        ValidatingWebhookConfiguration,
+        CONFIG_NAME,
+        validating,
+        patch_type=PatchType.APPLY,
+        field_manager="spiderpool-controller",
+        force=True,
+    )
+    log.info("webhook configurations registered name=%s", CONFIG_NAME)

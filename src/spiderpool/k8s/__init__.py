@@ -1,0 +1,1 @@
+"""Kubernetes API access: client construction and the Spiderpool resource types."""

@@ -1,0 +1,168 @@
+"""spiderpool-controller as a process: the walkthrough's SpiderSubnet, leader failover with webhooks
+answering throughout, deletion protection, metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from spiderpool.lab import procs
+from spiderpool.lab.cluster import Lab
+from tests.api.conftest import Controllers
+from tests.helpers import get_json
+
+# The walkthrough's SpiderSubnet with its indentation fixed.
+WALKTHROUGH_SUBNET = """
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderSubnet
+metadata:
+  name: subnet-test
+spec:
+  gateway: 172.18.0.1
+  ips:
+  - "172.18.30.131-172.18.30.140"
+  subnet: 172.18.0.0/16
+"""
+
+# Only the validating webhook can reject this one (two pools sharing IPs).
+OVERLAP = {
+    "apiVersion": "spiderpool.spidernet.io/v2beta1",
+    "kind": "SpiderIPPool",
+    "metadata": {"name": "failover-b"},
+    "spec": {"subnet": "10.120.0.0/16", "ips": ["10.120.0.5"]},
+}
+
+
+def test_walkthrough_subnet_applies_and_lists_counts(controllers: Controllers) -> None:
+    lab = controllers.lab
+    lab.kubectl("apply", "-f", "-", input_text=WALKTHROUGH_SUBNET)
+
+    def listed() -> bool:
+        out = lab.kubectl("get", "spidersubnet", "subnet-test", "--no-headers").stdout.split()
+        return out[:5] == ["subnet-test", "4", "172.18.0.0/16", "0", "10"]
+
+    procs.wait_for(
+        listed,
+        timeout=30,
+        what="subnet-test listed with its counts",
+        detail=lambda: lab.kubectl("get", "spidersubnet").stdout,
+    )
+    header = lab.kubectl("get", "spidersubnet").stdout.splitlines()[0].split()
+    assert header == ["NAME", "VERSION", "SUBNET", "ALLOCATED-IP-COUNT", "TOTAL-IP-COUNT", "AGE"]
+    lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s")
+
+
+def _dry_run_rejected(lab: Lab) -> tuple[bool, str]:
+    out = lab.kubectl("create", "--dry-run=server", "-f", "-", input_text=json.dumps(OVERLAP), check=False)
+    return out.returncode != 0 and "already belong to" in out.stderr, out.stdout + out.stderr
+
+
+def test_leader_failover_and_webhook_answers_throughout(controllers: Controllers) -> None:
+    lab = controllers.lab
+    lab.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {
+                **OVERLAP,
+                "metadata": {"name": "failover-a"},
+                "spec": {"subnet": "10.120.0.0/16", "ips": ["10.120.0.1-10.120.0.9"]},
+            }
+        ),
+    )
+    procs.wait_for(lambda: _dry_run_rejected(lab)[0], timeout=30, what="webhook sees failover-a")
+    leader = controllers.leader()
+    standby = {"controller-a": "controller-b", "controller-b": "controller-a"}[leader]
+
+    answers: list[tuple[float, bool, str]] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            ok, out = _dry_run_rejected(lab)
+            answers.append((time.monotonic(), ok, out))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        killed_at = time.monotonic()
+        controllers.stop(leader, kill=True)  # a crash: no Lease release
+        procs.wait_for(
+            lambda: controllers.leader() == standby,
+            timeout=controllers.lease_duration + 10,
+            what=f"{standby} to take the Lease",
+        )
+        took = time.monotonic() - killed_at
+        # a few more answers from the new leader alone
+        procs.wait_for(
+            lambda: sum(1 for t, _, _ in answers if t > killed_at + took) >= 3,
+            timeout=30,
+            what="answers after the handover",
+        )
+    finally:
+        stop.set()
+        prober.join()
+        controllers.start(leader)  # back to two replicas for the other tests
+    assert took <= controllers.lease_duration + 2 * 1.0, f"handover took {took:.1f}s"
+    during = [a for a in answers if a[0] >= killed_at]
+    assert during, "no admission request was made during the failover"
+    bad = [out for _, ok, out in during if not ok]
+    assert not bad, f"{len(bad)}/{len(during)} requests were not answered by a webhook: {bad[0]}"
+    lab.kubectl("delete", "spiderippool", "failover-a", "--wait=true", "--timeout=60s")
+
+
+def test_pool_with_allocations_stays_terminating_until_released(controllers: Controllers) -> None:
+    lab = controllers.lab
+    lab.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {
+                **OVERLAP,
+                "metadata": {"name": "busy"},
+                "spec": {"subnet": "10.121.0.0/16", "ips": ["10.121.0.1-10.121.0.9"]},
+            }
+        ),
+    )
+    allocated = {"10.121.0.3": {"pod": "default/web-0", "podUid": "u-9"}}
+    lab.kubectl(
+        "patch",
+        "spiderippool/busy",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"allocatedIPs": json.dumps(allocated)}}),
+    )
+    procs.wait_for(
+        lambda: get_json(lab, "spiderippool", "busy").get("status", {}).get("allocatedIPCount") == 1,
+        timeout=30,
+        what="allocatedIPCount 1",
+    )
+    lab.kubectl("delete", "spiderippool", "busy", "--wait=false")
+    # Held by the finalizer while the IP is allocated (give the controller ample time to misbehave).
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        pool = get_json(lab, "spiderippool", "busy")
+        assert pool["metadata"].get("deletionTimestamp")
+        assert pool["metadata"]["finalizers"] == ["spiderpool.spidernet.io"]
+        time.sleep(0.5)  # sampling a state that must hold, not waiting for one
+    lab.kubectl(
+        "patch", "spiderippool/busy", "--subresource=status", "--type=merge", "-p", '{"status":{"allocatedIPs":null}}'
+    )
+    procs.wait_for(
+        lambda: not lab.kubectl("get", "spiderippool", "busy", "--ignore-not-found", "-o", "name").stdout.strip(),
+        timeout=30,
+        what="the released pool to be deleted",
+    )
+
+
+def test_metrics_and_health(controllers: Controllers) -> None:
+    leader = controllers.leader()
+    text = controllers.scrape(leader)
+    assert "spiderpool_controller_is_leader 1.0" in text
+    assert "spiderpool_controller_admission_requests_total" in text
+    other = {"controller-a": "controller-b", "controller-b": "controller-a"}[leader]
+    assert "spiderpool_controller_is_leader 0.0" in controllers.scrape(other)
