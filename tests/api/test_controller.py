@@ -108,6 +108,7 @@ def test_leader_failover_and_webhook_answers_throughout(controllers: Controllers
     assert took <= controllers.lease_duration + 2 * 1.0, f"handover took {took:.1f}s"
     during = [a for a in answers if a[0] >= killed_at]
     assert during, "no admission request was made during the failover"
+    print(f"handover after SIGKILL: {took:.1f}s; {len(during)} webhook-only rejections answered meanwhile")
     bad = [out for _, ok, out in during if not ok]
     assert not bad, f"{len(bad)}/{len(during)} requests were not answered by a webhook: {bad[0]}"
     lab.kubectl("delete", "spiderippool", "failover-a", "--wait=true", "--timeout=60s")
@@ -166,3 +167,81 @@ def test_metrics_and_health(controllers: Controllers) -> None:
     assert "spiderpool_controller_admission_requests_total" in text
     other = {"controller-a": "controller-b", "controller-b": "controller-a"}[leader]
     assert "spiderpool_controller_is_leader 0.0" in controllers.scrape(other)
+
+
+def test_graceful_stop_hands_over_without_waiting_for_expiry(controllers: Controllers) -> None:
+    leader = controllers.leader()
+    standby = {"controller-a": "controller-b", "controller-b": "controller-a"}[leader]
+    started = time.monotonic()
+    controllers.stop(leader)  # SIGTERM: the Lease is released on the way out
+    try:
+        procs.wait_for(
+            lambda: controllers.leader() == standby,
+            timeout=controllers.lease_duration,
+            what=f"{standby} to lead after a graceful stop",
+        )
+        # A released Lease is taken on the standby's next retry, well before the lease would expire.
+        assert time.monotonic() - started < controllers.lease_duration - 2
+    finally:
+        controllers.start(leader)
+
+
+def test_subnet_deletion_waits_for_its_pools_and_their_ips(controllers: Controllers) -> None:
+    lab = controllers.lab
+    lab.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {
+                "apiVersion": "spiderpool.spidernet.io/v2beta1",
+                "kind": "SpiderSubnet",
+                "metadata": {"name": "del-subnet"},
+                "spec": {"subnet": "10.122.0.0/16", "ips": ["10.122.0.1-10.122.0.20"]},
+            }
+        ),
+    )
+    lab.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input_text=json.dumps(
+            {
+                **OVERLAP,
+                "metadata": {"name": "del-pool"},
+                "spec": {"subnet": "10.122.0.0/16", "ips": ["10.122.0.1-10.122.0.5"]},
+            }
+        ),
+    )
+    pool = get_json(lab, "spiderippool", "del-pool")
+    assert pool["metadata"]["labels"]["ipam.spidernet.io/owner-spider-subnet"] == "del-subnet"
+    lab.kubectl(
+        "patch",
+        "spiderippool/del-pool",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"allocatedIPs": json.dumps({"10.122.0.2": {"pod": "default/x"}})}}),
+    )
+    lab.kubectl("delete", "spidersubnet", "del-subnet", "--wait=false")
+    # The controller deletes the subnet's pool; the pool waits for its IP, the subnet for its pool.
+    procs.wait_for(
+        lambda: bool(get_json(lab, "spiderippool", "del-pool")["metadata"].get("deletionTimestamp")),
+        timeout=30,
+        what="the owned pool to be deleted with its subnet",
+    )
+    assert get_json(lab, "spidersubnet", "del-subnet")["metadata"].get("deletionTimestamp")
+    lab.kubectl(
+        "patch",
+        "spiderippool/del-pool",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"allocatedIPs":null}}',
+    )
+
+    def both_gone() -> bool:
+        out = lab.kubectl("get", "spidersubnet/del-subnet", "spiderippool/del-pool", "--ignore-not-found", "-o", "name")
+        return not out.stdout.strip()
+
+    procs.wait_for(both_gone, timeout=30, what="subnet and pool to be gone once the IP is released")
