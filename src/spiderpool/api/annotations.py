@@ -1,0 +1,178 @@
+"""Parse Spiderpool's pod and namespace annotations, with errors that name the key and the fix.
+
+Shapes follow upstream:
+- ``ipam.spidernet.io/ippool``: ``{"ipv4": [...], "ipv6": [...]}`` (pool lists for the NIC being added)
+- ``ipam.spidernet.io/ippools``: ``[{"interface": "eth0", "ipv4": [...], "ipv6": [...], "cleangateway": false}]``
+  (per NIC; either every item names its interface or none does, then order maps to eth0, net1, ...)
+- ``ipam.spidernet.io/routes``: ``[{"dst": "10.0.0.0/16", "gw": "192.168.1.1"}]``
+- namespace ``ipam.spidernet.io/default-ipv4-ippool`` / ``default-ipv6-ippool``: ``["a", "b"]``
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from spiderpool.ipam.ranges import RangeError, parse_cidr, parse_ip
+
+IPPOOL = "ipam.spidernet.io/ippool"
+IPPOOLS = "ipam.spidernet.io/ippools"
+ROUTES = "ipam.spidernet.io/routes"
+SUBNET = "ipam.spidernet.io/subnet"
+SUBNETS = "ipam.spidernet.io/subnets"
+NS_DEFAULT_V4 = "ipam.spidernet.io/default-ipv4-ippool"
+NS_DEFAULT_V6 = "ipam.spidernet.io/default-ipv6-ippool"
+DEFAULT_ROUTE_NIC = "ipam.spidernet.io/default-route-nic"
+MULTUS_DEFAULT_NETWORK = "v1.multus-cni.io/default-network"
+MULTUS_NETWORKS = "k8s.v1.cni.cncf.io/networks"
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation; ``str()`` names the key, what is wrong and an example of right."""
+
+    def __init__(self, key: str, problem: str, example: str) -> None:
+        self.key = key
+        super().__init__(f"annotation {key}: {problem}; expected e.g. {example}")
+
+
+@dataclass(frozen=True)
+class PoolChoice:
+    """Pool names for one NIC, per family, from an annotation or a config."""
+
+    interface: str | None
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    clean_gateway: bool | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str
+    gw: str
+
+
+@dataclass(frozen=True)
+class PodAnnotations:
+    ippool: PoolChoice | None = None
+    ippools: tuple[PoolChoice, ...] = ()
+    routes: tuple[Route, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _load(key: str, raw: str, example: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise AnnotationError(key, f"not valid JSON ({exc.args[0].split(':')[0]})", example) from None
+
+
+def _names(key: str, value: Any, where: str, example: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise AnnotationError(key, f"{where} must be a list of pool names", example)
+    return tuple(value)
+
+
+_IPPOOL_EXAMPLE = '{"ipv4": ["pool-v4"], "ipv6": ["pool-v6"]}'
+_IPPOOLS_EXAMPLE = '[{"interface": "eth0", "ipv4": ["pool-a"]}, {"interface": "net1", "ipv4": ["pool-b"]}]'
+_ROUTES_EXAMPLE = '[{"dst": "10.20.0.0/16", "gw": "172.18.0.1"}]'
+_KNOWN_ITEM_KEYS = {"interface", "ipv4", "ipv6", "cleangateway"}
+
+
+def _choice(key: str, item: Any, where: str, example: str) -> PoolChoice:
+    if not isinstance(item, dict):
+        raise AnnotationError(key, f"{where} must be an object", example)
+    unknown = set(item) - _KNOWN_ITEM_KEYS
+    if unknown:
+        raise AnnotationError(key, f"{where} has unknown key(s) {sorted(unknown)}", example)
+    iface = item.get("interface")
+    if iface is not None and (not isinstance(iface, str) or not iface):
+        raise AnnotationError(key, f"{where}.interface must be a non-empty string", example)
+    clean = item.get("cleangateway")
+    if clean is not None and not isinstance(clean, bool):
+        raise AnnotationError(key, f"{where}.cleangateway must be true or false", example)
+    choice = PoolChoice(
+        interface=iface,
+        ipv4=_names(key, item.get("ipv4"), f"{where}.ipv4", example),
+        ipv6=_names(key, item.get("ipv6"), f"{where}.ipv6", example),
+        clean_gateway=clean,
+    )
+    if not choice.ipv4 and not choice.ipv6:
+        raise AnnotationError(key, f"{where} names no pool (give ipv4, ipv6 or both)", example)
+    return choice
+
+
+def parse_ippool(raw: str) -> PoolChoice:
+    return _choice(IPPOOL, _load(IPPOOL, raw, _IPPOOL_EXAMPLE), "the value", _IPPOOL_EXAMPLE)
+
+
+def parse_ippools(raw: str) -> tuple[PoolChoice, ...]:
+    data = _load(IPPOOLS, raw, _IPPOOLS_EXAMPLE)
+    if not isinstance(data, list) or not data:
+        raise AnnotationError(IPPOOLS, "must be a non-empty list, one item per interface", _IPPOOLS_EXAMPLE)
+    items = tuple(_choice(IPPOOLS, item, f"item {i}", _IPPOOLS_EXAMPLE) for i, item in enumerate(data))
+    named = [c.interface is not None for c in items]
+    if any(named) and not all(named):
+        raise AnnotationError(
+            IPPOOLS,
+            "some items name their interface and some do not; name it in every item or in none",
+            _IPPOOLS_EXAMPLE,
+        )
+    seen = [c.interface for c in items if c.interface]
+    dupes = sorted({i for i in seen if seen.count(i) > 1})
+    if dupes:
+        raise AnnotationError(IPPOOLS, f"interface {dupes[0]!r} appears more than once", _IPPOOLS_EXAMPLE)
+    if not any(named):
+        # Unnamed items map to interfaces by order: eth0, net1, net2, ... (Multus' default names).
+        items = tuple(
+            PoolChoice("eth0" if i == 0 else f"net{i}", c.ipv4, c.ipv6, c.clean_gateway) for i, c in enumerate(items)
+        )
+    return items
+
+
+def parse_routes(raw: str) -> tuple[Route, ...]:
+    data = _load(ROUTES, raw, _ROUTES_EXAMPLE)
+    if not isinstance(data, list):
+        raise AnnotationError(ROUTES, "must be a list of routes", _ROUTES_EXAMPLE)
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or set(item) != {"dst", "gw"}:
+            raise AnnotationError(ROUTES, f"item {i} must have exactly 'dst' and 'gw'", _ROUTES_EXAMPLE)
+        try:
+            dst = parse_cidr(str(item["dst"]), strict=False)
+            gw = parse_ip(str(item["gw"]))
+        except RangeError as exc:
+            raise AnnotationError(ROUTES, f"item {i}: {exc}", _ROUTES_EXAMPLE) from None
+        if dst.version != gw.version:
+            raise AnnotationError(ROUTES, f"item {i}: dst and gw are of different IP families", _ROUTES_EXAMPLE)
+        if dst.prefixlen == 0:
+            raise AnnotationError(
+                ROUTES, f"item {i}: a default route is not allowed; the pool gateway provides it", _ROUTES_EXAMPLE
+            )
+        out.append(Route(str(dst), str(gw)))
+    return tuple(out)
+
+
+def parse_pod(annotations: dict[str, str] | None) -> PodAnnotations:
+    """All IPAM annotations of a pod; raises :class:`AnnotationError` on the first malformed one."""
+    ann = annotations or {}
+    return PodAnnotations(
+        ippool=parse_ippool(ann[IPPOOL]) if IPPOOL in ann else None,
+        ippools=parse_ippools(ann[IPPOOLS]) if IPPOOLS in ann else (),
+        routes=parse_routes(ann[ROUTES]) if ROUTES in ann else (),
+    )
+
+
+def parse_namespace_defaults(annotations: dict[str, str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The namespace's default v4 and v6 pool lists."""
+    ann = annotations or {}
+    out: list[tuple[str, ...]] = []
+    for key in (NS_DEFAULT_V4, NS_DEFAULT_V6):
+        if key not in ann:
+            out.append(())
+            continue
+        example = '["pool-a", "pool-b"]'
+        out.append(_names(key, _load(key, ann[key], example), "the value", example))
+    return out[0], out[1]

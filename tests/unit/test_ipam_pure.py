@@ -1,0 +1,191 @@
+"""Pool selection, candidate order and results: the pure core of allocation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spiderpool.api.annotations import AnnotationError, parse_ippools, parse_namespace_defaults, parse_pod, parse_routes
+from spiderpool.ipam.allocate import candidates, record_name, usable
+from spiderpool.ipam.ranges import IPSet
+from spiderpool.ipam.result import Assigned, cni_result, routes_for
+from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, matches, plan_nic
+
+
+def _pool(subnet: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {}, "spec": {"subnet": subnet, **spec}}
+
+
+POOLS = {
+    "v4-a": _pool("172.18.0.0/16", ips=["172.18.40.1-172.18.40.9"], default=True),
+    "v4-b": _pool("172.18.0.0/16", ips=["172.18.41.1-172.18.41.9"], podAffinity={"matchLabels": {"app": "web"}}),
+    "v4-node2": _pool("172.18.0.0/16", ips=["172.18.42.1"], nodeName=["node2"]),
+    "v4-off": _pool("172.18.0.0/16", ips=["172.18.43.1"], disable=True),
+    "v6-a": _pool("fd00:172:18::/64", ips=["fd00:172:18::40-fd00:172:18::49"], default=True),
+    "v4-ns": _pool("172.18.0.0/16", ips=["172.18.44.1"], namespaceAffinity={"matchLabels": {"team": "x"}}),
+    "v4-net1": _pool("172.19.0.0/16", ips=["172.19.0.10"], multusName=["kube-system/macvlan-net1"]),
+}
+
+
+def _ctx(annotations: dict[str, str] | None = None, **kw: Any) -> PodContext:
+    base: dict[str, Any] = {
+        "namespace": "default",
+        "name": "web-0",
+        "labels": {"app": "web"},
+        "node": "node1",
+        "node_labels": {"kubernetes.io/hostname": "node1"},
+        "namespace_labels": {},
+        "annotations": parse_pod(annotations),
+    }
+    base.update(kw)
+    return PodContext(**base)
+
+
+def test_cluster_default_pools_are_the_last_tier() -> None:
+    plan = plan_nic(_ctx(), "eth0", POOLS, netconf=NetconfDefaults(), families=(4, 6))
+    assert plan.source == "cluster default pools"
+    assert [(c.family, c.pools) for c in plan.families] == [(4, ("v4-a",)), (6, ("v6-a",))]
+
+
+def test_precedence_pod_over_namespace_over_netconf() -> None:
+    netconf = NetconfDefaults(ipv4=("v4-a",))
+    plan = plan_nic(_ctx(), "eth0", POOLS, netconf=netconf)
+    assert (plan.source, plan.families[0].pools) == ("CNI config default pools", ("v4-a",))
+    ns = _ctx(namespace_defaults=parse_namespace_defaults({"ipam.spidernet.io/default-ipv4-ippool": '["v4-b"]'}))
+    assert plan_nic(ns, "eth0", POOLS, netconf=netconf).families[0].pools == ("v4-b",)
+    pod = _ctx({"ipam.spidernet.io/ippool": '{"ipv4": ["v4-*"]}'}, namespace_defaults=((("v4-a",)), ()))
+    plan = plan_nic(pod, "eth0", POOLS, netconf=netconf)
+    assert plan.source == "pod annotation ipam.spidernet.io/ippool"
+    # wildcard expanded; affinity pools first; filtered pools remembered with their reason
+    assert plan.families[0].pools == ("v4-b", "v4-a")
+    assert dict(plan.families[0].rejected) == {
+        "v4-node2": "nodeName does not include node node1",
+        "v4-off": "disabled",
+        "v4-ns": "namespaceAffinity does not match namespace default",
+        "v4-net1": "multusName ['kube-system/macvlan-net1'] does not include this interface's network (none)",
+    }
+
+
+def test_ippools_per_interface_and_multus_filter() -> None:
+    ann = {"ipam.spidernet.io/ippools": '[{"ipv4": ["v4-a"]}, {"ipv4": ["v4-net1"], "cleangateway": true}]'}
+    ctx = _ctx(ann, networks={"net1": "kube-system/macvlan-net1"})
+    eth0 = plan_nic(ctx, "eth0", POOLS, netconf=NetconfDefaults())
+    net1 = plan_nic(ctx, "net1", POOLS, netconf=NetconfDefaults())
+    assert eth0.families[0].pools == ("v4-a",)
+    assert (net1.families[0].pools, net1.clean_gateway) == (("v4-net1",), True)
+    with pytest.raises(SelectionError, match="interface net2 is not listed"):
+        plan_nic(ctx, "net2", POOLS, netconf=NetconfDefaults())
+
+
+def test_all_candidates_rejected_explains_each() -> None:
+    ctx = _ctx({"ipam.spidernet.io/ippool": '{"ipv4": ["v4-off", "missing", "v6-a"]}'})
+    with pytest.raises(SelectionError) as err:
+        plan_nic(ctx, "eth0", POOLS, netconf=NetconfDefaults())
+    assert "v4-off: disabled; missing: no such SpiderIPPool; v6-a: not an IPv4 pool" in str(err.value)
+    assert "pod default/web-0" in str(err.value)
+
+
+def test_nothing_specified() -> None:
+    with pytest.raises(SelectionError, match="no pool is specified for interface eth0"):
+        plan_nic(_ctx(), "eth0", {}, netconf=NetconfDefaults())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("ipam.spidernet.io/ippool", "{ipv4: [a]}", "not valid JSON"),
+        ("ipam.spidernet.io/ippool", '{"ipv4": "a"}', "the value.ipv4 must be a list of pool names"),
+        ("ipam.spidernet.io/ippool", '{"ipv4": []}', "names no pool"),
+        ("ipam.spidernet.io/ippool", '{"ipv4": ["a"], "v4": ["b"]}', "unknown key(s) ['v4']"),
+        ("ipam.spidernet.io/ippools", "[]", "must be a non-empty list"),
+        ("ipam.spidernet.io/ippools", '[{"interface": "eth0", "ipv4": ["a"]}, {"ipv4": ["b"]}]', "name it in every"),
+        (
+            "ipam.spidernet.io/ippools",
+            '[{"interface": "eth0", "ipv4": ["a"]}, {"interface": "eth0", "ipv4": ["b"]}]',
+            "appears more than once",
+        ),
+        (
+            "ipam.spidernet.io/ippools",
+            '[{"interface": "eth0", "ipv4": ["a"], "cleangateway": "yes"}]',
+            "cleangateway must be true or false",
+        ),
+        ("ipam.spidernet.io/routes", '[{"dst": "10.0.0.0/8"}]', "must have exactly 'dst' and 'gw'"),
+        ("ipam.spidernet.io/routes", '[{"dst": "10.0.0.0/8", "gw": "fd00::1"}]', "different IP families"),
+        ("ipam.spidernet.io/routes", '[{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]', "a default route is not allowed"),
+        ("ipam.spidernet.io/routes", '[{"dst": "10.0.0/8", "gw": "10.0.0.1"}]', "is not a valid CIDR"),
+    ],
+)
+def test_malformed_annotations_name_the_key(key: str, value: str, message: str) -> None:
+    with pytest.raises(AnnotationError) as err:
+        parse_pod({key: value})
+    assert str(err.value).startswith(f"annotation {key}: ")
+    assert message in str(err.value)
+    assert "expected e.g." in str(err.value)
+
+
+def test_unnamed_ippools_map_to_eth0_net1() -> None:
+    items = parse_ippools('[{"ipv4": ["a"]}, {"ipv6": ["b"]}]')
+    assert [i.interface for i in items] == ["eth0", "net1"]
+    assert parse_routes('[{"dst": "10.1.0.0/16", "gw": "10.0.0.1"}]')[0].dst == "10.1.0.0/16"
+
+
+def test_selector_semantics() -> None:
+    labels = {"app": "web", "tier": "front"}
+    assert matches({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "api"]}]}, labels)
+    assert not matches({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}, labels)
+    assert matches({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}, labels)
+    assert not matches({"matchLabels": {"app": "api"}}, labels)
+
+
+def test_usable_excludes_gateway_exclude_and_reserved() -> None:
+    pool = _pool("10.0.0.0/24", ips=["10.0.0.1-10.0.0.10"], excludeIPs=["10.0.0.5"], gateway="10.0.0.1")
+    u = usable(pool, [IPSet.parse(4, ["10.0.0.9-10.0.0.20"])])
+    assert u.to_ranges() == ["10.0.0.2-10.0.0.4", "10.0.0.6-10.0.0.8"]
+
+
+def test_candidates_visit_every_free_address_once_from_a_seeded_start() -> None:
+    free = IPSet.parse(4, ["10.0.0.1-10.0.0.5", "10.0.0.10-10.0.0.12"])
+    for seed in ("node1", "node2", "node3", "x"):
+        got = list(candidates(free, seed))
+        assert sorted(got) == sorted(str(a) for a in free)
+        assert len(got) == 8
+    starts = {next(candidates(IPSet.parse(4, ["10.0.0.0-10.0.3.255"]), f"node{i}")) for i in range(10)}
+    assert len(starts) == 10  # agents start apart
+    assert list(candidates(IPSet(4), "n")) == []
+
+
+def test_record_names_are_valid_object_names() -> None:
+    assert record_name("10.6.168.101") == "10.6.168.101"
+    assert record_name("fd00::1") == "fd00-0000-0000-0000-0000-0000-0000-0001"
+
+
+def test_routes_and_result_versions() -> None:
+    a = Assigned(
+        "eth0",
+        4,
+        "172.18.40.2",
+        16,
+        "v4-a",
+        "172.18.0.1",
+        pool_routes=(parse_routes('[{"dst": "10.10.0.0/16", "gw": "172.18.0.2"}]')[0],),
+    )
+    b = Assigned("eth0", 6, "fd00:172:18::40", 64, "v6-a", "fd00:172:18::1")
+    extra = parse_routes('[{"dst": "10.20.0.0/16", "gw": "172.18.0.3"}, {"dst": "10.30.0.0/16", "gw": "192.168.0.1"}]')
+    routes = routes_for([a, b], extra, clean_gateway=False)
+    assert [(r.dst, r.gw) for r in routes] == [
+        ("0.0.0.0/0", "172.18.0.1"),
+        ("10.10.0.0/16", "172.18.0.2"),
+        ("::/0", "fd00:172:18::1"),
+        ("10.20.0.0/16", "172.18.0.3"),
+    ]
+    assert [r.dst for r in routes_for([a], [], clean_gateway=True)] == ["10.10.0.0/16"]
+    old = cni_result([a, b], routes, "0.3.1")
+    assert old["ips"][0] == {"address": "172.18.40.2/16", "gateway": "172.18.0.1", "version": "4"}
+    new = cni_result([a], [], "1.0.0")
+    assert new == {
+        "cniVersion": "1.0.0",
+        "ips": [{"address": "172.18.40.2/16", "gateway": "172.18.0.1"}],
+        "routes": [],
+        "dns": {},
+    }
