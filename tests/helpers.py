@@ -60,3 +60,26 @@ def in_netns(lab: Lab, target: str, *argv: str, timeout: float = 30) -> subproce
 
 def apply(lab: Lab, manifest: str) -> None:
     lab.kubectl("apply", "-f", "-", input_text=manifest)
+
+
+def allocation_record(ip: str, pool: str, *, pod: str = "app-0", namespace: str = "default", uid: str = "u-1") -> str:
+    """A SpiderIPAllocation manifest: the record an agent writes when it hands ``ip`` out of ``pool``."""
+    from spiderpool.ipam.allocate import record_name
+
+    family = 6 if ":" in ip else 4
+    return json.dumps(
+        {
+            "apiVersion": "spiderpool.spidernet.io/v2beta1",
+            "kind": "SpiderIPAllocation",
+            "metadata": {"name": record_name(ip)},
+            "spec": {
+                "ip": ip,
+                "pool": pool,
+                "ipVersion": family,
+                "namespace": namespace,
+                "pod": pod,
+                "podUID": uid,
+                "interface": "eth0",
+            },
+        }
+    )

@@ -14,10 +14,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from spiderpool.ipam.allocate import record_name
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
 from tests.api.conftest import Controllers
-from tests.helpers import get_json
+from tests.helpers import allocation_record, get_json
 
 API = "spiderpool.spidernet.io/v2beta1"
 
@@ -56,12 +57,8 @@ class Case:
     expect: str
     by: str  # "schema" or "webhook"
     setup: list[dict[str, Any]] = field(default_factory=list)
-    #: status to write on a setup object before applying ``obj``: (kind plural, name, status)
-    setup_status: tuple[str, str, dict[str, Any]] | None = None
-
-
-def _allocated(ip: str) -> dict[str, Any]:
-    return {"allocatedIPs": json.dumps({ip: {"pod": "default/app-0", "podUid": "u-1"}}), "allocatedIPCount": 1}
+    #: an allocation to record before applying ``obj``: (IP, pool)
+    allocated: tuple[str, str] | None = None
 
 
 CASES = [
@@ -245,7 +242,7 @@ CASES = [
         "spec.ips: 10.35.0.7 still allocated (e.g. to pod default/app-0)",
         "webhook",
         setup=[pool("r35", "10.35.0.0/16", ips=["10.35.0.1-10.35.0.10"])],
-        setup_status=("spiderippools", "r35", _allocated("10.35.0.7")),
+        allocated=("10.35.0.7", "r35"),
     ),
     Case(
         "pool-exclude-allocated-ip",
@@ -253,7 +250,7 @@ CASES = [
         "spec.ips: 10.36.0.7 still allocated",
         "webhook",
         setup=[pool("r36", "10.36.0.0/16", ips=["10.36.0.1-10.36.0.10"])],
-        setup_status=("spiderippools", "r36", _allocated("10.36.0.7")),
+        allocated=("10.36.0.7", "r36"),
     ),
     Case("reserved-range-reversed", reserved("r37", ips=["10.37.0.9-10.37.0.1"]), "starts after it ends", "webhook"),
     Case(
@@ -286,17 +283,8 @@ def _ref(obj: dict[str, Any]) -> list[str]:
 
 
 def _cleanup(lab: Lab, case: Case) -> None:
-    if case.setup_status:
-        plural, name, _ = case.setup_status
-        lab.kubectl(
-            "patch",
-            f"{plural}/{name}",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            '{"status":{"allocatedIPs":null,"allocatedIPCount":0}}',
-            check=False,
-        )
+    if case.allocated:
+        lab.kubectl("delete", "spideripallocation", record_name(case.allocated[0]), "--ignore-not-found", check=False)
     for obj in [case.obj, *reversed(case.setup)]:
         lab.kubectl("delete", *_ref(obj), "--ignore-not-found", "--wait=false", check=False)
 
@@ -313,11 +301,15 @@ def _run_case(lab: Lab, case: Case) -> tuple[bool, str]:
     for obj in case.setup:
         ok, out = _apply(lab, obj)
         assert ok, f"{case.id}: setup failed: {out}"
-    if case.setup_status:
-        plural, name, status = case.setup_status
-        lab.kubectl(
-            "patch", f"{plural}/{name}", "--subresource=status", "--type=merge", "-p", json.dumps({"status": status})
-        )
+    if case.allocated:
+        ip, pool_name = case.allocated
+        lab.kubectl("apply", "-f", "-", input_text=allocation_record(ip, pool_name))
+        if lab.process_alive("spiderpool-controller/controller-a"):
+            procs.wait_for(
+                lambda: get_json(lab, "spiderippool", pool_name).get("status", {}).get("allocatedIPCount") == 1,
+                timeout=30,
+                what=f"{pool_name} to count its allocation",
+            )
     return _apply(lab, case.obj)
 
 

@@ -10,7 +10,7 @@ import time
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
 from tests.api.conftest import Controllers
-from tests.helpers import get_json
+from tests.helpers import allocation_record, get_json
 
 # The walkthrough's SpiderSubnet with its indentation fixed.
 WALKTHROUGH_SUBNET = """
@@ -128,15 +128,7 @@ def test_pool_with_allocations_stays_terminating_until_released(controllers: Con
             }
         ),
     )
-    allocated = {"10.121.0.3": {"pod": "default/web-0", "podUid": "u-9"}}
-    lab.kubectl(
-        "patch",
-        "spiderippool/busy",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"allocatedIPs": json.dumps(allocated)}}),
-    )
+    lab.kubectl("apply", "-f", "-", input_text=allocation_record("10.121.0.3", "busy", pod="web-0", uid="u-9"))
     procs.wait_for(
         lambda: get_json(lab, "spiderippool", "busy").get("status", {}).get("allocatedIPCount") == 1,
         timeout=30,
@@ -150,9 +142,7 @@ def test_pool_with_allocations_stays_terminating_until_released(controllers: Con
         assert pool["metadata"].get("deletionTimestamp")
         assert pool["metadata"]["finalizers"] == ["spiderpool.spidernet.io"]
         time.sleep(0.5)  # sampling a state that must hold, not waiting for one
-    lab.kubectl(
-        "patch", "spiderippool/busy", "--subresource=status", "--type=merge", "-p", '{"status":{"allocatedIPs":null}}'
-    )
+    lab.kubectl("delete", "spideripallocation", "10.121.0.3")
     procs.wait_for(
         lambda: not lab.kubectl("get", "spiderippool", "busy", "--ignore-not-found", "-o", "name").stdout.strip(),
         timeout=30,
@@ -215,13 +205,11 @@ def test_subnet_deletion_waits_for_its_pools_and_their_ips(controllers: Controll
     )
     pool = get_json(lab, "spiderippool", "del-pool")
     assert pool["metadata"]["labels"]["ipam.spidernet.io/owner-spider-subnet"] == "del-subnet"
-    lab.kubectl(
-        "patch",
-        "spiderippool/del-pool",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": {"allocatedIPs": json.dumps({"10.122.0.2": {"pod": "default/x"}})}}),
+    lab.kubectl("apply", "-f", "-", input_text=allocation_record("10.122.0.2", "del-pool", pod="x"))
+    procs.wait_for(
+        lambda: get_json(lab, "spiderippool", "del-pool").get("status", {}).get("allocatedIPCount") == 1,
+        timeout=30,
+        what="del-pool to count its allocation",
     )
     lab.kubectl("delete", "spidersubnet", "del-subnet", "--wait=false")
     # The controller deletes the subnet's pool; the pool waits for its IP, the subnet for its pool.
@@ -231,14 +219,7 @@ def test_subnet_deletion_waits_for_its_pools_and_their_ips(controllers: Controll
         what="the owned pool to be deleted with its subnet",
     )
     assert get_json(lab, "spidersubnet", "del-subnet")["metadata"].get("deletionTimestamp")
-    lab.kubectl(
-        "patch",
-        "spiderippool/del-pool",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status":{"allocatedIPs":null}}',
-    )
+    lab.kubectl("delete", "spideripallocation", "10.122.0.2")
 
     def both_gone() -> bool:
         out = lab.kubectl("get", "spidersubnet/del-subnet", "spiderippool/del-pool", "--ignore-not-found", "-o", "name")

@@ -178,6 +178,27 @@ CRDS: tuple[CRD, ...] = (
         ),
     ),
     CRD(
+        kind="SpiderIPAllocation",
+        plural="spideripallocations",
+        singular="spideripallocation",
+        short_names=("sia",),
+        scope="Cluster",
+        spec=api.IPAllocationSpec,
+        status=None,
+        status_subresource=False,
+        description="One allocated IP, named after it: creating it is the allocation (the apiserver's uniqueness"
+        " is the lock), deleting it the release.",
+        columns=(
+            Column("IP", "string", ".spec.ip"),
+            Column("POOL", "string", ".spec.pool"),
+            Column("NAMESPACE", "string", ".spec.namespace"),
+            Column("POD", "string", ".spec.pod"),
+            Column("INTERFACE", "string", ".spec.interface"),
+            Column("NODE", "string", ".spec.node"),
+            _AGE,
+        ),
+    ),
+    CRD(
         kind="SpiderCoordinator",
         plural="spidercoordinators",
         singular="spidercoordinator",

@@ -258,6 +258,25 @@ class EndpointStatus:
     ownerControllerName: str | None = None
 
 
+# ------------------------------------------------------------ IPAllocation
+@dataclass
+class IPAllocationSpec:
+    """One allocated address. The object is named after the IP, so the apiserver guarantees that an
+    address is held at most once: creating the object *is* the allocation."""
+
+    ip: Annotated[str, F(max_length=64)]
+    pool: Annotated[str, F(max_length=253)]
+    ipVersion: Annotated[int, F(enum=(4, 6))]
+    namespace: Annotated[str, F(max_length=63)]
+    pod: Annotated[str, F(max_length=253)]
+    podUID: Annotated[str, F(max_length=64)]
+    interface: Annotated[str, F(max_length=15)]
+    node: Annotated[str, F(max_length=253)] | None = None
+    containerID: Annotated[str, F(max_length=128)] | None = None
+    ownerKind: str | None = None
+    ownerName: str | None = None
+
+
 # ------------------------------------------------------------- Coordinator
 _CIDR_OR_IP = Rule("isCIDR(self) || isIP(self)", "must be a CIDR or an IP address, e.g. 169.254.0.0/16")
 

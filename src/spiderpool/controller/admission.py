@@ -29,6 +29,8 @@ class Snapshot:
 
     pools: dict[str, Obj] = field(default_factory=dict)
     subnets: dict[str, Obj] = field(default_factory=dict)
+    #: pool name -> allocated IP -> holder ({"pod": "ns/name", "podUid": ...}), from the allocation records
+    allocated: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,18 +63,6 @@ def _canonical_ranges(family: int, ranges: Any) -> list[str] | None:
         return IPSet.parse(family, [str(r) for r in ranges]).to_ranges()
     except RangeError:
         return None
-
-
-def allocated_ips(pool: Obj) -> dict[str, Any]:
-    """The pool's ``status.allocatedIPs`` (a JSON string upstream) as a map IP -> record."""
-    raw = pool.get("status", {}).get("allocatedIPs")
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def pool_sets(spec: Obj) -> tuple[IPSet, IPSet] | None:
@@ -325,13 +315,13 @@ def _validate_pool(obj: Obj, spec: Obj, old: Obj | None, snap: Snapshot, setting
                     f'spec.subnet: {net} overlaps SpiderSubnet "{_name(sub)}" ({snet}); a pool inside a'
                     f" SpiderSubnet must use exactly its CIDR ({snet})"
                 )
-    if old is not None:
-        gone = [ip for ip in allocated_ips(old) if ip not in usable]
+    held = snap.allocated.get(me, {})
+    if old is not None and held:
+        gone = sorted(ip for ip in held if ip not in usable)
         if gone:
-            holder = allocated_ips(old)[gone[0]]
-            pod = holder.get("pod", "?") if isinstance(holder, dict) else "?"
+            pod = held[gone[0]].get("pod", "?")
             errors.append(
-                f"spec.ips: {', '.join(sorted(gone)[:3])} still allocated (e.g. to pod {pod}); delete the pod"
+                f"spec.ips: {', '.join(gone[:3])} still allocated (e.g. to pod {pod}); delete the pod"
                 " (or wait for its release) before removing or excluding the IP"
             )
     return errors

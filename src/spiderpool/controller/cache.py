@@ -1,73 +1,60 @@
-"""Watch-fed caches of SpiderIPPools and SpiderSubnets (plain dicts), shared by webhooks and reconcilers."""
+"""Watch-fed caches the controller shares between its webhooks and its reconcilers."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 from collections.abc import Callable
-from typing import Any
 
 from lightkube import AsyncClient
 
 from spiderpool.controller.admission import Snapshot
-from spiderpool.k8s.resources import SpiderIPPool, SpiderSubnet
-
-log = logging.getLogger(__name__)
+from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderSubnet
 
 Listener = Callable[[str, str], None]  # (kind, name)
 
 
 class ObjectCache:
     def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        self.pools: dict[str, dict[str, Any]] = {}
-        self.subnets: dict[str, dict[str, Any]] = {}
-        self.synced = {"SpiderIPPool": asyncio.Event(), "SpiderSubnet": asyncio.Event()}
+        self.pool_cache = WatchCache(client, SpiderIPPool, "SpiderIPPool")
+        self.subnet_cache = WatchCache(client, SpiderSubnet, "SpiderSubnet")
+        self.record_cache = WatchCache(client, SpiderIPAllocation, "SpiderIPAllocation")
+        self.pools = self.pool_cache.items
+        self.subnets = self.subnet_cache.items
+        self.records = self.record_cache.items
         self.listeners: list[Listener] = []
+        for cache in (self.pool_cache, self.subnet_cache, self.record_cache):
+            cache.listeners.append(self._relay)
+
+    def _relay(self, kind: str, key: str, obj: dict[str, object]) -> None:
+        if kind == "SpiderIPAllocation":
+            # an allocation changes its pool's status
+            spec = obj.get("spec")
+            pool = spec.get("pool") if isinstance(spec, dict) else None
+            if not pool:
+                return
+            kind, key = "SpiderIPPool", str(pool)
+        for listener in self.listeners:
+            listener(kind, key)
 
     def snapshot(self) -> Snapshot:
         # Copies are cheap at the sizes pools come in, and keep callers from mutating the cache.
-        return Snapshot(pools=copy.deepcopy(self.pools), subnets=copy.deepcopy(self.subnets))
-
-    def is_synced(self) -> bool:
-        return all(e.is_set() for e in self.synced.values())
-
-    async def run(self) -> None:
-        await asyncio.gather(
-            self._watch("SpiderIPPool", SpiderIPPool, self.pools),
-            self._watch("SpiderSubnet", SpiderSubnet, self.subnets),
+        return Snapshot(
+            pools=copy.deepcopy(self.pools), subnets=copy.deepcopy(self.subnets), allocated=self.allocations()
         )
 
-    async def _watch(self, kind: str, res: Any, store: dict[str, dict[str, Any]]) -> None:
-        while True:
-            try:
-                fresh: dict[str, dict[str, Any]] = {}
-                async for obj in self.client.list(res):
-                    d = obj.to_dict()
-                    fresh[d["metadata"]["name"]] = d
-                for name in set(store) - set(fresh):
-                    store.pop(name)
-                    self._notify(kind, name)
-                for name, d in fresh.items():
-                    store[name] = d
-                    self._notify(kind, name)
-                self.synced[kind].set()
-                # lightkube re-lists on its own after a 410; the initial ADDED events repeat the list.
-                async for event, obj in self.client.watch(res):
-                    d = obj.to_dict()
-                    name = d["metadata"]["name"]
-                    if event == "DELETED":
-                        store.pop(name, None)
-                    else:
-                        store[name] = d
-                    self._notify(kind, name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("watch broke kind=%s error=%s", kind, exc)
-                await asyncio.sleep(1)
+    def allocations(self) -> dict[str, dict[str, dict[str, str]]]:
+        """pool -> IP -> holder, from the allocation records (upstream's status.allocatedIPs shape)."""
+        out: dict[str, dict[str, dict[str, str]]] = {}
+        for record in self.records.values():
+            spec = record.get("spec", {})
+            holder = {"pod": f"{spec.get('namespace')}/{spec.get('pod')}", "podUid": str(spec.get("podUID", ""))}
+            out.setdefault(str(spec.get("pool")), {})[str(spec.get("ip"))] = holder
+        return out
 
-    def _notify(self, kind: str, name: str) -> None:
-        for listener in self.listeners:
-            listener(kind, name)
+    def is_synced(self) -> bool:
+        return all(c.synced.is_set() for c in (self.pool_cache, self.subnet_cache, self.record_cache))
+
+    async def run(self) -> None:
+        await asyncio.gather(self.pool_cache.run(), self.subnet_cache.run(), self.record_cache.run())

@@ -23,7 +23,7 @@ from lightkube.types import PatchType
 from prometheus_client import Counter
 
 from spiderpool.api import constants as c
-from spiderpool.controller.admission import allocated_ips, pool_sets
+from spiderpool.controller.admission import pool_sets
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.ipam.ranges import IPSet, RangeError, parse_cidr
 from spiderpool.k8s.resources import SpiderIPPool, SpiderSubnet
@@ -34,10 +34,15 @@ STATUS_WRITES = Counter("spiderpool_controller_status_writes_total", "Status upd
 BATCH_SECONDS = 0.2
 
 
-def pool_status(pool: dict[str, Any]) -> dict[str, Any]:
+def pool_status(pool: dict[str, Any], allocated: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Counts, and upstream's ``allocatedIPs`` JSON map, derived from the pool's allocation records."""
     sets = pool_sets(pool.get("spec", {}))
     total = sets[1].count() if sets else 0
-    return {"allocatedIPCount": len(allocated_ips(pool)), "totalIPCount": total}
+    return {
+        "allocatedIPs": json.dumps(allocated, sort_keys=True) if allocated else None,
+        "allocatedIPCount": len(allocated),
+        "totalIPCount": total,
+    }
 
 
 def _cidr(obj: dict[str, Any]) -> str | None:
@@ -151,8 +156,9 @@ class StatusReconciler:
         pool = self.cache.pools.get(name)
         if pool is None:
             return
-        pool = await self._write_status(SpiderIPPool, pool, pool_status(pool), "SpiderIPPool")
-        await self._finalize(SpiderIPPool, pool, releasable=not allocated_ips(pool))
+        allocated = self.cache.allocations().get(name, {})
+        pool = await self._write_status(SpiderIPPool, pool, pool_status(pool, allocated), "SpiderIPPool")
+        await self._finalize(SpiderIPPool, pool, releasable=not allocated)
 
     async def reconcile_subnet(self, name: str) -> None:
         subnet = self.cache.subnets.get(name)

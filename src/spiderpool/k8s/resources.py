@@ -23,3 +23,5 @@ BY_KIND: dict[str, Any] = {
     "SpiderEndpoint": SpiderEndpoint,
     "SpiderMultusConfig": SpiderMultusConfig,
 }
+SpiderIPAllocation: Any = create_global_resource(GROUP, VERSION, "SpiderIPAllocation", "spideripallocations")
+BY_KIND["SpiderIPAllocation"] = SpiderIPAllocation
