@@ -176,3 +176,40 @@ def parse_namespace_defaults(annotations: dict[str, str] | None) -> tuple[tuple[
         example = '["pool-a", "pool-b"]'
         out.append(_names(key, _load(key, ann[key], example), "the value", example))
     return out[0], out[1]
+
+
+def multus_networks(annotations: dict[str, str] | None, namespace: str, cluster_network: str = "") -> dict[str, str]:
+    """Interface -> Multus network (``ns/name``) for a pod: eth0 from the default-network annotation (or the
+    cluster network), net1.. from ``k8s.v1.cni.cncf.io/networks`` (by position unless named ``@if``).
+    Malformed values are ignored here: Multus itself rejects them before IPAM runs."""
+    ann = annotations or {}
+    out: dict[str, str] = {}
+
+    def qualify(ref: str, ns: str | None = None) -> str:
+        ref = ref.strip()
+        return ref if "/" in ref else f"{ns or namespace}/{ref}"
+
+    default = ann.get(MULTUS_DEFAULT_NETWORK, "").strip()
+    if default.startswith("["):
+        try:
+            first = json.loads(default)[0]
+            default = qualify(first["name"], first.get("namespace"))
+        except (ValueError, LookupError, TypeError):
+            default = ""
+    if default or cluster_network:
+        out["eth0"] = qualify(default) if default else cluster_network
+    raw = ann.get(MULTUS_NETWORKS, "").strip()
+    entries: list[tuple[str, str | None]] = []
+    if raw.startswith("["):
+        try:
+            for item in json.loads(raw):
+                entries.append((qualify(item["name"], item.get("namespace")), item.get("interface")))
+        except (ValueError, LookupError, TypeError):
+            entries = []
+    elif raw:
+        for part in raw.split(","):
+            ref, _, named = part.strip().partition("@")
+            entries.append((qualify(ref), named or None))
+    for i, (ref, iface) in enumerate(entries, 1):
+        out[iface or f"net{i}"] = ref
+    return out

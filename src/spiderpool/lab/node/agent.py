@@ -295,6 +295,9 @@ class NodeAgent:
                 await self.finish_deletion(pod)
             return
         assert pod is not None
+        if sandbox is not None and not sandbox.ready_network:
+            await self.teardown(sandbox)  # half made by a failed or interrupted ADD: undo, then retry
+            sandbox = None
         if sandbox is None:
             await self.report_pending(pod)
             sandbox = await self.create_sandbox(pod)
@@ -335,7 +338,10 @@ class NodeAgent:
         try:
             result = await cni.add(net, rt)
         except cni.CniError as exc:
-            await self.teardown(sb)
+            try:
+                await self.teardown(sb)
+            except cni.CniError as del_exc:  # the record stays; the next reconcile retries the DEL
+                log.warning("cleanup after failed ADD failed pod=%s/%s error=%s", ns, name, del_exc)
             raise await self._sandbox_failed(
                 pod,
                 f'failed to set up sandbox {container_id[:12]} network for pod "{name}": networkPlugin cni '

@@ -1,0 +1,170 @@
+"""``spiderpool-agent``: one per node; serves IP allocation to the ``spiderpool`` CNI plugin.
+
+HTTP+JSON on a unix socket (default ``/var/run/spidernet/spiderpool.sock``, mode 0600), paths in
+the spirit of upstream's: ``GET /v1/ipam/healthy``, ``POST``/``DELETE /v1/ipam/ip``,
+``POST /v1/ipam/check``, ``POST /v1/ipam/gc``. Metrics and health on TCP (default 5711).
+On start it installs the plugin into the node's CNI bin dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from lightkube import ApiError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from spiderpool import logs
+from spiderpool.agent.install import install_plugins
+from spiderpool.agent.ipam import Allocator, IPAMError, Settings
+from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.client import async_client
+from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderReservedIP
+
+log = logging.getLogger("spiderpool.agent")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="spiderpool-agent", description=__doc__)
+    p.add_argument("--kubeconfig", help="kubeconfig path (default: $KUBECONFIG, then the service account)")
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME", socket.gethostname()))
+    p.add_argument("--socket", default="/var/run/spidernet/spiderpool.sock")
+    p.add_argument("--cni-bin-dir", default="/opt/cni/bin", help="where to install the plugin executables")
+    p.add_argument("--python", default=sys.executable, help="interpreter the installed plugins run with")
+    p.add_argument("--metrics-bind", default="0.0.0.0")
+    p.add_argument("--metrics-port", type=int, default=5711)
+    p.add_argument("--disable-ipv4", action="store_true")
+    p.add_argument("--disable-ipv6", action="store_true")
+    p.add_argument("--cluster-network", default="", help="Multus cluster network (ns/name) for multusName")
+    p.add_argument("--log-level", default=None)
+    return p.parse_args(argv)
+
+
+def _prepare_socket(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a stale socket of a previous run
+    return path
+
+
+def _error(code: int, msg: str, status: int, details: str = "") -> web.Response:
+    return web.json_response({"code": code, "msg": msg, "details": details}, status=status)
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.client = async_client(args.kubeconfig, field_manager="spiderpool-agent")
+        self.caches = [
+            WatchCache(self.client, SpiderIPPool, "SpiderIPPool"),
+            WatchCache(self.client, SpiderReservedIP, "SpiderReservedIP"),
+            WatchCache(self.client, SpiderIPAllocation, "SpiderIPAllocation"),
+        ]
+        self.allocator = Allocator(
+            self.client,
+            Settings(
+                node=args.node_name,
+                ipv4=not args.disable_ipv4,
+                ipv6=not args.disable_ipv6,
+                cluster_network=args.cluster_network,
+            ),
+            pools=self.caches[0],
+            reserved=self.caches[1],
+            records=self.caches[2],
+        )
+        self.stop = asyncio.Event()
+
+    async def _guard(self, request: web.Request, action: Any) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(6, "request body is not JSON", 400)
+        try:
+            return web.json_response(await action(body))
+        except IPAMError as err:
+            return _error(err.code, err.msg, err.http, err.details)
+        except ApiError as exc:
+            return _error(11, f"Kubernetes API error, try again: {exc}", 503)
+        except (TimeoutError, OSError) as exc:
+            return _error(11, f"Kubernetes API unreachable, try again: {exc}", 503)
+
+    async def healthy(self, _: web.Request) -> web.Response:
+        if not self.allocator.ready():
+            return _error(11, "spiderpool-agent is starting: caches not synced yet", 503)
+        return web.json_response({"ok": True, "node": self.args.node_name})
+
+    async def allocate(self, request: web.Request) -> web.Response:
+        return await self._guard(request, self.allocator.allocate)
+
+    async def release(self, request: web.Request) -> web.Response:
+        return await self._guard(request, self.allocator.release)
+
+    async def check(self, request: web.Request) -> web.Response:
+        async def run(body: dict[str, Any]) -> dict[str, Any]:
+            self.allocator.check(body)
+            return {"ok": True}
+
+        return await self._guard(request, run)
+
+    async def gc(self, request: web.Request) -> web.Response:
+        return await self._guard(request, self.allocator.gc)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        a = self.args
+        installed = install_plugins(Path(a.cni_bin_dir), python=a.python, socket_path=a.socket)
+        log.info("plugins installed dir=%s files=%s", a.cni_bin_dir, ",".join(p.name for p in installed))
+        tasks = [asyncio.create_task(c.run()) for c in self.caches]
+
+        api = web.Application()
+        api.add_routes(
+            [
+                web.get("/v1/ipam/healthy", self.healthy),
+                web.post("/v1/ipam/ip", self.allocate),
+                web.delete("/v1/ipam/ip", self.release),
+                web.post("/v1/ipam/check", self.check),
+                web.post("/v1/ipam/gc", self.gc),
+            ]
+        )
+        sock = _prepare_socket(Path(a.socket))
+        runner = web.AppRunner(api, access_log=None)
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        os.chmod(sock, 0o600)  # only root (the runtime's CNI calls) may allocate
+        metrics = web.Application()
+        metrics.add_routes([web.get("/metrics", self.metrics), web.get("/healthz", self.healthy)])
+        mrunner = web.AppRunner(metrics, access_log=None)
+        await mrunner.setup()
+        await web.TCPSite(mrunner, a.metrics_bind, a.metrics_port).start()
+        log.info("serving node=%s socket=%s", a.node_name, sock)
+        try:
+            await self.stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await runner.cleanup()
+            await mrunner.cleanup()
+            await self.client.close()
+            log.info("agent stopped node=%s", a.node_name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.setup("spiderpool-agent", args.log_level)
+    asyncio.run(Agent(args).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The ``spiderpool`` CNI IPAM plugin: a thin, stdlib-only client of spiderpool-agent.
+
+It runs once per CNI call, so it imports nothing beyond ``json``, ``os``, ``socket`` and ``sys``
+and speaks HTTP/1.1 over the agent's unix socket by hand. The agent installs this file into the
+node's CNI bin dir with the interpreter in its first line and its own socket path as the default.
+
+Commands: ADD, DEL, CHECK, VERSION, STATUS, GC (CNI 0.3.0 to 1.1.0). Errors follow the CNI spec:
+4 bad environment, 6 bad stdin, 7 invalid config (naming the key), 11 try again later (agent not
+reachable or busy), 50 STATUS unavailable, 100+ from the agent (e.g. no IP available).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+DEFAULT_SOCKET = "/var/run/spidernet/spiderpool.sock"
+SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+TIMEOUT = 100.0
+
+IPAM_KEYS: dict[str, type] = {
+    "type": str,
+    "log_level": str,
+    "log_file_path": str,
+    "log_file_max_size": int,
+    "log_file_max_age": int,
+    "log_file_max_count": int,
+    "default_ipv4_ippool": list,
+    "default_ipv6_ippool": list,
+    "clean_gateway": bool,
+    "match_master_subnet": bool,
+    "ipam_unix_socket_path": str,
+}
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+def _fail(err: CniError, version: str) -> int:
+    out: dict[str, Any] = {"cniVersion": version, "code": err.code, "msg": err.msg}
+    if err.details:
+        out["details"] = err.details
+    sys.stdout.write(json.dumps(out))
+    return 1
+
+
+def _request(path: str, method: str, body: Any, sock_path: str) -> tuple[int, Any]:
+    """One HTTP/1.1 request over the agent's unix socket; returns (status, parsed JSON)."""
+    payload = json.dumps(body).encode() if body is not None else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: spiderpool-agent\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    try:
+        s.connect(sock_path)
+        s.sendall(head + payload)
+        chunks: list[bytes] = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    except OSError as exc:
+        raise CniError(
+            11, f"spiderpool-agent is not reachable at {sock_path}: {exc}", "is spiderpool-agent running?"
+        ) from None
+    finally:
+        s.close()
+    raw = b"".join(chunks)
+    header, _, body_bytes = raw.partition(b"\r\n\r\n")
+    try:
+        status = int(header.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        raise CniError(11, "spiderpool-agent sent a malformed reply") from None
+    if b"transfer-encoding: chunked" in header.lower():
+        body_bytes = _dechunk(body_bytes)
+    try:
+        return status, json.loads(body_bytes) if body_bytes.strip() else {}
+    except ValueError:
+        return status, {"msg": body_bytes.decode(errors="replace")}
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return out
+
+
+def _call(path: str, method: str, body: Any, sock_path: str) -> Any:
+    status, reply = _request(path, method, body, sock_path)
+    if status >= 300:
+        code = reply.get("code") if isinstance(reply, dict) else None
+        raise CniError(
+            int(code) if isinstance(code, int) else 11,
+            str(reply.get("msg", "spiderpool-agent error")) if isinstance(reply, dict) else str(reply),
+            str(reply.get("details", "")) if isinstance(reply, dict) else "",
+        )
+    return reply
+
+
+def load_config(stdin_text: str) -> tuple[dict[str, Any], str]:
+    try:
+        conf = json.loads(stdin_text)
+    except ValueError as exc:
+        raise CniError(6, f"network config on stdin is not JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise CniError(6, "network config on stdin must be a JSON object")
+    version = conf.get("cniVersion", "0.3.1")
+    if version not in SUPPORTED:
+        raise CniError(1, f"cniVersion {version!r} is not supported", f"use one of {', '.join(SUPPORTED)}")
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CniError(7, "the 'ipam' key is missing or not an object", 'give "ipam": {"type": "spiderpool"}')
+    for key, value in ipam.items():
+        want = IPAM_KEYS.get(key)
+        if want is None:
+            raise CniError(7, f"unknown key ipam.{key}", f"known keys: {', '.join(sorted(IPAM_KEYS))}")
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise CniError(7, f"ipam.{key} must be a {want.__name__}", f"got {json.dumps(value)}")
+        if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+            raise CniError(7, f"ipam.{key} must be a list of pool names", f"got {json.dumps(value)}")
+    return conf, version
+
+
+def cni_args() -> dict[str, str]:
+    out = {}
+    for pair in os.environ.get("CNI_ARGS", "").split(";"):
+        if "=" in pair:
+            k, v = pair.split("=", 1)
+            out[k] = v
+    return out
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise CniError(4, f"environment variable {name} is required")
+    return value
+
+
+def _pod_args(need_pod: bool = True) -> dict[str, str]:
+    args = cni_args()
+    ns, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
+    if need_pod and (not ns or not name):
+        raise CniError(4, "CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME", "is the runtime Kubernetes'?")
+    return {"podNamespace": ns, "podName": name, "podUID": args.get("K8S_POD_UID", "")}
+
+
+def format_result(reply: dict[str, Any], ifname: str, version: str) -> dict[str, Any]:
+    ips: list[dict[str, Any]] = []
+    routes: list[dict[str, Any]] = []
+    for ip in reply.get("ips", []):
+        if ip.get("nic") != ifname:
+            continue
+        entry = {"address": ip["address"]}
+        if ip.get("gateway"):
+            entry["gateway"] = ip["gateway"]
+        if version in ("0.3.0", "0.3.1", "0.4.0"):
+            entry["version"] = str(ip.get("version", 4))
+        ips.append(entry)
+    for r in reply.get("routes", []):
+        if r.get("ifName") == ifname:
+            routes.append({"dst": r["dst"], "gw": r["gw"]})
+    if not ips:
+        raise CniError(100, f"spiderpool-agent returned no address for interface {ifname}")
+    return {"cniVersion": version, "ips": ips, "routes": routes, "dns": reply.get("dns") or {}}
+
+
+def main() -> int:
+    command = os.environ.get("CNI_COMMAND", "")
+    if command == "VERSION":
+        sys.stdout.write(json.dumps({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED}))
+        return 0
+    stdin_text = sys.stdin.read()
+    version = "1.1.0"
+    try:
+        conf, version = load_config(stdin_text)
+        ipam = conf["ipam"]
+        sock = ipam.get("ipam_unix_socket_path") or DEFAULT_SOCKET
+        if command == "ADD":
+            body = {
+                "containerID": _env("CNI_CONTAINERID"),
+                "ifName": _env("CNI_IFNAME"),
+                "netNamespace": _env("CNI_NETNS"),
+                "defaultIPv4IPPool": ipam.get("default_ipv4_ippool", []),
+                "defaultIPv6IPPool": ipam.get("default_ipv6_ippool", []),
+                "cleanGateway": bool(ipam.get("clean_gateway", False)),
+                "network": conf.get("name", ""),
+                **_pod_args(),
+            }
+            _call("/v1/ipam/healthy", "GET", None, sock)
+            reply = _call("/v1/ipam/ip", "POST", body, sock)
+            sys.stdout.write(json.dumps(format_result(reply, body["ifName"], version)))
+        elif command == "DEL":
+            body = {
+                "containerID": _env("CNI_CONTAINERID"),
+                "ifName": _env("CNI_IFNAME"),
+                "netNamespace": os.environ.get("CNI_NETNS", ""),
+                **_pod_args(need_pod=False),
+            }
+            # Releasing what is already gone succeeds; an unreachable agent is a transient error
+            # (code 11), so the runtime retries the DEL instead of leaking the address.
+            _call("/v1/ipam/ip", "DELETE", body, sock)
+        elif command == "CHECK":
+            prev = conf.get("prevResult") or {}
+            body = {
+                "containerID": _env("CNI_CONTAINERID"),
+                "ifName": _env("CNI_IFNAME"),
+                "ips": [ip.get("address") for ip in prev.get("ips", [])],
+                **_pod_args(),
+            }
+            _call("/v1/ipam/check", "POST", body, sock)
+        elif command == "STATUS":
+            try:
+                _call("/v1/ipam/healthy", "GET", None, sock)
+            except CniError as exc:
+                raise CniError(50, f"spiderpool IPAM is not available: {exc.msg}", exc.details) from None
+        elif command == "GC":
+            valid = conf.get("cni.dev/valid-attachments") or []
+            body = {"network": conf.get("name", ""), "validAttachments": valid}
+            _call("/v1/ipam/gc", "POST", body, sock)
+        else:
+            raise CniError(4, f"unknown CNI_COMMAND {command!r}", "expected ADD, DEL, CHECK, VERSION, STATUS or GC")
+    except CniError as err:
+        return _fail(err, version)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
