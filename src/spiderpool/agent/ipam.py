@@ -213,8 +213,15 @@ class Allocator:
             raise IPAMError(100, str(exc), reason="no_available_pool", http=409) from None
 
         assigned: list[Assigned] = []
+        # Records this pod already holds for this NIC (an ADD whose reply was lost, or an agent that died
+        # between creating the record and writing the endpoint) are reused, never duplicated.
+        held = {int(r["spec"]["ipVersion"]): r for r in self.records_of(pod.uid, ifname)}
         try:
             for cand in plan.families:
+                record = held.get(cand.family)
+                if record is not None and record["spec"]["pool"] in self.pools.items:
+                    assigned.append(self._assigned(self.pools.items[record["spec"]["pool"]], record["spec"], ifname))
+                    continue
                 assigned.append(await self._take(cand.family, cand.pools, pod, ifname, req, cand.rejected))
         except IPAMError:
             for a in assigned:  # all families or none
@@ -287,11 +294,7 @@ class Allocator:
                 self.inflight.add(ip)
                 try:
                     if await self._create_record(ip, pool_name, family, pod, ifname, req):
-                        spec = pool["spec"]
-                        pool_routes = tuple(ann.Route(r["dst"], r["gw"]) for r in spec.get("routes") or [])
-                        return Assigned(
-                            ifname, family, ip, prefix_of(pool), pool_name, spec.get("gateway"), pool_routes
-                        )
+                        return self._assigned(pool, {"ip": ip, "pool": pool_name, "ipVersion": family}, ifname)
                 finally:
                     self.inflight.discard(ip)
             reasons.append(f"{pool_name}: every free IP was taken concurrently; retry")
@@ -301,6 +304,20 @@ class Allocator:
             f"no IPv{family} address for interface {ifname} of {who}: " + "; ".join(reasons),
             reason="ip_used_out",
             http=409,
+        )
+
+    @staticmethod
+    def _assigned(pool: dict[str, Any], record: dict[str, Any], ifname: str) -> Assigned:
+        spec = pool["spec"]
+        routes = tuple(ann.Route(r["dst"], r["gw"]) for r in spec.get("routes") or [])
+        return Assigned(
+            ifname,
+            int(record["ipVersion"]),
+            str(record["ip"]),
+            prefix_of(pool),
+            str(record["pool"]),
+            spec.get("gateway"),
+            routes,
         )
 
     async def _create_record(
