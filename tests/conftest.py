@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from spiderpool.api import crds
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
+from tests.stack import Agents, Controllers, free_port
 
 LAB_NODES = 2
 
@@ -27,3 +29,34 @@ def lab() -> Iterator[Lab]:
     yield instance
     if not was_up and os.environ.get("SPIDERPOOL_LAB_KEEP") != "1":
         instance.down()
+
+
+@pytest.fixture(scope="session")
+def crds_installed(lab: Lab) -> Lab:
+    for text in crds.render_all().values():
+        lab.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=text)
+    for crd in crds.CRDS:
+        lab.kubectl("wait", "--for=condition=Established", f"crd/{crd.name}", "--timeout=60s")
+    return lab
+
+
+@pytest.fixture(scope="session")
+def controllers(crds_installed: Lab) -> Iterator[Controllers]:
+    ctl = Controllers(crds_installed, webhook_port=free_port())
+    ctl.start("controller-a")
+    procs.wait_for(lambda: ctl.leader() == "controller-a", timeout=30, what="controller-a to lead")
+    ctl.start("controller-b")
+    yield ctl
+    for name in ("controller-a", "controller-b"):
+        ctl.stop(name)
+
+
+@pytest.fixture(scope="session")
+def agents(controllers: Controllers) -> Iterator[Agents]:
+    """An agent per node, with the controller running (it keeps pool status true)."""
+    ag = Agents(controllers.lab)
+    for node in controllers.lab.nodes():
+        ag.start(node.name)
+    yield ag
+    for node in controllers.lab.nodes():
+        ag.stop(node.name)

@@ -17,8 +17,8 @@ from typing import Any
 from spiderpool.ipam.allocate import record_name
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
-from tests.api.conftest import Controllers
 from tests.helpers import allocation_record, get_json
+from tests.stack import Controllers
 
 API = "spiderpool.spidernet.io/v2beta1"
 

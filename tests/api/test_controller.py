@@ -9,8 +9,8 @@ import time
 
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
-from tests.api.conftest import Controllers
 from tests.helpers import allocation_record, get_json
+from tests.stack import Controllers
 
 # The walkthrough's SpiderSubnet with its indentation fixed.
 WALKTHROUGH_SUBNET = """

@@ -1,22 +1,18 @@
-"""spiderpool-controller in the lab: CRDs installed, two replicas sharing the webhook port."""
+"""The Spiderpool stack in the lab: CRDs, controller replicas, one agent per node (as lab processes)."""
 
 from __future__ import annotations
 
 import http.client
 import socket
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import pytest
-
-from spiderpool.api import crds
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
 from tests.helpers import get_json
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -47,7 +43,7 @@ class Controllers:
         return f"spiderpool-controller/{name}"
 
     def start(self, name: str) -> None:
-        health, metrics = _free_port(), _free_port()
+        health, metrics = free_port(), free_port()
         self.health_ports[name] = health
         self.metrics_ports[name] = metrics
         self.lab.start_process(
@@ -96,21 +92,66 @@ class Controllers:
         return text
 
 
-@pytest.fixture(scope="session")
-def crds_installed(lab: Lab) -> Lab:
-    for text in crds.render_all().values():
-        lab.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=text)
-    for crd in crds.CRDS:
-        lab.kubectl("wait", "--for=condition=Established", f"crd/{crd.name}", "--timeout=60s")
-    return lab
+@dataclass
+class Agents:
+    """spiderpool-agent on every lab node, in the node's network namespace (as a hostNetwork DaemonSet)."""
+
+    lab: Lab
+
+    def socket(self, node: str) -> str:
+        return str(self.lab.node(node).dir / "run" / "spidernet" / "spiderpool.sock")
+
+    def start(self, node: str) -> None:
+        info = self.lab.node(node)
+        self.lab.start_process(
+            f"spiderpool-agent/{node}",
+            [
+                sys.executable,
+                "-m",
+                "spiderpool",
+                "agent",
+                f"--kubeconfig={self.lab.kubeconfig}",
+                f"--node-name={node}",
+                f"--socket={self.socket(node)}",
+                f"--cni-bin-dir={info.cni_bin_dir}",
+                "--metrics-bind=127.0.0.1",
+                "--metrics-port=5711",
+            ],
+            netns_name=info.netns,
+        )
+        procs.wait_for(
+            lambda: unix_request(self.socket(node), "GET", "/v1/ipam/healthy")[0] == 200,
+            timeout=60,
+            what=f"spiderpool-agent on {node} healthy",
+            detail=lambda: procs.tail(self.lab.logs / f"spiderpool-agent-{node}.log"),
+        )
+
+    def stop(self, node: str, *, kill: bool = False) -> None:
+        self.lab.stop_process(f"spiderpool-agent/{node}", kill=kill)
 
 
-@pytest.fixture(scope="session")
-def controllers(crds_installed: Lab) -> Iterator[Controllers]:
-    ctl = Controllers(crds_installed, webhook_port=_free_port())
-    ctl.start("controller-a")
-    procs.wait_for(lambda: ctl.leader() == "controller-a", timeout=30, what="controller-a to lead")
-    ctl.start("controller-b")
-    yield ctl
-    for name in ("controller-a", "controller-b"):
-        ctl.stop(name)
+def unix_request(path: str, method: str, url: str, body: object = None, timeout: float = 30) -> tuple[int, object]:
+    """One HTTP request to an agent's unix socket (what the CNI plugin does), from the test process."""
+    import json
+
+    payload = json.dumps(body).encode() if body is not None else b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(
+                f"{method} {url} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+    except OSError as exc:
+        return 0, str(exc)
+    head, _, data = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(data) if data.strip() else None
+    except ValueError:
+        return status, data.decode(errors="replace")

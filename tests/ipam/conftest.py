@@ -1,0 +1,69 @@
+"""Pools and CNI configs shared by the IPAM tests: the walkthrough's macvlan + spiderpool chain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from spiderpool.lab import procs
+from spiderpool.lab.cluster import Lab
+from tests.helpers import get_json
+from tests.stack import Agents
+
+API = "spiderpool.spidernet.io/v2beta1"
+
+
+def macvlan_spiderpool(name: str = "macvlan-conf", version: str = "0.3.1", **ipam: Any) -> dict[str, Any]:
+    """The walkthrough's NetworkAttachmentDefinition config (without the veth plugin)."""
+    return {
+        "cniVersion": version,
+        "name": name,
+        "plugins": [{"type": "macvlan", "master": "eth0", "mode": "bridge", "ipam": {"type": "spiderpool", **ipam}}],
+    }
+
+
+def use_cni(lab: Lab, conflist: dict[str, Any]) -> None:
+    for node in lab.nodes():
+        lab.clear_cni_config(node.name)
+        lab.write_cni_config(node.name, "10-spiderpool.conflist", conflist)
+
+
+def pool_manifest(name: str, subnet: str, ips: list[str], **spec: Any) -> str:
+    gateway = {"172.18.0.0/16": "172.18.0.1", "fd00:172:18::/64": "fd00:172:18::1"}.get(subnet)
+    body: dict[str, Any] = {"subnet": subnet, "ips": ips, **spec}
+    if gateway and "gateway" not in spec:
+        body["gateway"] = gateway
+    return json.dumps({"apiVersion": API, "kind": "SpiderIPPool", "metadata": {"name": name}, "spec": body})
+
+
+def pool_counts(lab: Lab, name: str) -> tuple[int, int]:
+    status = get_json(lab, "spiderippool", name).get("status", {})
+    return int(status.get("allocatedIPCount") or 0), int(status.get("totalIPCount") or 0)
+
+
+def records(lab: Lab) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(lab, "spideripallocations")["items"]
+    return items
+
+
+@pytest.fixture
+def stack(agents: Agents) -> Iterator[Agents]:
+    """Agents up and the nodes on macvlan + spiderpool; afterwards the nodes go back to the lab default."""
+    use_cni(agents.lab, macvlan_spiderpool())
+    yield agents
+    agents.lab.reset_cni_config()
+
+
+def wait_no_records(lab: Lab, namespace: str | None = None, timeout: float = 60) -> None:
+    def empty() -> bool:
+        return not [r for r in records(lab) if namespace is None or r["spec"]["namespace"] == namespace]
+
+    procs.wait_for(
+        empty,
+        timeout=timeout,
+        what="allocation records to be released",
+        detail=lambda: json.dumps([r["spec"] for r in records(lab)], indent=1)[:3000],
+    )
