@@ -531,10 +531,13 @@ class Allocator:
             return False
         try:
             sts = await self.client.get(StatefulSet, owner_name, namespace=ns)
+            namespace = await self.client.get(Namespace, ns)
         except ApiError as exc:
             if exc.status.code == 404:
                 return False
             raise
+        if namespace.metadata is not None and namespace.metadata.deletionTimestamp:
+            return False  # the whole namespace is going: no successor will come
         ordinal = name.rsplit("-", 1)[-1]
         replicas = sts.spec.replicas if sts.spec and sts.spec.replicas is not None else 1
         return (
