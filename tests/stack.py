@@ -150,7 +150,10 @@ def unix_request(path: str, method: str, url: str, body: object = None, timeout:
     except OSError as exc:
         return 0, str(exc)
     head, _, data = raw.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0, "connection closed without a reply"
     try:
         return status, json.loads(data) if data.strip() else None
     except ValueError:
