@@ -67,3 +67,20 @@ def wait_no_records(lab: Lab, namespace: str | None = None, timeout: float = 60)
         what="allocation records to be released",
         detail=lambda: json.dumps([r["spec"] for r in records(lab)], indent=1)[:3000],
     )
+
+
+def endpoint(lab: Lab, namespace: str, name: str, nics: int = 1, timeout: float = 30) -> dict[str, Any]:
+    """The pod's SpiderEndpoint ``status.current`` once it lists ``nics`` interfaces (it is written just after
+    the allocation reply)."""
+    found: dict[str, Any] = {}
+
+    def ready() -> bool:
+        nonlocal found
+        out = lab.kubectl("get", "spiderendpoint", "-n", namespace, name, "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        found = json.loads(out.stdout).get("status", {}).get("current", {})
+        return len(found.get("ips") or []) == nics
+
+    procs.wait_for(ready, timeout=timeout, what=f"SpiderEndpoint {namespace}/{name} with {nics} interface(s)")
+    return found

@@ -119,10 +119,15 @@ def test_sigkill_mid_storm_leaves_no_duplicate_and_no_leak(stack: Agents, tmp_pa
         assert len(held) == PODS, f"{len(held)} records for {PODS} pods"
         assert set(per_pod.values()) == {1}, [p for p, n in per_pod.items() if n != 1]
         assert len({h["ip"] for h in held}) == PODS
-        # Every pod's endpoint names the very IP its record holds.
-        endpoints = {e["metadata"]["name"]: e for e in get_json(lab, "spiderendpoints", "-n", NS)["items"]}
-        for h in held:
-            assert endpoints[h["pod"]]["status"]["current"]["ips"][0]["ipv4"] == f"{h['ip']}/16"
+        # Every pod's endpoint names the very IP its record holds (endpoints are written just after replying).
+        want = {h["pod"]: f"{h['ip']}/16" for h in held}
+
+        def endpoints_agree() -> bool:
+            items = get_json(lab, "spiderendpoints", "-n", NS)["items"]
+            have = {e["metadata"]["name"]: e["status"]["current"]["ips"][0].get("ipv4") for e in items}
+            return have == want
+
+        procs.wait_for(endpoints_agree, timeout=60, what="every endpoint to match its pod's record")
     finally:
         # The pods go; the runtime's DEL for each releases everything.
         lab.kubectl("delete", "pods", "--all", "-n", NS, "--grace-period=0", "--force", "--wait=true")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from spiderpool.lab.cluster import Lab
-from tests.helpers import get_json, in_netns, wait_gone, wait_running
-from tests.ipam.conftest import macvlan_spiderpool, pool_manifest, use_cni, wait_no_records
+from tests.helpers import in_netns, wait_gone, wait_running
+from tests.ipam.conftest import endpoint, macvlan_spiderpool, pool_manifest, use_cni, wait_no_records
 from tests.stack import Agents
 
 POOLS = {
@@ -160,9 +160,9 @@ def test_dual_stack_pod_with_routes(pools: Lab, stack: Agents) -> None:
     addrs = in_netns(lab, "default/dual", "ip", "-br", "addr", "show", "eth0").stdout
     assert f"{v4}/16" in addrs
     assert f"{v6}/64" in addrs
-    endpoint = get_json(lab, "spiderendpoint", "-n", "default", "dual")["status"]["current"]
-    assert endpoint["ips"][0]["ipv4Pool"] == "p-pod"
-    assert endpoint["ips"][0]["ipv6Pool"] == V6[0]
+    current = endpoint(lab, "default", "dual")
+    assert current["ips"][0]["ipv4Pool"] == "p-pod"
+    assert current["ips"][0]["ipv6Pool"] == V6[0]
     lab.kubectl("delete", "pod", "dual", "--wait=false")
     wait_gone(lab, "default", "case=dual")
     wait_no_records(lab)
@@ -200,8 +200,8 @@ def test_two_nic_pod_through_multus(pools: Lab, stack: Agents) -> None:
         v4 = [a["local"] for a in net1["addr_info"] if a["family"] == "inet"]
         assert len(v4) == 1
         assert _in_pool(v4[0], "p-net1")  # passed the multusName filter for net1's network
-        endpoint = get_json(lab, "spiderendpoint", "-n", "default", "twonic")["status"]["current"]
-        assert {e["interface"]: e["ipv4Pool"] for e in endpoint["ips"]} == {"eth0": "p-default", "net1": "p-net1"}
+        current = endpoint(lab, "default", "twonic", nics=2)
+        assert {e["interface"]: e["ipv4Pool"] for e in current["ips"]} == {"eth0": "p-default", "net1": "p-net1"}
     finally:
         lab.kubectl("delete", "pod", "twonic", "--ignore-not-found", "--wait=false")
         wait_gone(lab, "default", "case=twonic")

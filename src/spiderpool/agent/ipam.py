@@ -11,7 +11,6 @@ repeated ADD, a new sandbox of the same pod and a re-created StatefulSet pod get
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import time
@@ -92,58 +91,70 @@ class Allocator:
     pools: WatchCache
     reserved: WatchCache
     records: WatchCache
+    #: this node's pods, all namespaces and this node (optional: without them the agent reads the API)
+    pods: WatchCache | None = None
+    namespaces: WatchCache | None = None
+    nodes: WatchCache | None = None
     #: IPs with a record (from the watch) or being created by this agent right now
     used: set[str] = field(default_factory=set)
     inflight: set[str] = field(default_factory=set)
+    by_uid: dict[str, set[str]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _endpoint_dirty: dict[str, str] = field(default_factory=dict)
+    _endpoint_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.records.listeners.append(self._on_record)
 
     def _on_record(self, _kind: str, key: str, obj: dict[str, Any]) -> None:
-        ip = str(obj.get("spec", {}).get("ip", ""))
+        spec = obj.get("spec", {})
+        ip, uid = str(spec.get("ip", "")), str(spec.get("podUID", ""))
         if key in self.records.items:
             self.used.add(ip)
+            for keys in self.by_uid.values():
+                keys.discard(key)  # a record moved to another pod (StatefulSet successor)
+            self.by_uid.setdefault(uid, set()).add(key)
         else:
             self.used.discard(ip)
+            self.by_uid.get(uid, set()).discard(key)
+
+    def caches(self) -> list[WatchCache]:
+        return [c for c in (self.pools, self.reserved, self.records, self.pods, self.namespaces, self.nodes) if c]
 
     def ready(self) -> bool:
-        return all(c.synced.is_set() for c in (self.pools, self.reserved, self.records))
+        return all(c.synced.is_set() for c in self.caches())
 
     def _pod_lock(self, key: str) -> asyncio.Lock:
         # ADD and DEL of one pod never interleave within this agent.
         return self._locks.setdefault(key, asyncio.Lock())
 
     # ------------------------------------------------------------ reads
-    async def _pod(self, namespace: str, name: str) -> PodView | None:
-        try:
-            pod = (await self.client.get(Pod, name, namespace=namespace)).to_dict()
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise
+    async def _pod(self, namespace: str, name: str, *, fresh: bool = False) -> PodView | None:
+        """The pod from the watch cache, or from the API when asked for ``fresh`` or not cached yet."""
+        pod = None if fresh or self.pods is None else self.pods.get(f"{namespace}/{name}")
+        if pod is None:
+            try:
+                pod = (await self.client.get(Pod, name, namespace=namespace)).to_dict()
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    return None
+                raise
         view = PodView(pod)
         for ref in pod["metadata"].get("ownerReferences") or []:
-            if not ref.get("controller"):
-                continue
-            view.owner_kind, view.owner_name = str(ref["kind"]), str(ref["name"])
-            if ref["kind"] == "ReplicaSet":
-                try:
-                    rs = await self.client.get(ReplicaSet, ref["name"], namespace=namespace)
-                    for up in (rs.metadata.ownerReferences if rs.metadata else None) or []:
-                        if up.controller:
-                            view.owner_kind, view.owner_name = up.kind, up.name
-                except ApiError:
-                    pass
+            if ref.get("controller"):
+                view.owner_kind, view.owner_name = str(ref["kind"]), str(ref["name"])
         return view
 
-    async def _endpoint(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return cast(dict[str, Any], (await self.client.get(SpiderEndpoint, name, namespace=namespace)).to_dict())
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise
+    async def _object(self, cache: WatchCache | None, res: Any, name: str) -> dict[str, Any]:
+        obj = cache.get(name) if cache is not None else None
+        if obj is None:
+            try:
+                obj = (await self.client.get(res, name)).to_dict()
+            except ApiError as exc:
+                if exc.status.code != 404:
+                    raise
+                obj = {"metadata": {"name": name}}
+        return obj
 
     def _reserved_sets(self) -> list[IPSet]:
         out = []
@@ -158,11 +169,12 @@ class Allocator:
         return out
 
     def records_of(self, uid: str, ifname: str | None = None) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self.records.items.values()
-            if r.get("spec", {}).get("podUID") == uid and (ifname is None or r["spec"].get("interface") == ifname)
-        ]
+        out = []
+        for key in self.by_uid.get(uid, ()):
+            r = self.records.items.get(key)
+            if r is not None and (ifname is None or r["spec"].get("interface") == ifname):
+                out.append(r)
+        return out
 
     # ------------------------------------------------------------ allocate
     async def allocate(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +194,8 @@ class Allocator:
 
     async def _allocate(self, req: dict[str, Any], ns: str, name: str, ifname: str) -> dict[str, Any]:
         pod = await self._pod(ns, name)
+        if pod is not None and req.get("podUID") and pod.uid != req["podUID"]:
+            pod = await self._pod(ns, name, fresh=True)  # the cache may lag a re-created pod
         if pod is None:
             raise IPAMError(3, f"pod {ns}/{name} does not exist", reason="pod_gone", http=404)
         uid = str(req.get("podUID") or pod.uid)
@@ -196,9 +210,17 @@ class Allocator:
         except ann.AnnotationError as exc:
             raise IPAMError(7, f"pod {ns}/{name}: {exc}", reason="bad_annotation", http=400) from None
 
-        endpoint, reused = await self._reuse(await self._endpoint(ns, name), pod, ifname, req)
-        if reused is not None:
-            return reused
+        # What the pod already holds for this NIC (a repeated ADD, a new sandbox, an ADD whose reply was
+        # lost, a StatefulSet pod re-created under its name) is returned, never allocated twice.
+        held = self.records_of(pod.uid, ifname)
+        if not held and pod.owner_kind == "StatefulSet":
+            held = await self._adopt_statefulset(pod, ifname, req)
+        if held:
+            reused = [self._assigned(self.pools.items.get(r["spec"]["pool"]), r["spec"], ifname) for r in held]
+            clean = bool(held[0]["spec"].get("cleanGateway"))
+            routes = routes_for(reused, pod_ann.routes, clean_gateway=clean)
+            self._sync_endpoint_later(pod)
+            return _reply(reused, routes, ifname)
 
         ctx = await self._context(pod, pod_ann)
         netconf = NetconfDefaults(
@@ -211,24 +233,18 @@ class Allocator:
             plan = plan_nic(ctx, ifname, self.pools.items, netconf=netconf, families=families)
         except SelectionError as exc:
             raise IPAMError(100, str(exc), reason="no_available_pool", http=409) from None
-
         assigned: list[Assigned] = []
-        # Records this pod already holds for this NIC (an ADD whose reply was lost, or an agent that died
-        # between creating the record and writing the endpoint) are reused, never duplicated.
-        held = {int(r["spec"]["ipVersion"]): r for r in self.records_of(pod.uid, ifname)}
         try:
             for cand in plan.families:
-                record = held.get(cand.family)
-                if record is not None and record["spec"]["pool"] in self.pools.items:
-                    assigned.append(self._assigned(self.pools.items[record["spec"]["pool"]], record["spec"], ifname))
-                    continue
-                assigned.append(await self._take(cand.family, cand.pools, pod, ifname, req, cand.rejected))
+                assigned.append(
+                    await self._take(cand.family, cand.pools, pod, ifname, req, cand.rejected, plan.clean_gateway)
+                )
         except IPAMError:
             for a in assigned:  # all families or none
                 await self._delete_record(a.ip, pod.uid)
             raise
         routes = routes_for(assigned, pod_ann.routes, clean_gateway=plan.clean_gateway)
-        await self._record_endpoint(endpoint, pod, ifname, assigned, plan.clean_gateway, routes)
+        self._sync_endpoint_later(pod)
         log.info(
             "allocated pod=%s/%s uid=%s nic=%s ips=%s",
             ns,
@@ -241,11 +257,9 @@ class Allocator:
 
     async def _context(self, pod: PodView, pod_ann: ann.PodAnnotations) -> PodContext:
         ns = pod.meta["namespace"]
-        nsobj = (await self.client.get(Namespace, ns)).to_dict()
-        node_labels: dict[str, str] = {}
+        nsobj = await self._object(self.namespaces, Namespace, ns)
         node_name = pod.obj.get("spec", {}).get("nodeName") or self.settings.node
-        with contextlib.suppress(ApiError):
-            node_labels = (await self.client.get(Node, node_name)).to_dict()["metadata"].get("labels") or {}
+        node = await self._object(self.nodes, Node, node_name)
         try:
             ns_defaults = ann.parse_namespace_defaults(nsobj["metadata"].get("annotations"))
         except ann.AnnotationError as exc:
@@ -255,7 +269,7 @@ class Allocator:
             name=pod.meta["name"],
             labels=pod.meta.get("labels") or {},
             node=node_name,
-            node_labels=node_labels,
+            node_labels=node["metadata"].get("labels") or {},
             namespace_labels=nsobj["metadata"].get("labels") or {},
             annotations=pod_ann,
             namespace_defaults=ns_defaults,
@@ -270,6 +284,7 @@ class Allocator:
         ifname: str,
         req: dict[str, Any],
         rejected: tuple[tuple[str, str], ...],
+        clean: bool,
     ) -> Assigned:
         reasons = [f"{n}: {r}" for n, r in rejected]
         reserved = self._reserved_sets()
@@ -279,13 +294,8 @@ class Allocator:
                 reasons.append(f"{pool_name}: no such SpiderIPPool")
                 continue
             space = usable(pool, reserved)
-            taken = IPSet.parse(family, [ip for ip in self.used | self.inflight if (":" in ip) == (family == 6)])
-            free = space.difference(taken)
-            if not free:
-                reasons.append(f"{pool_name}: all {space.count()} usable IPs are allocated (the pool is used up)")
-                continue
             tries = 0
-            for ip in candidates(free, self.settings.node):
+            for ip in candidates(space, self.settings.node):
                 if ip in self.used or ip in self.inflight:
                     continue
                 tries += 1
@@ -293,11 +303,14 @@ class Allocator:
                     break
                 self.inflight.add(ip)
                 try:
-                    if await self._create_record(ip, pool_name, family, pod, ifname, req):
+                    if await self._create_record(ip, pool_name, family, pod, ifname, req, clean):
                         return self._assigned(pool, {"ip": ip, "pool": pool_name, "ipVersion": family}, ifname)
                 finally:
                     self.inflight.discard(ip)
-            reasons.append(f"{pool_name}: every free IP was taken concurrently; retry")
+            if tries == 0:
+                reasons.append(f"{pool_name}: all {space.count()} usable IPs are allocated (the pool is used up)")
+            else:
+                reasons.append(f"{pool_name}: every free IP was taken concurrently; retry")
         who = f"pod {pod.meta['namespace']}/{pod.meta['name']}"
         raise IPAMError(
             100,
@@ -307,21 +320,22 @@ class Allocator:
         )
 
     @staticmethod
-    def _assigned(pool: dict[str, Any], record: dict[str, Any], ifname: str) -> Assigned:
-        spec = pool["spec"]
+    def _assigned(pool: dict[str, Any] | None, record: dict[str, Any], ifname: str) -> Assigned:
+        spec = (pool or {}).get("spec", {})
         routes = tuple(ann.Route(r["dst"], r["gw"]) for r in spec.get("routes") or [])
+        prefix = prefix_of(pool) if pool else (32 if int(record["ipVersion"]) == 4 else 128)
         return Assigned(
             ifname,
             int(record["ipVersion"]),
             str(record["ip"]),
-            prefix_of(pool),
+            prefix,
             str(record["pool"]),
             spec.get("gateway"),
             routes,
         )
 
     async def _create_record(
-        self, ip: str, pool: str, family: int, pod: PodView, ifname: str, req: dict[str, Any]
+        self, ip: str, pool: str, family: int, pod: PodView, ifname: str, req: dict[str, Any], clean: bool
     ) -> bool:
         body = {
             "apiVersion": API_VERSION,
@@ -340,6 +354,7 @@ class Allocator:
                 "interface": ifname,
                 "node": self.settings.node,
                 "containerID": str(req.get("containerID", "")),
+                "cleanGateway": clean,
                 "ownerKind": pod.owner_kind,
                 "ownerName": pod.owner_name,
             },
@@ -372,119 +387,156 @@ class Allocator:
         self.records.apply_local(None, key=name)
         return True
 
-    async def _reuse(
-        self, endpoint: dict[str, Any] | None, pod: PodView, ifname: str, req: dict[str, Any]
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """(the endpoint to update, or None to create one; the reply if this NIC already has addresses)."""
-        if endpoint is None:
-            return None, None
-        current = endpoint.get("status", {}).get("current", {})
-        entry = next((e for e in current.get("ips") or [] if e.get("interface") == ifname), None)
-        same_pod = current.get("uid") == pod.uid
-        stateful = pod.owner_kind == "StatefulSet"
-        if entry is not None and (same_pod or stateful):
-            ips = [
-                (4, entry.get("ipv4"), entry.get("ipv4Pool"), entry.get("ipv4Gateway")),
-                (6, entry.get("ipv6"), entry.get("ipv6Pool"), entry.get("ipv6Gateway")),
-            ]
-            assigned = [
-                Assigned(ifname, fam, str(cidr).split("/")[0], int(str(cidr).split("/")[1]), str(pool), gw)
-                for fam, cidr, pool, gw in ips
-                if cidr
-            ]
-            if not same_pod:
-                # A StatefulSet pod re-created under the same name: move its records to the new pod.
-                for a in assigned:
-                    await self._adopt_record(a.ip, pod, req)
-                current["uid"] = pod.uid
-                current["node"] = self.settings.node
-                await self._write_endpoint(endpoint)
-            routes = [ann.Route(r["dst"], r["gw"]) for r in entry.get("routes") or []]
+    async def _adopt_statefulset(self, pod: PodView, ifname: str, req: dict[str, Any]) -> list[dict[str, Any]]:
+        """Move the records of a StatefulSet pod's predecessor (same name, old uid) to this pod."""
+        ns, name = pod.meta["namespace"], pod.meta["name"]
+        old = [
+            r
+            for r in self.records.items.values()
+            if r["spec"].get("namespace") == ns
+            and r["spec"].get("pod") == name
+            and r["spec"].get("interface") == ifname
+            and r["spec"].get("ownerKind") == "StatefulSet"
+        ]
+        adopted = []
+        for record in old:
+            record = dict(record)
+            record["spec"] = {
+                **record["spec"],
+                "podUID": pod.uid,
+                "node": self.settings.node,
+                "containerID": str(req.get("containerID", "")),
+            }
+            labels = {**record["metadata"].get("labels", {}), "ipam.spidernet.io/pod-uid": pod.uid}
+            record["metadata"] = {**record["metadata"], "labels": labels}
+            API_WRITES.labels("update_record").inc()
+            updated = (await self.client.replace(SpiderIPAllocation.from_dict(record))).to_dict()
+            self.records.apply_local(updated)
+            adopted.append(updated)
+        if adopted:
             log.info(
-                "reused pod=%s/%s nic=%s ips=%s",
-                pod.meta["namespace"],
-                pod.meta["name"],
-                ifname,
-                ",".join(a.ip for a in assigned),
+                "StatefulSet pod keeps its IPs pod=%s/%s uid=%s ips=%s",
+                ns,
+                name,
+                pod.uid,
+                ",".join(r["spec"]["ip"] for r in adopted),
             )
-            return endpoint, _reply(assigned, routes, ifname)
-        if not same_pod and not stateful:
-            # A stale endpoint of an earlier pod of this name: its addresses and the endpoint go.
-            old_uid = str(current.get("uid", ""))
-            for r in self.records_of(old_uid):
-                await self._delete_record(r["spec"]["ip"], old_uid)
+        return adopted
+
+    # ------------------------------------------------------------ endpoint
+    async def resync_endpoints(self) -> None:
+        """After a (re)start: write the endpoints of this node's records that an earlier run left unwritten."""
+        for c in (self.records, self.pools):
+            await c.synced.wait()
+        pods = {
+            (r["spec"]["namespace"], r["spec"]["pod"], r["spec"]["podUID"])
+            for r in self.records.items.values()
+            if r["spec"].get("node") == self.settings.node
+        }
+        for ns, name, uid in pods:
+            self._mark_endpoint(f"{ns}/{name}", uid)
+
+    def _mark_endpoint(self, key: str, uid: str) -> None:
+        self._endpoint_dirty[key] = uid
+        task = self._endpoint_tasks.get(key)
+        if task is None or task.done():
+            self._endpoint_tasks[key] = asyncio.create_task(self._endpoint_worker(key))
+
+    def _sync_endpoint_later(self, pod: PodView) -> None:
+        """Bring the pod's SpiderEndpoint in line with its records, off the reply path.
+
+        The endpoint is derived from the records (the source of truth), so writing it after replying
+        loses nothing: a crash before the write is repaired by the next sync of that pod.
+        """
+        self._mark_endpoint(f"{pod.meta['namespace']}/{pod.meta['name']}", pod.uid)
+
+    async def _endpoint_worker(self, key: str) -> None:
+        while key in self._endpoint_dirty:
+            uid = self._endpoint_dirty.pop(key)
             try:
-                await self.client.delete(SpiderEndpoint, pod.meta["name"], namespace=pod.meta["namespace"])
-            except ApiError as exc:
-                if exc.status.code != 404:
-                    raise
-            return None, None
-        return endpoint, None
+                async with self._pod_lock(key):
+                    await self._sync_endpoint(key, uid)
+            except Exception as exc:
+                log.warning("endpoint sync failed pod=%s error=%s", key, exc)
+        self._endpoint_tasks.pop(key, None)
 
-    async def _adopt_record(self, ip: str, pod: PodView, req: dict[str, Any]) -> None:
-        record = self.records.get(record_name(ip))
-        if record is None:
+    async def _sync_endpoint(self, key: str, uid: str) -> None:
+        ns, name = key.split("/", 1)
+        held = self.records_of(uid)
+        try:
+            current = (await self.client.get(SpiderEndpoint, name, namespace=ns)).to_dict()
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            current = None
+        owner_uid = (current or {}).get("status", {}).get("current", {}).get("uid")
+        if not held and owner_uid not in (uid, None):
+            return  # another incarnation's endpoint; not ours to touch
+        if not held:
+            if current is not None:
+                API_WRITES.labels("delete_endpoint").inc()
+                try:
+                    await self.client.delete(SpiderEndpoint, name, namespace=ns)
+                except ApiError as exc:
+                    if exc.status.code != 404:
+                        raise
             return
-        record = dict(record)
-        record["spec"] = {
-            **record["spec"],
-            "podUID": pod.uid,
-            "node": self.settings.node,
-            "containerID": str(req.get("containerID", "")),
-        }
-        record["metadata"] = {
-            **record["metadata"],
-            "labels": {**record["metadata"].get("labels", {}), "ipam.spidernet.io/pod-uid": pod.uid},
-        }
-        API_WRITES.labels("update_record").inc()
-        updated = await self.client.replace(SpiderIPAllocation.from_dict(record))
-        self.records.apply_local(updated.to_dict())
-
-    async def _record_endpoint(
-        self,
-        endpoint: dict[str, Any] | None,
-        pod: PodView,
-        ifname: str,
-        assigned: list[Assigned],
-        clean: bool,
-        routes: list[ann.Route],
-    ) -> None:
-        entry: dict[str, Any] = {
-            "interface": ifname,
-            "cleanGateway": clean,
-            "routes": [{"dst": r.dst, "gw": r.gw} for r in routes],
-        }
-        for a in assigned:
+        nics: dict[str, dict[str, Any]] = {}
+        for r in sorted(held, key=lambda r: (r["spec"]["interface"], r["spec"]["ipVersion"])):
+            spec = r["spec"]
+            pool = self.pools.get(spec["pool"])
+            a = self._assigned(pool, spec, spec["interface"])
+            entry = nics.setdefault(
+                spec["interface"], {"interface": spec["interface"], "cleanGateway": bool(spec.get("cleanGateway"))}
+            )
             v = "ipv4" if a.family == 4 else "ipv6"
             entry[v], entry[f"{v}Pool"] = a.cidr, a.pool
             if a.gateway:
                 entry[f"{v}Gateway"] = a.gateway
-        meta = pod.meta
-        if endpoint is None:
-            refs = []
-            if pod.owner_kind != "StatefulSet":  # a StatefulSet pod's record outlives the pod
-                refs = [{"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": pod.uid}]
-            endpoint = {
+            if a.pool_routes:
+                entry["routes"] = [{"dst": x.dst, "gw": x.gw} for x in a.pool_routes]
+        first = held[0]["spec"]
+        owner_kind, owner_name = first.get("ownerKind") or "Pod", first.get("ownerName") or name
+        if owner_kind == "ReplicaSet":
+            owner_kind, owner_name = await self._top_owner(ns, owner_kind, owner_name)
+        status = {
+            "current": {"uid": uid, "node": first.get("node") or self.settings.node, "ips": list(nics.values())},
+            "ownerControllerType": owner_kind,
+            "ownerControllerName": owner_name,
+        }
+        if current is None:
+            refs = (
+                []
+                if first.get("ownerKind") == "StatefulSet"
+                else [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
+            )  # a StatefulSet pod's endpoint outlives the pod, for its successor
+            body = {
                 "apiVersion": API_VERSION,
                 "kind": "SpiderEndpoint",
-                "metadata": {"name": meta["name"], "namespace": meta["namespace"], "ownerReferences": refs},
-                "status": {
-                    "current": {"uid": pod.uid, "node": self.settings.node, "ips": [entry]},
-                    "ownerControllerType": pod.owner_kind or "Pod",
-                    "ownerControllerName": pod.owner_name or meta["name"],
-                },
+                "metadata": {"name": name, "namespace": ns, "ownerReferences": refs},
+                "status": status,
             }
             API_WRITES.labels("create_endpoint").inc()
-            await self.client.create(SpiderEndpoint.from_dict(endpoint))
-            return
-        current = endpoint.setdefault("status", {}).setdefault("current", {"uid": pod.uid})
-        current["ips"] = [e for e in current.get("ips") or [] if e.get("interface") != ifname] + [entry]
-        current["uid"], current["node"] = pod.uid, self.settings.node
-        await self._write_endpoint(endpoint)
+            await self.client.create(SpiderEndpoint.from_dict(body))
+        elif current.get("status") != status:
+            current["status"] = status
+            API_WRITES.labels("update_endpoint").inc()
+            await self.client.replace(SpiderEndpoint.from_dict(current))
 
-    async def _write_endpoint(self, endpoint: dict[str, Any]) -> None:
-        API_WRITES.labels("update_endpoint").inc()
-        await self.client.replace(SpiderEndpoint.from_dict(endpoint))
+    async def _top_owner(self, ns: str, kind: str, name: str) -> tuple[str, str]:
+        try:
+            rs = await self.client.get(ReplicaSet, name, namespace=ns)
+        except ApiError:
+            return kind, name
+        for ref in (rs.metadata.ownerReferences if rs.metadata else None) or []:
+            if ref.controller:
+                return ref.kind, ref.name
+        return kind, name
+
+    async def flush_endpoints(self) -> None:
+        """Wait for pending endpoint writes (tests and shutdown)."""
+        while self._endpoint_tasks:
+            await asyncio.gather(*list(self._endpoint_tasks.values()), return_exceptions=True)
 
     # ------------------------------------------------------------- release
     async def release(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -501,7 +553,11 @@ class Allocator:
                 (r["spec"]["podUID"] for r in self.records.items.values() if r["spec"].get("containerID") == container),
                 "",
             )
-        pod = await self._pod(ns, name) if ns and name else None
+        pod = None
+        if ns and name:
+            pod = await self._pod(ns, name)
+            if pod is None or pod.alive():
+                pod = await self._pod(ns, name, fresh=True)  # only a terminating pod is trusted from the cache
         if pod is not None and (not uid or pod.uid == uid) and pod.alive():
             # The pod lives on (a retried ADD, a new sandbox): its addresses stay with it.
             return {"released": [], "kept": "pod is alive"}
@@ -513,10 +569,10 @@ class Allocator:
             return {"released": [], "kept": "StatefulSet pod keeps its IPs for its successor"}
         released = []
         for r in self.records_of(uid, ifname or None):
-            await self._delete_record(r["spec"]["ip"], uid)
-            released.append(r["spec"]["ip"])
-            RELEASED_IPS.labels("cni_del").inc()
-        await self._drop_endpoint_nic(ns, name, uid, ifname)
+            if await self._delete_record(r["spec"]["ip"], uid):
+                released.append(r["spec"]["ip"])
+                RELEASED_IPS.labels("cni_del").inc()
+        self._mark_endpoint(f"{ns}/{name}", uid)
         if released:
             log.info("released pod=%s/%s uid=%s nic=%s ips=%s", ns, name, uid, ifname, ",".join(released))
         return {"released": released}
@@ -547,22 +603,6 @@ class Allocator:
             and not sts.metadata.deletionTimestamp
         )
 
-    async def _drop_endpoint_nic(self, ns: str, name: str, uid: str, ifname: str) -> None:
-        endpoint = await self._endpoint(ns, name)
-        if endpoint is None or endpoint.get("status", {}).get("current", {}).get("uid") != uid:
-            return
-        current = endpoint["status"]["current"]
-        current["ips"] = [e for e in current.get("ips") or [] if ifname and e.get("interface") != ifname]
-        try:
-            if current["ips"]:
-                await self._write_endpoint(endpoint)
-            else:
-                API_WRITES.labels("delete_endpoint").inc()
-                await self.client.delete(SpiderEndpoint, name, namespace=ns)
-        except ApiError as exc:
-            if exc.status.code not in (404, 409):
-                raise
-
     # -------------------------------------------------------- check and gc
     def check(self, req: dict[str, Any]) -> None:
         uid, ifname = str(req.get("podUID", "")), str(req.get("ifName", ""))
@@ -585,14 +625,14 @@ class Allocator:
             spec = record["spec"]
             if spec.get("node") != self.settings.node or (spec.get("containerID"), spec.get("interface")) in valid:
                 continue
-            pod = await self._pod(spec["namespace"], spec["pod"])
+            pod = await self._pod(spec["namespace"], spec["pod"], fresh=True)
             if pod is not None and pod.uid == spec["podUID"] and pod.alive():
                 continue
             if await self._statefulset_keeps(pod, spec["namespace"], spec["pod"], spec["podUID"]):
                 continue
-            await self._delete_record(spec["ip"], spec["podUID"])
-            RELEASED_IPS.labels("cni_gc").inc()
-            released.append(spec["ip"])
+            if await self._delete_record(spec["ip"], spec["podUID"]):
+                RELEASED_IPS.labels("cni_gc").inc()
+                released.append(spec["ip"])
         return {"released": released}
 
     # -------------------------------------------------------------- events

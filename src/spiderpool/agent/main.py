@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from lightkube import ApiError
+from lightkube.resources.core_v1 import Namespace, Node, Pod
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spiderpool import logs
@@ -66,6 +67,10 @@ class Agent:
             WatchCache(self.client, SpiderIPPool, "SpiderIPPool"),
             WatchCache(self.client, SpiderReservedIP, "SpiderReservedIP"),
             WatchCache(self.client, SpiderIPAllocation, "SpiderIPAllocation"),
+            # the pods of this node, every namespace and this node: an allocation reads no API object
+            WatchCache(self.client, Pod, "Pod", namespace="*", fields={"spec.nodeName": args.node_name}),
+            WatchCache(self.client, Namespace, "Namespace"),
+            WatchCache(self.client, Node, "Node", fields={"metadata.name": args.node_name}),
         ]
         self.allocator = Allocator(
             self.client,
@@ -78,6 +83,9 @@ class Agent:
             pools=self.caches[0],
             reserved=self.caches[1],
             records=self.caches[2],
+            pods=self.caches[3],
+            namespaces=self.caches[4],
+            nodes=self.caches[5],
         )
         self.stop = asyncio.Event()
 
@@ -127,6 +135,7 @@ class Agent:
         installed = install_plugins(Path(a.cni_bin_dir), python=a.python, socket_path=a.socket)
         log.info("plugins installed dir=%s files=%s", a.cni_bin_dir, ",".join(p.name for p in installed))
         tasks = [asyncio.create_task(c.run()) for c in self.caches]
+        tasks.append(asyncio.create_task(self.allocator.resync_endpoints()))
 
         api = web.Application()
         api.add_routes(
@@ -151,6 +160,7 @@ class Agent:
         log.info("serving node=%s socket=%s", a.node_name, sock)
         try:
             await self.stop.wait()
+            await asyncio.wait_for(self.allocator.flush_endpoints(), 10)
         finally:
             for t in tasks:
                 t.cancel()

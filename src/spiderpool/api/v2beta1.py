@@ -273,6 +273,7 @@ class IPAllocationSpec:
     interface: Annotated[str, F(max_length=15)]
     node: Annotated[str, F(max_length=253)] | None = None
     containerID: Annotated[str, F(max_length=128)] | None = None
+    cleanGateway: bool | None = None
     ownerKind: str | None = None
     ownerName: str | None = None
 

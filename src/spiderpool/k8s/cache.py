@@ -25,8 +25,17 @@ def key_of(obj: dict[str, Any]) -> str:
 
 
 class WatchCache:
-    def __init__(self, client: AsyncClient, res: Any, kind: str, *, namespace: str | None = None) -> None:
-        self.client, self.res, self.kind, self.namespace = client, res, kind, namespace
+    def __init__(
+        self,
+        client: AsyncClient,
+        res: Any,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        fields: dict[str, str] | None = None,
+    ) -> None:
+        """``namespace="*"`` watches a namespaced kind in every namespace; ``fields`` is a field selector."""
+        self.client, self.res, self.kind, self.namespace, self.fields = client, res, kind, namespace, fields
         self.items: dict[str, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -56,8 +65,11 @@ class WatchCache:
             self._set(obj)
 
     async def run(self) -> None:
-        ns = self.namespace if self.namespace is not None else None
-        kwargs: dict[str, Any] = {"namespace": ns} if ns else {}
+        kwargs: dict[str, Any] = {}
+        if self.namespace:
+            kwargs["namespace"] = self.namespace
+        if self.fields:
+            kwargs["fields"] = self.fields
         while True:
             try:
                 fresh: dict[str, dict[str, Any]] = {}
