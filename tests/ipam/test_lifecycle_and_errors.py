@@ -93,9 +93,9 @@ def test_exhausted_pool_fails_the_pod_with_an_event(stack: Agents) -> None:
 
         procs.wait_for(two_running_one_failing, timeout=90, what="two pods running, the third failing")
         waiting = next(p for p in pods(lab, "tiny", "app=big") if not p["status"].get("podIP"))
-        (message, *_) = _events(lab, "tiny", waiting["metadata"]["name"], "IPAllocationFailed")
-        assert f"pod tiny/{waiting['metadata']['name']}" in message
-        assert "p-tiny: all 2 usable IPs are allocated (the pool is used up)" in message
+        messages = _events(lab, "tiny", waiting["metadata"]["name"], "IPAllocationFailed")
+        assert all(f"pod tiny/{waiting['metadata']['name']}" in m for m in messages)
+        assert any("p-tiny: all 2 usable IPs are allocated (the pool is used up)" in m for m in messages), messages
         sandbox = _events(lab, "tiny", waiting["metadata"]["name"], "FailedCreatePodSandBox")
         assert any("the pool is used up" in m for m in sandbox), "the runtime's event carries the plugin's message"
     finally:

@@ -307,7 +307,8 @@ class Allocator:
                         return self._assigned(pool, {"ip": ip, "pool": pool_name, "ipVersion": family}, ifname)
                 finally:
                     self.inflight.discard(ip)
-            if tries == 0:
+            if tries == 0 or all(str(ip) in self.used for ip in space):
+                # (all() stops at the first free address: it costs at most the number of used ones)
                 reasons.append(f"{pool_name}: all {space.count()} usable IPs are allocated (the pool is used up)")
             else:
                 reasons.append(f"{pool_name}: every free IP was taken concurrently; retry")

@@ -90,6 +90,8 @@ class Agent:
         self.stop = asyncio.Event()
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
+        if not self.allocator.ready():
+            return _error(11, "spiderpool-agent is starting: caches not synced yet", 503)
         try:
             body = await request.json()
         except ValueError:

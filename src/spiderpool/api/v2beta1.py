@@ -130,12 +130,10 @@ def _family_rules(kind: str) -> tuple[Rule, ...]:
     )
 
 
-# ------------------------------------------------------------------ IPPool
+# ------------------------------------------------------- IPPool and Subnet
 @dataclass
-class IPPoolSpec:
-    """Desired state of a SpiderIPPool."""
-
-    __rules__ = _family_rules("SpiderIPPool")
+class AddressingSpec:
+    """The addressing fields SpiderIPPool and SpiderSubnet share."""
 
     subnet: Annotated[CIDR, F(rules=(_IMMUTABLE,))]
     ipVersion: Annotated[IPVersion, F(rules=(_IMMUTABLE,))] | None = None
@@ -144,6 +142,14 @@ class IPPoolSpec:
     gateway: IP | None = None
     vlan: Annotated[int, F(minimum=0, maximum=4094, description="Accepted for older manifests; unused.")] | None = None
     routes: Routes | None = None
+
+
+@dataclass
+class IPPoolSpec(AddressingSpec):
+    """Desired state of a SpiderIPPool."""
+
+    __rules__ = _family_rules("SpiderIPPool")
+
     podAffinity: Selector | None = None
     namespaceAffinity: Selector | None = None
     namespaceName: Names | None = None
@@ -173,20 +179,11 @@ class IPPoolStatus:
     totalIPCount: Annotated[int, F(minimum=0)] | None = None
 
 
-# ------------------------------------------------------------------ Subnet
 @dataclass
-class SubnetSpec:
+class SubnetSpec(AddressingSpec):
     """Desired state of a SpiderSubnet."""
 
     __rules__ = _family_rules("SpiderSubnet")
-
-    subnet: Annotated[CIDR, F(rules=(_IMMUTABLE,))]
-    ipVersion: Annotated[IPVersion, F(rules=(_IMMUTABLE,))] | None = None
-    ips: IPRanges | None = None
-    excludeIPs: IPRanges | None = None
-    gateway: IP | None = None
-    vlan: Annotated[int, F(minimum=0, maximum=4094, description="Accepted for older manifests; unused.")] | None = None
-    routes: Routes | None = None
 
 
 @dataclass

@@ -202,7 +202,7 @@ def main() -> int:
                 "network": conf.get("name", ""),
                 **_pod_args(),
             }
-            _call("/v1/ipam/healthy", "GET", None, sock)
+            # One request: the agent answers 503 (code 11, try again) itself until it is ready.
             reply = _call("/v1/ipam/ip", "POST", body, sock)
             sys.stdout.write(json.dumps(format_result(reply, body["ifName"], version)))
         elif command == "DEL":
