@@ -464,23 +464,8 @@ class Allocator:
     async def _sync_endpoint(self, key: str, uid: str) -> None:
         ns, name = key.split("/", 1)
         held = self.records_of(uid)
-        try:
-            current = (await self.client.get(SpiderEndpoint, name, namespace=ns)).to_dict()
-        except ApiError as exc:
-            if exc.status.code != 404:
-                raise
-            current = None
-        owner_uid = (current or {}).get("status", {}).get("current", {}).get("uid")
-        if not held and owner_uid not in (uid, None):
-            return  # another incarnation's endpoint; not ours to touch
         if not held:
-            if current is not None:
-                API_WRITES.labels("delete_endpoint").inc()
-                try:
-                    await self.client.delete(SpiderEndpoint, name, namespace=ns)
-                except ApiError as exc:
-                    if exc.status.code != 404:
-                        raise
+            await self._drop_endpoint(ns, name, uid)
             return
         nics: dict[str, dict[str, Any]] = {}
         for r in sorted(held, key=lambda r: (r["spec"]["interface"], r["spec"]["ipVersion"])):
@@ -505,24 +490,50 @@ class Allocator:
             "ownerControllerType": owner_kind,
             "ownerControllerName": owner_name,
         }
-        if current is None:
-            refs = (
-                []
-                if first.get("ownerKind") == "StatefulSet"
-                else [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
-            )  # a StatefulSet pod's endpoint outlives the pod, for its successor
-            body = {
-                "apiVersion": API_VERSION,
-                "kind": "SpiderEndpoint",
-                "metadata": {"name": name, "namespace": ns, "ownerReferences": refs},
-                "status": status,
-            }
+        # A StatefulSet pod's endpoint outlives the pod, for its successor; any other dies with its pod.
+        refs = (
+            []
+            if first.get("ownerKind") == "StatefulSet"
+            else [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
+        )
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "SpiderEndpoint",
+            "metadata": {"name": name, "namespace": ns, "ownerReferences": refs},
+            "status": status,
+        }
+        try:
+            # Create first: the usual case (a new pod) costs one write and no read.
             API_WRITES.labels("create_endpoint").inc()
             await self.client.create(SpiderEndpoint.from_dict(body))
-        elif current.get("status") != status:
-            current["status"] = status
-            API_WRITES.labels("update_endpoint").inc()
-            await self.client.replace(SpiderEndpoint.from_dict(current))
+            return
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+        current = (await self.client.get(SpiderEndpoint, name, namespace=ns)).to_dict()
+        if current.get("status") == status and current["metadata"].get("ownerReferences", []) == refs:
+            return
+        current["status"] = status
+        current["metadata"]["ownerReferences"] = refs
+        API_WRITES.labels("update_endpoint").inc()
+        await self.client.replace(SpiderEndpoint.from_dict(current))
+
+    async def _drop_endpoint(self, ns: str, name: str, uid: str) -> None:
+        """Delete the pod's endpoint once it holds nothing (never another incarnation's endpoint)."""
+        try:
+            current = (await self.client.get(SpiderEndpoint, name, namespace=ns)).to_dict()
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return
+            raise
+        if current.get("status", {}).get("current", {}).get("uid") not in (uid, None):
+            return
+        API_WRITES.labels("delete_endpoint").inc()
+        try:
+            await self.client.delete(SpiderEndpoint, name, namespace=ns)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
 
     async def _top_owner(self, ns: str, kind: str, name: str) -> tuple[str, str]:
         try:
