@@ -83,3 +83,19 @@ def allocation_record(ip: str, pool: str, *, pod: str = "app-0", namespace: str 
             },
         }
     )
+
+
+def pool_manifest(name: str, subnet: str, ips: list[str], **spec: Any) -> str:
+    """A SpiderIPPool manifest; lab underlay pools get the lab gateway unless one is given."""
+    gateway = {"172.18.0.0/16": "172.18.0.1", "fd00:172:18::/64": "fd00:172:18::1"}.get(subnet)
+    body: dict[str, Any] = {"subnet": subnet, "ips": ips, **spec}
+    if gateway and "gateway" not in spec:
+        body["gateway"] = gateway
+    return json.dumps(
+        {
+            "apiVersion": "spiderpool.spidernet.io/v2beta1",
+            "kind": "SpiderIPPool",
+            "metadata": {"name": name},
+            "spec": body,
+        }
+    )

@@ -9,7 +9,7 @@ import time
 
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
-from tests.helpers import allocation_record, get_json
+from tests.helpers import allocation_record, get_json, pool_manifest
 from tests.stack import Controllers
 
 # The walkthrough's SpiderSubnet with its indentation fixed.
@@ -60,18 +60,7 @@ def _dry_run_rejected(lab: Lab) -> tuple[bool, str]:
 
 def test_leader_failover_and_webhook_answers_throughout(controllers: Controllers) -> None:
     lab = controllers.lab
-    lab.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps(
-            {
-                **OVERLAP,
-                "metadata": {"name": "failover-a"},
-                "spec": {"subnet": "10.120.0.0/16", "ips": ["10.120.0.1-10.120.0.9"]},
-            }
-        ),
-    )
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("failover-a", "10.120.0.0/16", ["10.120.0.1-10.120.0.9"]))
     procs.wait_for(lambda: _dry_run_rejected(lab)[0], timeout=30, what="webhook sees failover-a")
     leader = controllers.leader()
     standby = {"controller-a": "controller-b", "controller-b": "controller-a"}[leader]
@@ -116,18 +105,7 @@ def test_leader_failover_and_webhook_answers_throughout(controllers: Controllers
 
 def test_pool_with_allocations_stays_terminating_until_released(controllers: Controllers) -> None:
     lab = controllers.lab
-    lab.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps(
-            {
-                **OVERLAP,
-                "metadata": {"name": "busy"},
-                "spec": {"subnet": "10.121.0.0/16", "ips": ["10.121.0.1-10.121.0.9"]},
-            }
-        ),
-    )
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("busy", "10.121.0.0/16", ["10.121.0.1-10.121.0.9"]))
     lab.kubectl("apply", "-f", "-", input_text=allocation_record("10.121.0.3", "busy", pod="web-0", uid="u-9"))
     procs.wait_for(
         lambda: get_json(lab, "spiderippool", "busy").get("status", {}).get("allocatedIPCount") == 1,
@@ -191,18 +169,7 @@ def test_subnet_deletion_waits_for_its_pools_and_their_ips(controllers: Controll
             }
         ),
     )
-    lab.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input_text=json.dumps(
-            {
-                **OVERLAP,
-                "metadata": {"name": "del-pool"},
-                "spec": {"subnet": "10.122.0.0/16", "ips": ["10.122.0.1-10.122.0.5"]},
-            }
-        ),
-    )
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("del-pool", "10.122.0.0/16", ["10.122.0.1-10.122.0.5"]))
     pool = get_json(lab, "spiderippool", "del-pool")
     assert pool["metadata"]["labels"]["ipam.spidernet.io/owner-spider-subnet"] == "del-subnet"
     lab.kubectl("apply", "-f", "-", input_text=allocation_record("10.122.0.2", "del-pool", pod="x"))

@@ -31,14 +31,6 @@ def use_cni(lab: Lab, conflist: dict[str, Any]) -> None:
         lab.write_cni_config(node.name, "10-spiderpool.conflist", conflist)
 
 
-def pool_manifest(name: str, subnet: str, ips: list[str], **spec: Any) -> str:
-    gateway = {"172.18.0.0/16": "172.18.0.1", "fd00:172:18::/64": "fd00:172:18::1"}.get(subnet)
-    body: dict[str, Any] = {"subnet": subnet, "ips": ips, **spec}
-    if gateway and "gateway" not in spec:
-        body["gateway"] = gateway
-    return json.dumps({"apiVersion": API, "kind": "SpiderIPPool", "metadata": {"name": name}, "spec": body})
-
-
 def pool_counts(lab: Lab, name: str) -> tuple[int, int]:
     status = get_json(lab, "spiderippool", name).get("status", {})
     return int(status.get("allocatedIPCount") or 0), int(status.get("totalIPCount") or 0)

@@ -13,8 +13,8 @@ from typing import Any
 
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
-from tests.helpers import get_json
-from tests.ipam.conftest import pool_manifest, records, wait_no_records
+from tests.helpers import get_json, pool_manifest
+from tests.ipam.conftest import records, wait_no_records
 from tests.stack import Agents, free_port, unix_request
 
 PODS = 200

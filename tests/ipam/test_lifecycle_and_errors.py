@@ -10,8 +10,8 @@ from typing import Any
 
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
-from tests.helpers import get_json, pods, wait_gone, wait_running
-from tests.ipam.conftest import pool_counts, pool_manifest, records, wait_no_records
+from tests.helpers import get_json, pods, pool_manifest, wait_gone, wait_running
+from tests.ipam.conftest import pool_counts, records, wait_no_records
 from tests.stack import Agents
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from spiderpool.lab.cluster import Lab
-from tests.helpers import in_netns, wait_gone, wait_running
-from tests.ipam.conftest import endpoint, macvlan_spiderpool, pool_manifest, use_cni, wait_no_records
+from tests.helpers import in_netns, pool_manifest, wait_gone, wait_running
+from tests.ipam.conftest import endpoint, macvlan_spiderpool, use_cni, wait_no_records
 from tests.stack import Agents
 
 POOLS = {
