@@ -21,9 +21,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,8 +32,10 @@ sys.path.insert(0, str(ROOT))
 from tests.stack import free_port, unix_request  # noqa: E402
 
 from spiderpool.api import crds  # noqa: E402
-from spiderpool.lab import build, procs  # noqa: E402
+from spiderpool.lab import build, paths, procs  # noqa: E402
 from spiderpool.lab.cluster import Lab  # noqa: E402
+
+T = TypeVar("T")
 
 NS = "bench"
 POOL = "bench-pool"
@@ -82,7 +85,13 @@ def main() -> None:
     nodes = [f"bench-{i + 1}" for i in range(args.agents)]
     per_node = args.ips // args.agents
     say(f"creating {args.agents} nodes and {per_node * args.agents} pods")
-    lab.kubectl("create", "namespace", NS, check=False)
+    # a previous run's namespace may still be terminating
+    procs.wait_for(
+        lambda: lab.kubectl("get", "namespace", NS, check=False).returncode != 0,
+        timeout=300,
+        what=f"namespace {NS} of an earlier run to go",
+    )
+    lab.kubectl("create", "namespace", NS)
     items: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in nodes]
     ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})}
     items += [
@@ -158,10 +167,12 @@ def main() -> None:
             status, _ = unix_request(sockets[pod["spec"]["nodeName"]], "POST", "/v1/ipam/ip", body, timeout=120)
             return time.perf_counter() - t, status
 
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.agents * args.inflight) as ex:
-            results = list(ex.map(allocate, pods))
+        results = per_agent(pods, allocate, args.inflight)
         wall = time.perf_counter() - started
+        cpu_after = cpu_seconds()
+        cpu = {k: round(cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0), 2) for k in cpu_after}
         ok = [lat for lat, status in results if status == 200]
         scraped = {n: urllib.request.urlopen(f"http://127.0.0.1:{metrics[n]}/metrics").read().decode() for n in nodes}
         conflicts = sum(metric_sum(t, "spiderpool_ipam_allocation_conflict_counts_total") for t in scraped.values())
@@ -173,11 +184,31 @@ def main() -> None:
         for r in mine:
             by_pod[r["spec"]["pod"]] = by_pod.get(r["spec"]["pod"], 0) + 1
 
+        # The SpiderEndpoints are written after the replies; measure how long they trail, and take the
+        # plugin samples once they are written, so those measure an ADD, not the storm's tail.
+        def pending() -> float:
+            return sum(
+                metric_sum(
+                    urllib.request.urlopen(f"http://127.0.0.1:{metrics[n]}/metrics").read().decode(),
+                    "spiderpool_ipam_endpoint_sync_pending",
+                )
+                for n in nodes
+            )
+
+        procs.wait_for(lambda: pending() == 0, timeout=300, interval=0.05, what="endpoint writes")
+        endpoints_done = time.perf_counter() - started
+        endpoints = json.loads(lab.kubectl("get", "spiderendpoints", "-n", NS, "-o", "json").stdout)["items"]
+
         say(f"plugin exec latency, {args.plugin_samples} fresh ADDs each (spiderpool through its agent; host-local)")
         plugin_lat, hostlocal_lat = plugin_samples(work, sockets[nodes[0]], plugin_pods)
 
-        # Release everything, as the runtime would once the pods are gone.
-        lab.kubectl("delete", "pods", "--all", "-n", NS, "--grace-period=0", "--force", "--wait=true")
+        # Release everything, as the runtime would once the pods are gone (one delete-collection call).
+        lab.kubectl("delete", "--raw", f"/api/v1/namespaces/{NS}/pods?gracePeriodSeconds=0")
+        procs.wait_for(
+            lambda: not json.loads(lab.kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"],
+            timeout=300,
+            what="pods deleted",
+        )
 
         def release(pod: dict[str, Any]) -> int:
             meta = pod["metadata"]
@@ -190,8 +221,7 @@ def main() -> None:
             }
             return unix_request(sockets[pod["spec"]["nodeName"]], "DELETE", "/v1/ipam/ip", body, timeout=120)[0]
 
-        with ThreadPoolExecutor(max_workers=args.agents * args.inflight) as ex:
-            released = list(ex.map(release, pods + plugin_pods))
+        released = per_agent(pods + plugin_pods, release, args.inflight)
         left = [
             r
             for r in json.loads(lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
@@ -208,6 +238,9 @@ def main() -> None:
         "allocations": len(pods),
         "succeeded": len(ok),
         "wall_seconds": round(wall, 2),
+        "cpu_seconds_during_storm": cpu,
+        "endpoints_written": len(endpoints),
+        "endpoints_written_after_seconds": round(endpoints_done, 2),
         "allocations_per_second": round(len(ok) / wall, 1),
         "agent_latency_ms": {"p50": round(pct(ok, 0.5) * 1000, 1), "p99": round(pct(ok, 0.99) * 1000, 1)},
         "conflicts_per_allocation": round(conflicts / max(1, len(ok)), 4),
@@ -224,6 +257,51 @@ def main() -> None:
         "plugin_over_host_local_p50": round(pct(plugin_lat, 0.5) / pct(hostlocal_lat, 0.5), 2),
     }
     print(json.dumps(result, indent=2))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by the lab's processes, grouped (where the storm's time goes)."""
+    groups = {  # first match wins
+        "kube-apiserver": "/kube-apiserver ",
+        "etcd": "/etcd ",
+        "agents": "-m spiderpool agent",
+        "other lab processes": f"{paths.cache_dir()}/",
+        "lab node stand-ins": "-m spiderpool.lab.",
+    }
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys([*groups, "bench client (this script)"], 0.0)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(pid) == os.getpid():
+            out["bench client (this script)"] += used
+            continue
+        for group, needle in groups.items():
+            if needle in cmd:
+                out[group] += used
+                break
+    return out
+
+
+def per_agent(pods: list[dict[str, Any]], call: Callable[[dict[str, Any]], T], inflight: int) -> list[T]:
+    """Run ``call`` for every pod with exactly ``inflight`` calls at a time per node (agent), all
+    agents at once: the load of nodes that each start many pods together."""
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for pod in pods:
+        by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+    pools = [ThreadPoolExecutor(max_workers=inflight) for _ in by_node]
+    try:
+        futures = [
+            ex.submit(call, pod) for ex, node_pods in zip(pools, by_node.values(), strict=True) for pod in node_pods
+        ]
+        return [f.result() for f in futures]
+    finally:
+        for ex in pools:
+            ex.shutdown()
 
 
 def plugin_samples(work: Path, sock: str, pods: list[dict[str, Any]]) -> tuple[list[float], list[float]]:

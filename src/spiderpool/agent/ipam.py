@@ -11,25 +11,24 @@ repeated ADD, a new sandbox of the same pod and a re-created StatefulSet pod get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from lightkube import ApiError, AsyncClient
-from lightkube.resources.apps_v1 import ReplicaSet, StatefulSet
-from lightkube.resources.core_v1 import Event, Namespace, Node, Pod
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from spiderpool.api import annotations as ann
 from spiderpool.api.v2beta1 import API_VERSION
-from spiderpool.ipam.allocate import candidates, prefix_of, record_name, usable
+from spiderpool.ipam.allocate import FREE, MINE, OTHER, Walker, eligible_nodes, prefix_of, record_name, usable
 from spiderpool.ipam.ranges import IPSet
 from spiderpool.ipam.result import Assigned, routes_for
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.resources import SpiderEndpoint, SpiderIPAllocation
+from spiderpool.k8s.rest import EVENT, NAMESPACE, NODE, POD, REPLICASET, STATEFULSET, ApiError, Kind, Rest
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +38,20 @@ CONFLICTS = Counter("spiderpool_ipam_allocation_conflict_counts", "Record create
 RELEASES = Counter("spiderpool_ipam_release_counts", "IP release requests")
 RELEASED_IPS = Counter("spiderpool_ipam_released_ip_counts", "IPs released", ["reason"])
 API_WRITES = Counter("spiderpool_ipam_api_writes", "API writes made by the allocator", ["kind"])
+ENDPOINTS_PENDING = Gauge("spiderpool_ipam_endpoint_sync_pending", "Pods whose SpiderEndpoint awaits a write")
 LATENCY = Histogram(
     "spiderpool_ipam_allocation_duration_seconds",
     "Allocation latency at the agent",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3, 10),
 )
 
+RECORD, ENDPOINT = Kind.of(SpiderIPAllocation), Kind.of(SpiderEndpoint)
+
 MAX_TRIES_PER_POOL = 64
+#: concurrent SpiderEndpoint writers per agent
+ENDPOINT_WORKERS = 4
+#: how long an endpoint write may wait for a burst of allocations to pass
+ENDPOINT_MAX_DELAY = 5.0
 
 
 class IPAMError(Exception):
@@ -84,9 +90,15 @@ class PodView:
         return not self.meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed")
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class Allocator:
-    client: AsyncClient
+    client: Rest
     settings: Settings
     pools: WatchCache
     reserved: WatchCache
@@ -100,23 +112,54 @@ class Allocator:
     inflight: set[str] = field(default_factory=set)
     by_uid: dict[str, set[str]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    _endpoint_dirty: dict[str, str] = field(default_factory=dict)
-    _endpoint_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: pods whose endpoint needs a sync (key -> uid), oldest first, drained by a few workers
+    _endpoint_dirty: dict[str, tuple[str, float]] = field(default_factory=dict)  # key -> (uid, queued at)
+    _allocating: int = 0
+    _quiet: asyncio.Event = field(default_factory=_set_event)  # no allocation in progress
+    _flushing: bool = False
+    _endpoint_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _endpoint_workers: list[asyncio.Task[None]] = field(default_factory=list)
+    _endpoint_active: int = 0
+    _endpoint_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.records.listeners.append(self._on_record)
+        self._walker = Walker(self.settings.node)
+        self._record_index: dict[str, tuple[str, str, str]] = {}  # record -> (pod uid, pool, node)
+        self._eligible_cache: dict[tuple[str, str, int], list[str]] = {}
+        #: pool -> node -> how many of the pool's addresses the node's pods hold
+        self._pool_nodes: dict[str, dict[str, int]] = {}
+        self._nodes_generation = 0
+        if self.nodes is not None:
+            self.nodes.listeners.append(self._on_node)
 
     def _on_record(self, _kind: str, key: str, obj: dict[str, Any]) -> None:
         spec = obj.get("spec", {})
         ip, uid = str(spec.get("ip", "")), str(spec.get("podUID", ""))
+        old = self._record_index.pop(key, None)
+        if old is not None:  # undo what the previous version of this record counted
+            old_uid, old_pool, old_node = old
+            keys = self.by_uid.get(old_uid)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_uid[old_uid]
+            counts = self._pool_nodes.get(old_pool, {})
+            counts[old_node] = counts.get(old_node, 1) - 1
+            if counts[old_node] <= 0:
+                counts.pop(old_node, None)
         if key in self.records.items:
             self.used.add(ip)
-            for keys in self.by_uid.values():
-                keys.discard(key)  # a record moved to another pod (StatefulSet successor)
+            pool, node = str(spec.get("pool", "")), str(spec.get("node", ""))
+            self._record_index[key] = (uid, pool, node)
             self.by_uid.setdefault(uid, set()).add(key)
+            counts = self._pool_nodes.setdefault(pool, {})
+            counts[node] = counts.get(node, 0) + 1
         else:
             self.used.discard(ip)
-            self.by_uid.get(uid, set()).discard(key)
+
+    def _on_node(self, _kind: str, _key: str, _obj: dict[str, Any]) -> None:
+        self._nodes_generation += 1
 
     def caches(self) -> list[WatchCache]:
         return [c for c in (self.pools, self.reserved, self.records, self.pods, self.namespaces, self.nodes) if c]
@@ -134,9 +177,9 @@ class Allocator:
         pod = None if fresh or self.pods is None else self.pods.get(f"{namespace}/{name}")
         if pod is None:
             try:
-                pod = (await self.client.get(Pod, name, namespace=namespace)).to_dict()
+                pod = await self.client.get(POD, name, namespace)
             except ApiError as exc:
-                if exc.status.code == 404:
+                if exc.code == 404:
                     return None
                 raise
         view = PodView(pod)
@@ -145,13 +188,13 @@ class Allocator:
                 view.owner_kind, view.owner_name = str(ref["kind"]), str(ref["name"])
         return view
 
-    async def _object(self, cache: WatchCache | None, res: Any, name: str) -> dict[str, Any]:
+    async def _object(self, cache: WatchCache | None, res: Kind, name: str) -> dict[str, Any]:
         obj = cache.get(name) if cache is not None else None
         if obj is None:
             try:
-                obj = (await self.client.get(res, name)).to_dict()
+                obj = await self.client.get(res, name)
             except ApiError as exc:
-                if exc.status.code != 404:
+                if exc.code != 404:
                     raise
                 obj = {"metadata": {"name": name}}
         return obj
@@ -181,6 +224,8 @@ class Allocator:
         started = time.monotonic()
         ALLOCATIONS.inc()
         ns, name, ifname = str(req.get("podNamespace", "")), str(req.get("podName", "")), str(req.get("ifName", ""))
+        self._allocating += 1
+        self._quiet.clear()
         try:
             async with self._pod_lock(f"{ns}/{name}"):
                 reply = await self._allocate(req, ns, name, ifname)
@@ -191,6 +236,10 @@ class Allocator:
             if err.reason not in ("pod_gone",):
                 await self._event(ns, name, req.get("podUID", ""), "IPAllocationFailed", err.msg)
             raise
+        finally:
+            self._allocating -= 1
+            if not self._allocating:
+                self._quiet.set()
 
     async def _allocate(self, req: dict[str, Any], ns: str, name: str, ifname: str) -> dict[str, Any]:
         pod = await self._pod(ns, name)
@@ -257,9 +306,9 @@ class Allocator:
 
     async def _context(self, pod: PodView, pod_ann: ann.PodAnnotations) -> PodContext:
         ns = pod.meta["namespace"]
-        nsobj = await self._object(self.namespaces, Namespace, ns)
+        nsobj = await self._object(self.namespaces, NAMESPACE, ns)
         node_name = pod.obj.get("spec", {}).get("nodeName") or self.settings.node
-        node = await self._object(self.nodes, Node, node_name)
+        node = await self._object(self.nodes, NODE, node_name)
         try:
             ns_defaults = ann.parse_namespace_defaults(nsobj["metadata"].get("annotations"))
         except ann.AnnotationError as exc:
@@ -295,9 +344,9 @@ class Allocator:
                 continue
             space = usable(pool, reserved)
             tries = 0
-            for ip in candidates(space, self.settings.node):
-                if ip in self.used or ip in self.inflight:
-                    continue
+            eligible = self._eligible(pool)
+            active = self._pool_nodes.get(pool_name, {}).keys()
+            for ip in self._walker.candidates(pool_name, space, self._held_by, eligible, active):
                 tries += 1
                 if tries > MAX_TRIES_PER_POOL:
                     break
@@ -319,6 +368,27 @@ class Allocator:
             reason="ip_used_out",
             http=409,
         )
+
+    def _eligible(self, pool: dict[str, Any]) -> list[str]:
+        """The nodes the pool serves (see ``Walker``), recomputed when the pool or a node changes."""
+        if self.nodes is None:
+            return []
+        key = (pool["metadata"]["name"], pool["metadata"].get("resourceVersion", ""), self._nodes_generation)
+        if key not in self._eligible_cache:
+            if len(self._eligible_cache) > 1024:
+                self._eligible_cache.clear()
+            labels = {name: n["metadata"].get("labels") or {} for name, n in self.nodes.items.items()}
+            self._eligible_cache[key] = eligible_nodes(pool, labels)
+        return self._eligible_cache[key]
+
+    def _held_by(self, ip: str) -> int:
+        if ip in self.inflight:
+            return MINE
+        if ip not in self.used:
+            return FREE
+        record = self.records.items.get(record_name(ip))
+        # (a create just lost to another agent leaves the IP used but not yet in the cache: OTHER)
+        return MINE if record is not None and record["spec"].get("node") == self.settings.node else OTHER
 
     @staticmethod
     def _assigned(pool: dict[str, Any] | None, record: dict[str, Any], ifname: str) -> Assigned:
@@ -361,16 +431,16 @@ class Allocator:
             },
         }
         try:
-            created = await self.client.create(SpiderIPAllocation.from_dict(body))
+            created = await self.client.create(RECORD, body)
         except ApiError as exc:
-            if exc.status.code == 409:
+            if exc.code == 409:
                 CONFLICTS.inc()
                 self.used.add(ip)  # someone else holds it; our watch will confirm
                 return False
             raise
         finally:
             API_WRITES.labels("create_record").inc()
-        self.records.apply_local(created.to_dict())
+        self.records.apply_local(created)
         return True
 
     async def _delete_record(self, ip: str, uid: str) -> bool:
@@ -381,9 +451,9 @@ class Allocator:
             return False
         try:
             API_WRITES.labels("delete_record").inc()
-            await self.client.delete(SpiderIPAllocation, name)
+            await self.client.delete(RECORD, name)
         except ApiError as exc:
-            if exc.status.code != 404:
+            if exc.code != 404:
                 raise
         self.records.apply_local(None, key=name)
         return True
@@ -411,7 +481,7 @@ class Allocator:
             labels = {**record["metadata"].get("labels", {}), "ipam.spidernet.io/pod-uid": pod.uid}
             record["metadata"] = {**record["metadata"], "labels": labels}
             API_WRITES.labels("update_record").inc()
-            updated = (await self.client.replace(SpiderIPAllocation.from_dict(record))).to_dict()
+            updated = await self.client.replace(RECORD, record)
             self.records.apply_local(updated)
             adopted.append(updated)
         if adopted:
@@ -438,28 +508,52 @@ class Allocator:
             self._mark_endpoint(f"{ns}/{name}", uid)
 
     def _mark_endpoint(self, key: str, uid: str) -> None:
-        self._endpoint_dirty[key] = uid
-        task = self._endpoint_tasks.get(key)
-        if task is None or task.done():
-            self._endpoint_tasks[key] = asyncio.create_task(self._endpoint_worker(key))
+        queued = self._endpoint_dirty.get(key)
+        # (a pod already queued keeps its place and age; the latest uid wins)
+        self._endpoint_dirty[key] = (uid, queued[1] if queued else time.monotonic())
+        ENDPOINTS_PENDING.set(len(self._endpoint_dirty) + self._endpoint_active)
+        self._endpoint_idle.clear()
+        self._endpoint_wake.set()
+        if not self._endpoint_workers:
+            # A few workers, not a task per pod: a burst of allocations must not open a burst of
+            # API connections (each one a TLS handshake on both sides).
+            self._endpoint_workers = [asyncio.create_task(self._endpoint_worker()) for _ in range(ENDPOINT_WORKERS)]
 
     def _sync_endpoint_later(self, pod: PodView) -> None:
         """Bring the pod's SpiderEndpoint in line with its records, off the reply path.
 
         The endpoint is derived from the records (the source of truth), so writing it after replying
-        loses nothing: a crash before the write is repaired by the next sync of that pod.
+        loses nothing: a crash before the write is repaired by the resync at the next start.
         """
         self._mark_endpoint(f"{pod.meta['namespace']}/{pod.meta['name']}", pod.uid)
 
-    async def _endpoint_worker(self, key: str) -> None:
-        while key in self._endpoint_dirty:
-            uid = self._endpoint_dirty.pop(key)
+    async def _endpoint_worker(self) -> None:
+        while True:
+            if not self._endpoint_dirty:
+                if self._endpoint_active == 0:
+                    self._endpoint_idle.set()
+                self._endpoint_wake.clear()
+                await self._endpoint_wake.wait()
+                continue
+            key = next(iter(self._endpoint_dirty))
+            uid, queued = self._endpoint_dirty[key]
+            wait = queued + ENDPOINT_MAX_DELAY - time.monotonic()
+            if self._allocating and wait > 0 and not self._flushing:
+                # Allocations first: they hold up pod start-up, while an endpoint is a view of the
+                # records that may trail them a little. Under a burst this halves the API writes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._quiet.wait(), wait)
+                continue
+            del self._endpoint_dirty[key]
+            self._endpoint_active += 1
             try:
                 async with self._pod_lock(key):
                     await self._sync_endpoint(key, uid)
             except Exception as exc:
                 log.warning("endpoint sync failed pod=%s error=%s", key, exc)
-        self._endpoint_tasks.pop(key, None)
+            finally:
+                self._endpoint_active -= 1
+                ENDPOINTS_PENDING.set(len(self._endpoint_dirty) + self._endpoint_active)
 
     async def _sync_endpoint(self, key: str, uid: str) -> None:
         ns, name = key.split("/", 1)
@@ -505,50 +599,62 @@ class Allocator:
         try:
             # Create first: the usual case (a new pod) costs one write and no read.
             API_WRITES.labels("create_endpoint").inc()
-            await self.client.create(SpiderEndpoint.from_dict(body))
+            await self.client.create(ENDPOINT, body)
             return
         except ApiError as exc:
-            if exc.status.code != 409:
+            if exc.code != 409:
                 raise
-        current = (await self.client.get(SpiderEndpoint, name, namespace=ns)).to_dict()
+        current = await self.client.get(ENDPOINT, name, ns)
         if current.get("status") == status and current["metadata"].get("ownerReferences", []) == refs:
             return
         current["status"] = status
         current["metadata"]["ownerReferences"] = refs
         API_WRITES.labels("update_endpoint").inc()
-        await self.client.replace(SpiderEndpoint.from_dict(current))
+        await self.client.replace(ENDPOINT, current)
 
     async def _drop_endpoint(self, ns: str, name: str, uid: str) -> None:
         """Delete the pod's endpoint once it holds nothing (never another incarnation's endpoint)."""
         try:
-            current = (await self.client.get(SpiderEndpoint, name, namespace=ns)).to_dict()
+            current = await self.client.get(ENDPOINT, name, ns)
         except ApiError as exc:
-            if exc.status.code == 404:
+            if exc.code == 404:
                 return
             raise
         if current.get("status", {}).get("current", {}).get("uid") not in (uid, None):
             return
         API_WRITES.labels("delete_endpoint").inc()
         try:
-            await self.client.delete(SpiderEndpoint, name, namespace=ns)
+            await self.client.delete(ENDPOINT, name, ns)
         except ApiError as exc:
-            if exc.status.code != 404:
+            if exc.code != 404:
                 raise
 
     async def _top_owner(self, ns: str, kind: str, name: str) -> tuple[str, str]:
         try:
-            rs = await self.client.get(ReplicaSet, name, namespace=ns)
+            rs = await self.client.get(REPLICASET, name, ns)
         except ApiError:
             return kind, name
-        for ref in (rs.metadata.ownerReferences if rs.metadata else None) or []:
-            if ref.controller:
-                return ref.kind, ref.name
+        for ref in rs["metadata"].get("ownerReferences") or []:
+            if ref.get("controller"):
+                return str(ref["kind"]), str(ref["name"])
         return kind, name
 
     async def flush_endpoints(self) -> None:
         """Wait for pending endpoint writes (tests and shutdown)."""
-        while self._endpoint_tasks:
-            await asyncio.gather(*list(self._endpoint_tasks.values()), return_exceptions=True)
+        if self._endpoint_workers:
+            self._flushing = True
+            self._quiet.set()  # wake workers deferring to allocations
+            try:
+                await self._endpoint_idle.wait()
+            finally:
+                self._flushing = False
+                if self._allocating:
+                    self._quiet.clear()
+
+    def stop_endpoint_workers(self) -> None:
+        for task in self._endpoint_workers:
+            task.cancel()
+        self._endpoint_workers = []
 
     # ------------------------------------------------------------- release
     async def release(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -598,22 +704,18 @@ class Allocator:
         if owner_kind != "StatefulSet" or not owner_name:
             return False
         try:
-            sts = await self.client.get(StatefulSet, owner_name, namespace=ns)
-            namespace = await self.client.get(Namespace, ns)
+            sts = await self.client.get(STATEFULSET, owner_name, ns)
+            namespace = await self.client.get(NAMESPACE, ns)
         except ApiError as exc:
-            if exc.status.code == 404:
+            if exc.code == 404:
                 return False
             raise
-        if namespace.metadata is not None and namespace.metadata.deletionTimestamp:
+        if namespace["metadata"].get("deletionTimestamp"):
             return False  # the whole namespace is going: no successor will come
         ordinal = name.rsplit("-", 1)[-1]
-        replicas = sts.spec.replicas if sts.spec and sts.spec.replicas is not None else 1
-        return (
-            ordinal.isdigit()
-            and int(ordinal) < replicas
-            and sts.metadata is not None
-            and not sts.metadata.deletionTimestamp
-        )
+        replicas = sts.get("spec", {}).get("replicas")
+        replicas = 1 if replicas is None else int(replicas)
+        return ordinal.isdigit() and int(ordinal) < replicas and not sts["metadata"].get("deletionTimestamp")
 
     # -------------------------------------------------------- check and gc
     def check(self, req: dict[str, Any]) -> None:
@@ -650,21 +752,21 @@ class Allocator:
     # -------------------------------------------------------------- events
     async def _event(self, ns: str, name: str, uid: str, reason: str, message: str) -> None:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ev = Event.from_dict(
-            {
-                "metadata": {"generateName": f"{name}.", "namespace": ns},
-                "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid},
-                "reason": reason,
-                "message": message[:1024],
-                "type": "Warning",
-                "source": {"component": "spiderpool-agent", "host": self.settings.node},
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "count": 1,
-            }
-        )
+        ev = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": ns},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid},
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning",
+            "source": {"component": "spiderpool-agent", "host": self.settings.node},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
         try:
-            await self.client.create(cast(Event, ev))
+            await self.client.create(EVENT, ev)
         except ApiError as exc:
             log.warning("event not recorded reason=%s error=%s", reason, exc)
 

@@ -18,17 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
-from lightkube import ApiError
-from lightkube.resources.core_v1 import Namespace, Node, Pod
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spiderpool import logs
 from spiderpool.agent.install import install_plugins
 from spiderpool.agent.ipam import Allocator, IPAMError, Settings
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.k8s.client import async_client
 from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderReservedIP
+from spiderpool.k8s.rest import NAMESPACE, NODE, POD, ApiError, Rest
 
 log = logging.getLogger("spiderpool.agent")
 
@@ -62,15 +61,16 @@ def _error(code: int, msg: str, status: int, details: str = "") -> web.Response:
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.client = async_client(args.kubeconfig, field_manager="spiderpool-agent")
+        self.client = Rest.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-agent")
         self.caches = [
             WatchCache(self.client, SpiderIPPool, "SpiderIPPool"),
             WatchCache(self.client, SpiderReservedIP, "SpiderReservedIP"),
             WatchCache(self.client, SpiderIPAllocation, "SpiderIPAllocation"),
-            # the pods of this node, every namespace and this node: an allocation reads no API object
-            WatchCache(self.client, Pod, "Pod", namespace="*", fields={"spec.nodeName": args.node_name}),
-            WatchCache(self.client, Namespace, "Namespace"),
-            WatchCache(self.client, Node, "Node", fields={"metadata.name": args.node_name}),
+            # the pods of this node, every namespace and node: an allocation reads no API object
+            WatchCache(self.client, POD, "Pod", fields={"spec.nodeName": args.node_name}),
+            WatchCache(self.client, NAMESPACE, "Namespace"),
+            # every node: their names and labels split each pool among the agents (see ipam.allocate)
+            WatchCache(self.client, NODE, "Node"),
         ]
         self.allocator = Allocator(
             self.client,
@@ -102,7 +102,7 @@ class Agent:
             return _error(err.code, err.msg, err.http, err.details)
         except ApiError as exc:
             return _error(11, f"Kubernetes API error, try again: {exc}", 503)
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             return _error(11, f"Kubernetes API unreachable, try again: {exc}", 503)
 
     async def healthy(self, _: web.Request) -> web.Response:
@@ -164,6 +164,7 @@ class Agent:
             await self.stop.wait()
             await asyncio.wait_for(self.allocator.flush_endpoints(), 10)
         finally:
+            self.allocator.stop_endpoint_workers()
             for t in tasks:
                 t.cancel()
             await runner.cleanup()

@@ -6,17 +6,16 @@ import asyncio
 import copy
 from collections.abc import Callable
 
-from lightkube import AsyncClient
-
 from spiderpool.controller.admission import Snapshot
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderSubnet
+from spiderpool.k8s.rest import Rest
 
 Listener = Callable[[str, str], None]  # (kind, name)
 
 
 class ObjectCache:
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: Rest) -> None:
         self.pool_cache = WatchCache(client, SpiderIPPool, "SpiderIPPool")
         self.subnet_cache = WatchCache(client, SpiderSubnet, "SpiderSubnet")
         self.record_cache = WatchCache(client, SpiderIPAllocation, "SpiderIPAllocation")

@@ -25,6 +25,7 @@ from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.leader import LeaderElector
 from spiderpool.controller.status import StatusReconciler
 from spiderpool.k8s.client import async_client
+from spiderpool.k8s.rest import Rest
 
 log = logging.getLogger("spiderpool.controller")
 
@@ -71,7 +72,8 @@ class Controller:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.client = async_client(args.kubeconfig, field_manager="spiderpool-controller")
-        self.cache = ObjectCache(self.client)
+        self.rest = Rest.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-controller")
+        self.cache = ObjectCache(self.rest)
         self.settings = admission.Settings(enable_ipv4=not args.disable_ipv4, enable_ipv6=not args.disable_ipv6)
         self.stop = asyncio.Event()
         self.serving = False
@@ -143,6 +145,7 @@ class Controller:
             for r in reversed(runners):
                 await r.cleanup()
             await self.client.close()
+            await self.rest.close()
             log.info("controller stopped identity=%s", a.identity)
 
 

@@ -2,18 +2,27 @@
 
 Concurrent agents must rarely pick the same address, because each pick is confirmed by creating an
 API object named after the IP (the apiserver's uniqueness is the lock): a collision costs a failed
-create and a retry. So each agent starts its walk at its own point of the free space (a hash of its
-node name), and walks forward from there: agents fill disjoint stretches until they meet.
+create and a retry, and an agent learns of the others' picks only through its watch, some
+milliseconds late (under load, a hundred picks late). So each agent fills a stretch of its own
+and remembers where it is (``Walker``). Its first stretch starts at its share of the pool: the nodes
+the pool serves, sorted by name, split it evenly, so agents start as far apart as they can (without
+that knowledge, at a point derived from the node name). It walks forward over free addresses and
+its own. When the walk runs into an address another agent holds, it does not follow that agent,
+where the two would race for every address, but starts a new stretch inside one of the largest free
+gaps it knows of: whoever fills the gap from its left end reaches that point only after the point is
+long taken and known. Agents meet only in the last gaps of a full pool.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from spiderpool.ipam.ranges import Interval, IPSet, RangeError, parse_cidr, parse_ip
+from spiderpool.ipam.selection import matches
 
 
 def usable(pool: Mapping[str, Any], reserved: Iterable[IPSet] = ()) -> IPSet:
@@ -34,29 +43,159 @@ def usable(pool: Mapping[str, Any], reserved: Iterable[IPSet] = ()) -> IPSet:
     return out
 
 
-def candidates(free: IPSet, seed: str) -> Iterator[str]:
-    """Every free address once, starting at a point derived from ``seed`` and wrapping around."""
-    total = free.count()
-    if total == 0:
-        return
-    start = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big") % total
-    # locate the interval holding the start offset
-    intervals = free.intervals
-    idx, offset = 0, start
-    while offset > intervals[idx].end - intervals[idx].start:
-        offset -= intervals[idx].end - intervals[idx].start + 1
-        idx += 1
-    make = ipaddress.IPv4Address if free.family == 4 else ipaddress.IPv6Address
-    order = intervals[idx:] + intervals[:idx]
-    first = True
-    for iv in order:
-        lo = iv.start + offset if first else iv.start
-        for v in range(lo, iv.end + 1):
-            yield str(make(v))
-        first = False
-    head = intervals[idx]
-    for v in range(head.start, head.start + offset):
-        yield str(make(v))
+#: what ``held_by`` says about an address
+FREE, MINE, OTHER = 0, 1, 2
+#: new stretches tried by one request before a plain scan of everything that is left
+JUMPS = 4
+
+HeldBy = Callable[[str], int]
+
+
+def _point(seed: str, k: int, total: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{k}".encode()).digest()[:8], "big") % total
+
+
+def _walk(space: IPSet, start: int) -> Iterator[tuple[int, str]]:
+    """(offset, address) for every address of ``space`` once, from offset ``start``, wrapping around."""
+    make = ipaddress.IPv4Address if space.family == 4 else ipaddress.IPv6Address
+    base = 0
+    tail: list[tuple[int, int, int]] = []  # (base offset, first, last) of what lies before ``start``
+    for iv in space.intervals:
+        size = iv.end - iv.start + 1
+        if base + size <= start:
+            tail.append((base, iv.start, iv.end))
+        elif base >= start:
+            for v in range(iv.start, iv.end + 1):
+                yield base + v - iv.start, str(make(v))
+        else:
+            lo = iv.start + start - base
+            for v in range(lo, iv.end + 1):
+                yield base + v - iv.start, str(make(v))
+            tail.append((base, iv.start, lo - 1))
+        base += size
+    for b, first, last in tail:
+        for v in range(first, last + 1):
+            yield b + v - first, str(make(v))
+
+
+def _gap_point(space: IPSet, held_by: HeldBy, seed: str, k: int) -> int | None:
+    """A point in the middle half of one of the largest runs of free addresses (which, and where in
+    it, depend on the seed: agents that jump at once land apart)."""
+    runs: list[tuple[int, int]] = []  # (start offset, length)
+    run_start, run_len = 0, 0
+    for offset, ip in _walk(space, 0):
+        if held_by(ip) == FREE:
+            if run_len == 0:
+                run_start = offset
+            run_len += 1
+        elif run_len:
+            runs.append((run_start, run_len))
+            run_len = 0
+    if run_len:
+        runs.append((run_start, run_len))
+    if not runs:
+        return None
+    longest = max(length for _, length in runs)
+    # several agents jump at once: spread them over the large gaps, not all into the largest one
+    large = [r for r in runs if 2 * r[1] >= longest]
+    run_start, run_len = large[_point(seed, k, len(large))]
+    return run_start + run_len // 4 + _point(seed, -k, max(1, run_len // 2))
+
+
+def _segments(total: int, eligible: Sequence[str], active: Collection[str], me: str) -> list[tuple[int, int]]:
+    """This allocator's own parts of the pool, as [start, end) offsets, best first: its stripe (the
+    pool split evenly among the nodes it serves, in name order), then its part of every stripe whose
+    node holds none of the pool's addresses (such a stripe split evenly among the nodes that do).
+    The parts of all allocators tile the pool exactly."""
+    if me not in eligible:
+        return []
+    n = len(eligible)
+    rank = list(eligible).index(me)
+    out = [(rank * total // n, (rank + 1) * total // n)]
+    users = sorted(set(active) | {me})
+    sub, subs = users.index(me), len(users)
+    for k in range(1, n):
+        other = (rank + k) % n
+        if eligible[other] in active:
+            continue
+        lo, hi = other * total // n, (other + 1) * total // n
+        out.append((lo + sub * (hi - lo) // subs, lo + (sub + 1) * (hi - lo) // subs))
+    return [(lo, hi) for lo, hi in out if hi > lo]
+
+
+@dataclass
+class Walker:
+    """One allocator's walk through its pools: where its current stretch in each pool has reached."""
+
+    seed: str
+    cursor: dict[str, int] = field(default_factory=dict)
+    jumps: int = 0
+
+    def candidates(
+        self,
+        pool: str,
+        space: IPSet,
+        held_by: HeldBy = lambda _ip: FREE,
+        eligible: Sequence[str] = (),
+        active: Collection[str] = (),
+    ) -> Iterator[str]:
+        """Free addresses of ``space`` in the order to try them, each once.
+
+        ``eligible``: the nodes the pool serves, sorted by name; ``active``: the nodes that hold
+        addresses of the pool now. ``held_by(ip)`` is FREE, MINE (this allocator holds it or is
+        taking it) or OTHER; it is asked afresh for every address, so a caller that loses a race
+        marks the address OTHER and the walk moves on.
+        """
+        total = space.count()
+        if total == 0:
+            return
+        segments = _segments(total, eligible, active, self.seed)
+        # (start, end or None for "until another allocator's address")
+        plan: list[tuple[int, int | None]] = []
+        cur = self.cursor.get(pool)
+        if cur is not None and cur < total:
+            plan.append((cur, next((hi for lo, hi in segments if lo <= cur < hi), None)))
+        plan += segments or [(_point(self.seed, 0, total), None)]
+        offered: set[str] = set()
+        jumps = 0
+        while True:
+            if plan:
+                start, end = plan.pop(0)
+            elif jumps < JUMPS:
+                jumps += 1
+                self.jumps += 1
+                point = _gap_point(space, held_by, self.seed, self.jumps)
+                if point is None:
+                    return
+                start, end = point, None
+            else:
+                break
+            for offset, ip in _walk(space, start):
+                if end is not None and not start <= offset < end:
+                    break
+                held = held_by(ip)
+                if held == OTHER:
+                    break
+                if held == FREE and ip not in offered:
+                    offered.add(ip)
+                    self.cursor[pool] = offset
+                    yield ip
+        # Crowded: everything left, from a point of our own.
+        for _, ip in _walk(space, _point(self.seed, JUMPS + 1, total)):
+            if ip not in offered and held_by(ip) == FREE:
+                offered.add(ip)
+                yield ip
+
+
+def eligible_nodes(pool: Mapping[str, Any], node_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """The nodes a pool serves (its ``nodeName``, else those its ``nodeAffinity`` selects), by name."""
+    spec = pool.get("spec", {})
+    names = spec.get("nodeName") or []
+    if names:
+        return sorted(set(names))
+    if spec.get("nodeAffinity"):
+        return sorted(n for n, labels in node_labels.items() if matches(spec["nodeAffinity"], labels))
+    return sorted(node_labels)
 
 
 def record_name(ip: str) -> str:

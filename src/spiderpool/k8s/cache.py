@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from lightkube import AsyncClient
+from spiderpool.k8s.rest import ApiError, Kind, Rest
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +27,19 @@ def key_of(obj: dict[str, Any]) -> str:
 class WatchCache:
     def __init__(
         self,
-        client: AsyncClient,
-        res: Any,
+        rest: Rest,
+        res: Kind | Any,
         kind: str,
         *,
         namespace: str | None = None,
         fields: dict[str, str] | None = None,
     ) -> None:
-        """``namespace="*"`` watches a namespaced kind in every namespace; ``fields`` is a field selector."""
-        self.client, self.res, self.kind, self.namespace, self.fields = client, res, kind, namespace, fields
+        """``res`` is a Kind or a lightkube resource class; ``namespace`` None or "*" watches a namespaced
+        kind in every namespace; ``fields`` is a field selector."""
+        self.rest, self.kind = rest, kind
+        self.res = res if isinstance(res, Kind) else Kind.of(res)
+        self.namespace = None if namespace in (None, "*") else namespace
+        self.fields = ",".join(f"{k}={v}" for k, v in (fields or {}).items())
         self.items: dict[str, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -64,31 +68,40 @@ class WatchCache:
         elif obj is not None:
             self._set(obj)
 
+    async def _relist(self) -> str:
+        items, rv = await self.rest.list(self.res, self.namespace, fields=self.fields)
+        fresh = {key_of(d): d for d in items}
+        for key in set(self.items) - set(fresh):
+            self._drop(key)
+        for d in fresh.values():
+            self._set(d)
+        self.synced.set()
+        return rv
+
     async def run(self) -> None:
-        kwargs: dict[str, Any] = {}
-        if self.namespace:
-            kwargs["namespace"] = self.namespace
-        if self.fields:
-            kwargs["fields"] = self.fields
+        rv = ""
         while True:
             try:
-                fresh: dict[str, dict[str, Any]] = {}
-                async for obj in self.client.list(self.res, **kwargs):
-                    d = obj.to_dict()
-                    fresh[key_of(d)] = d
-                for key in set(self.items) - set(fresh):
-                    self._drop(key)
-                for d in fresh.values():
-                    self._set(d)
-                self.synced.set()
-                async for event, obj in self.client.watch(self.res, **kwargs):
-                    d = obj.to_dict()
+                if not rv:
+                    rv = await self._relist()
+                events = self.rest.watch(self.res, self.namespace, resource_version=rv, fields=self.fields)
+                async for event, obj in events:
+                    rv = str(obj.get("metadata", {}).get("resourceVersion") or rv)
+                    if event == "BOOKMARK":
+                        continue
                     if event == "DELETED":
-                        self._drop(key_of(d))
+                        self._drop(key_of(obj))
                     else:
-                        self._set(d)
+                        self._set(obj)
+                # the server closed the watch (its timeout): resume from where it ended
             except asyncio.CancelledError:
                 raise
+            except ApiError as exc:
+                if exc.code != 410:  # 410 Gone: our resourceVersion is too old, a re-list is the cure
+                    log.warning("watch broke kind=%s error=%s", self.kind, exc)
+                    await asyncio.sleep(1)
+                rv = ""
             except Exception as exc:
                 log.warning("watch broke kind=%s error=%s", self.kind, exc)
                 await asyncio.sleep(1)  # back off before re-listing
+                rv = ""
