@@ -1,17 +1,24 @@
 """Install the CNI plugin executables into a node's CNI bin dir.
 
-A plugin is one stdlib-only Python module. Installed, it is two files: the module, precompiled,
-in ``<bin>/.spiderpool/`` (its default agent socket set to this agent's), and a three-line launcher
-``<bin>/<name>`` whose first line names the interpreter (isolated mode, no site packages: nothing
-but the standard library is needed). The launcher imports the module, so every exec loads bytecode
-instead of compiling the source. Files are replaced atomically, so an exec never sees half a file.
+Two forms, both replaced atomically so an exec never sees half an installation:
+
+- **script** (the default, for nodes with Python 3.11+): the plugin module, precompiled, in
+  ``<bin>/.spiderpool/``, and a one-line launcher ``<bin>/<name>`` whose first line names the
+  interpreter (isolated mode, no site packages: nothing but the standard library is needed). The
+  launcher imports the module, so an exec loads bytecode instead of compiling the source.
+- **bundle** (nodes without Python): a self-contained PyInstaller folder built by
+  ``python -m spiderpool.cni.bundle``, copied to ``<bin>/.spiderpool/<name>.bundle/``, with
+  ``<bin>/<name>`` a symlink to its executable.
+
+Either way the agent's socket path is written to ``<bin>/.spiderpool/socket``, where the plugin
+looks for it when its network config names none.
 """
 
 from __future__ import annotations
 
 import os
 import py_compile
-import re
+import shutil
 from importlib.util import cache_from_source
 from pathlib import Path
 
@@ -20,10 +27,6 @@ from spiderpool.cni import spiderpool_ipam
 #: installed name -> module source
 PLUGINS = {"spiderpool": Path(spiderpool_ipam.__file__)}
 MODULE_DIR = ".spiderpool"
-
-
-def render_module(source: str, *, socket_path: str) -> str:
-    return re.sub(r'^DEFAULT_SOCKET = ".*"$', f"DEFAULT_SOCKET = {socket_path!r}", source, count=1, flags=re.M)
 
 
 def render_launcher(module: str, module_dir: Path, *, python: str) -> str:
@@ -41,20 +44,45 @@ def _write(target: Path, text: str, mode: int) -> None:
     tmp.replace(target)
 
 
-def install_plugins(bin_dir: Path, *, python: str, socket_path: str) -> list[Path]:
+def _link(target: Path, to: str) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(to)
+    tmp.replace(target)
+
+
+def _install_bundle(name: str, bundle: Path, module_dir: Path) -> str:
+    """Copy a bundle folder into place beside the old one, then swap; returns the link target."""
+    if not (bundle / name).is_file():
+        raise FileNotFoundError(f"{bundle} holds no executable {name!r}: build it with python -m spiderpool.cni.bundle")
+    final = module_dir / f"{name}.bundle"
+    staging = module_dir / f".{name}.bundle.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(bundle, staging, symlinks=True)
+    old = module_dir / f".{name}.bundle.old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)  # a running exec keeps its open files
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return f"{MODULE_DIR}/{name}.bundle/{name}"
+
+
+def install_plugins(bin_dir: Path, *, python: str, socket_path: str, bundle_dir: Path | None = None) -> list[Path]:
+    """Install every plugin as a script run by ``python``, or from ``bundle_dir/<name>/`` bundles."""
     module_dir = bin_dir / MODULE_DIR
     module_dir.mkdir(parents=True, exist_ok=True)
+    _write(module_dir / "socket", socket_path + "\n", 0o644)
     out = []
     for name, src in PLUGINS.items():
-        module = src.stem
-        source = module_dir / f"{module}.py"
-        _write(source, render_module(src.read_text(), socket_path=socket_path), 0o644)
-        # Compiled here once, so no exec pays for it (an interpreter of another version recompiles).
-        compiled = Path(cache_from_source(str(source)))
-        py_compile.compile(str(source), cfile=str(compiled), doraise=True)
         target = bin_dir / name
-        if target.is_symlink():
-            target.unlink()
-        _write(target, render_launcher(module, module_dir, python=python), 0o755)
+        if bundle_dir is not None:
+            _link(target, _install_bundle(name, bundle_dir / name, module_dir))
+        else:
+            module = src.stem
+            source = module_dir / f"{module}.py"
+            _write(source, src.read_text(), 0o644)
+            # Compiled here once, so no exec pays for it (an interpreter of another version recompiles).
+            py_compile.compile(str(source), cfile=cache_from_source(str(source)), doraise=True)
+            _write(target, render_launcher(module, module_dir, python=python), 0o755)
         out.append(target)
     return out

@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--socket", default="/var/run/spidernet/spiderpool.sock")
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin", help="where to install the plugin executables")
     p.add_argument("--python", default=sys.executable, help="interpreter the installed plugins run with")
+    p.add_argument(
+        "--plugin-bundle",
+        default=os.environ.get("SPIDERPOOL_PLUGIN_BUNDLE"),
+        help="install self-contained plugin bundles from this folder (nodes without Python; see spiderpool.cni.bundle)",
+    )
     p.add_argument("--metrics-bind", default="0.0.0.0")
     p.add_argument("--metrics-port", type=int, default=5711)
     p.add_argument("--disable-ipv4", action="store_true")
@@ -134,7 +139,12 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         a = self.args
-        installed = install_plugins(Path(a.cni_bin_dir), python=a.python, socket_path=a.socket)
+        installed = install_plugins(
+            Path(a.cni_bin_dir),
+            python=a.python,
+            socket_path=a.socket,
+            bundle_dir=Path(a.plugin_bundle) if a.plugin_bundle else None,
+        )
         log.info("plugins installed dir=%s files=%s", a.cni_bin_dir, ",".join(p.name for p in installed))
         tasks = [asyncio.create_task(c.run()) for c in self.caches]
         tasks.append(asyncio.create_task(self.allocator.resync_endpoints()))

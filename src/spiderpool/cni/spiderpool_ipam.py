@@ -4,7 +4,8 @@ It runs once per CNI call, so its start-up is its latency: it imports only built
 (``_json``, ``_socket``; importing ``json`` and ``socket`` would double the start-up time, through
 ``re``, ``enum`` and ``typing``) and speaks HTTP/1.1 over the agent's unix socket by hand. The agent
 installs it into the node's CNI bin dir, precompiled, behind a launcher whose first line names the
-interpreter and whose default socket is the agent's own.
+interpreter, or as a self-contained bundle for nodes without Python (``spiderpool.cni.bundle``),
+and writes its own socket path beside it.
 
 Commands: ADD, DEL, CHECK, VERSION, STATUS, GC (CNI 0.3.0 to 1.1.0). Errors follow the CNI spec:
 4 bad environment, 6 bad stdin, 7 invalid config (naming the key), 11 try again later (agent not
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_SOCKET = "/var/run/spidernet/spiderpool.sock"
+#: beside the installed executable: the agent writes its socket path there
+SOCKET_FILE = ".spiderpool/socket"
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 TIMEOUT = 100.0
 
@@ -188,6 +191,15 @@ def load_config(stdin_text: str) -> tuple[dict[str, Any], str]:
     return conf, version
 
 
+def default_socket() -> str:
+    """The installing agent's socket (``<bin dir>/.spiderpool/socket``), else upstream's default."""
+    try:
+        with open(os.path.join(os.path.dirname(sys.argv[0]), SOCKET_FILE)) as f:
+            return f.read().strip() or DEFAULT_SOCKET
+    except OSError:
+        return DEFAULT_SOCKET
+
+
 def cni_args() -> dict[str, str]:
     out = {}
     for pair in os.environ.get("CNI_ARGS", "").split(";"):
@@ -242,7 +254,7 @@ def main() -> int:
     try:
         conf, version = load_config(stdin_text)
         ipam = conf["ipam"]
-        sock = ipam.get("ipam_unix_socket_path") or DEFAULT_SOCKET
+        sock = ipam.get("ipam_unix_socket_path") or default_socket()
         if command == "ADD":
             body = {
                 "containerID": _env("CNI_CONTAINERID"),
