@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -23,12 +23,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from spiderpool.api import annotations as ann
 from spiderpool.api.v2beta1 import API_VERSION
 from spiderpool.ipam.allocate import FREE, MINE, OTHER, Walker, eligible_nodes, prefix_of, record_name, usable
+from spiderpool.ipam.autopool import APP_KINDS, L_APP_UID, App, owned_by
 from spiderpool.ipam.ranges import IPSet
 from spiderpool.ipam.result import Assigned, routes_for
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.resources import SpiderEndpoint, SpiderIPAllocation
-from spiderpool.k8s.rest import EVENT, NAMESPACE, NODE, POD, REPLICASET, STATEFULSET, ApiError, Kind, Rest
+from spiderpool.k8s.rest import EVENT, JOB, NAMESPACE, NODE, POD, REPLICASET, STATEFULSET, ApiError, Kind, Rest
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Settings:
     ipv6: bool = False
     #: the cluster network Multus uses when a pod names no default network (for ``multusName``)
     cluster_network: str = ""
+    #: how long an ADD waits for the controller to create or grow a pod's auto-pool
+    auto_pool_wait: float = 30.0
 
 
 @dataclass
@@ -76,6 +79,7 @@ class PodView:
     obj: dict[str, Any]
     owner_kind: str = ""
     owner_name: str = ""
+    owner_uid: str = ""
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -107,6 +111,7 @@ class Allocator:
     pods: WatchCache | None = None
     namespaces: WatchCache | None = None
     nodes: WatchCache | None = None
+    subnets: WatchCache | None = None
     #: IPs with a record (from the watch) or being created by this agent right now
     used: set[str] = field(default_factory=set)
     inflight: set[str] = field(default_factory=set)
@@ -125,6 +130,10 @@ class Allocator:
     def __post_init__(self) -> None:
         self.records.listeners.append(self._on_record)
         self._walker = Walker(self.settings.node)
+        self._top_owners: dict[str, tuple[str, str, str]] = {}
+        self._pools_changed = asyncio.Event()
+        self.pools.listeners.append(lambda *_: self._pools_changed.set())
+        self.records.listeners.append(lambda *_: self._pools_changed.set())
         self._record_index: dict[str, tuple[str, str, str]] = {}  # record -> (pod uid, pool, node)
         self._eligible_cache: dict[tuple[str, str, int], list[str]] = {}
         #: pool -> node -> how many of the pool's addresses the node's pods hold
@@ -162,7 +171,8 @@ class Allocator:
         self._nodes_generation += 1
 
     def caches(self) -> list[WatchCache]:
-        return [c for c in (self.pools, self.reserved, self.records, self.pods, self.namespaces, self.nodes) if c]
+        caches = (self.pools, self.reserved, self.records, self.pods, self.namespaces, self.nodes, self.subnets)
+        return [c for c in caches if c]
 
     def ready(self) -> bool:
         return all(c.synced.is_set() for c in self.caches())
@@ -186,6 +196,7 @@ class Allocator:
         for ref in pod["metadata"].get("ownerReferences") or []:
             if ref.get("controller"):
                 view.owner_kind, view.owner_name = str(ref["kind"]), str(ref["name"])
+                view.owner_uid = str(ref.get("uid", ""))
         return view
 
     async def _object(self, cache: WatchCache | None, res: Kind, name: str) -> dict[str, Any]:
@@ -271,7 +282,11 @@ class Allocator:
             self._sync_endpoint_later(pod)
             return _reply(reused, routes, ifname)
 
-        ctx = await self._context(pod, pod_ann)
+        app = None
+        if pod_ann.subnets or self._names_subnets(pod_ann.ippool):
+            app = await self._app_of(pod)
+            pod_ann = await self._with_auto_pools(pod, pod_ann, app, ifname)
+        ctx = await self._context(pod, pod_ann, app)
         netconf = NetconfDefaults(
             ipv4=tuple(req.get("defaultIPv4IPPool") or ()),
             ipv6=tuple(req.get("defaultIPv6IPPool") or ()),
@@ -304,7 +319,104 @@ class Allocator:
         )
         return _reply(assigned, routes, ifname)
 
-    async def _context(self, pod: PodView, pod_ann: ann.PodAnnotations) -> PodContext:
+    # ------------------------------------------------------- auto-pools
+    def _names_subnets(self, choice: ann.PoolChoice | None) -> bool:
+        """``ippool`` naming SpiderSubnets, not pools (the reference walkthrough's form): the controller
+        serves it as the ``subnet`` annotation, and so does the agent."""
+        if choice is None or self.subnets is None:
+            return False
+        names = [*choice.ipv4, *choice.ipv6]
+        return bool(names) and all(n in self.subnets.items and n not in self.pools.items for n in names)
+
+    async def _app_of(self, pod: PodView) -> App:
+        """The application whose auto-pool serves the pod: its top controller."""
+        ns = pod.meta["namespace"]
+        kind, name, uid = pod.owner_kind, pod.owner_name, pod.owner_uid
+        if kind in ("ReplicaSet", "Job"):
+            key = f"{kind}/{ns}/{name}/{uid}"
+            if key not in self._top_owners:
+                res = REPLICASET if kind == "ReplicaSet" else JOB
+                try:
+                    parent = await self.client.get(res, name, ns)
+                except ApiError as exc:
+                    raise IPAMError(
+                        11, f"pod {ns}/{pod.meta['name']}: its {kind} {name} cannot be read: {exc}", reason="api_error"
+                    ) from None
+                top = (kind, name, uid)
+                for ref in parent["metadata"].get("ownerReferences") or []:
+                    if ref.get("controller") and ref.get("kind") in ("Deployment", "CronJob"):
+                        top = (str(ref["kind"]), str(ref["name"]), str(ref.get("uid", "")))
+                self._top_owners[key] = top
+            kind, name, uid = self._top_owners[key]
+        if kind not in APP_KINDS:
+            raise IPAMError(
+                7,
+                f"pod {ns}/{pod.meta['name']}: the subnet annotations give auto-pools to applications (Deployment, "
+                "ReplicaSet, StatefulSet, DaemonSet, Job, CronJob); this pod has none, so name a pool with "
+                "ipam.spidernet.io/ippool instead",
+                reason="bad_annotation",
+                http=400,
+            )
+        return App(kind, ns, name, uid)
+
+    async def _with_auto_pools(
+        self, pod: PodView, pod_ann: ann.PodAnnotations, app: App, ifname: str
+    ) -> ann.PodAnnotations:
+        if pod_ann.subnets:
+            choice = next((c for c in pod_ann.subnets if c.interface == ifname), None)
+            if choice is None:
+                return replace(pod_ann, subnets=())  # no auto-pool for this NIC: the other sources decide
+        else:
+            assert pod_ann.ippool is not None
+            choice = ann.PoolChoice(ifname, pod_ann.ippool.ipv4[:1], pod_ann.ippool.ipv6[:1])
+        names: dict[int, tuple[str, ...]] = {4: (), 6: ()}
+        for family, subnets in ((4, choice.ipv4), (6, choice.ipv6)):
+            if subnets and (self.settings.ipv4 if family == 4 else self.settings.ipv6):
+                names[family] = (await self._auto_pool(pod, app, ifname, family, subnets[0]),)
+        auto = ann.PoolChoice(ifname, names[4], names[6])
+        return replace(pod_ann, ippool=None, ippools=(), auto_pools=(auto,))
+
+    def _find_auto_pool(self, app: App, ifname: str, family: int) -> dict[str, Any] | None:
+        for pool in self.pools.items.values():
+            labels = pool["metadata"].get("labels") or {}
+            if (
+                owned_by(pool, app, ifname, family)
+                and labels.get(L_APP_UID) == app.uid
+                and not pool["metadata"].get("deletionTimestamp")
+            ):
+                return pool
+        return None
+
+    def _has_free(self, pool: dict[str, Any]) -> bool:
+        space = usable(pool, self._reserved_sets())
+        return any(str(ip) not in self.used and str(ip) not in self.inflight for ip in space)
+
+    async def _auto_pool(self, pod: PodView, app: App, ifname: str, family: int, subnet: str) -> str:
+        """The name of the pod's auto-pool, once the controller has made it ready (bounded wait)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.auto_pool_wait
+        while True:
+            pool = self._find_auto_pool(app, ifname, family)
+            if pool is not None and self._has_free(pool):
+                return str(pool["metadata"]["name"])
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._pools_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pools_changed.wait(), remaining)
+        if pool is not None:
+            return str(pool["metadata"]["name"])  # full: the allocation explains that it is used up
+        raise IPAMError(
+            11,
+            f"pod {pod.meta['namespace']}/{pod.meta['name']}: the IPv{family} auto-pool of {app.describe()} for "
+            f"interface {ifname} (from SpiderSubnet {subnet}) is not there after {self.settings.auto_pool_wait:.0f}s;"
+            " is spiderpool-controller running? See the events of the application",
+            reason="auto_pool_not_ready",
+            http=503,
+        )
+
+    async def _context(self, pod: PodView, pod_ann: ann.PodAnnotations, app: App | None = None) -> PodContext:
         ns = pod.meta["namespace"]
         nsobj = await self._object(self.namespaces, NAMESPACE, ns)
         node_name = pod.obj.get("spec", {}).get("nodeName") or self.settings.node
@@ -316,7 +428,8 @@ class Allocator:
         return PodContext(
             namespace=ns,
             name=pod.meta["name"],
-            labels=pod.meta.get("labels") or {},
+            # an auto-pool's podAffinity names the pod's application, not its labels
+            labels={**(pod.meta.get("labels") or {}), **(app.pod_labels() if app else {})},
             node=node_name,
             node_labels=node["metadata"].get("labels") or {},
             namespace_labels=nsobj["metadata"].get("labels") or {},

@@ -26,7 +26,7 @@ from spiderpool import logs
 from spiderpool.agent.install import install_plugins
 from spiderpool.agent.ipam import Allocator, IPAMError, Settings
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderReservedIP
+from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderReservedIP, SpiderSubnet
 from spiderpool.k8s.rest import NAMESPACE, NODE, POD, ApiError, Rest
 
 log = logging.getLogger("spiderpool.agent")
@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=5711)
     p.add_argument("--disable-ipv4", action="store_true")
     p.add_argument("--disable-ipv6", action="store_true")
+    p.add_argument(
+        "--auto-pool-wait",
+        type=float,
+        default=30.0,
+        help="seconds an ADD waits for the controller to create or grow the pod's auto-pool",
+    )
     p.add_argument("--cluster-network", default="", help="Multus cluster network (ns/name) for multusName")
     p.add_argument("--log-level", default=None)
     return p.parse_args(argv)
@@ -76,6 +82,7 @@ class Agent:
             WatchCache(self.client, NAMESPACE, "Namespace"),
             # every node: their names and labels split each pool among the agents (see ipam.allocate)
             WatchCache(self.client, NODE, "Node"),
+            WatchCache(self.client, SpiderSubnet, "SpiderSubnet"),
         ]
         self.allocator = Allocator(
             self.client,
@@ -84,6 +91,7 @@ class Agent:
                 ipv4=not args.disable_ipv4,
                 ipv6=not args.disable_ipv6,
                 cluster_network=args.cluster_network,
+                auto_pool_wait=args.auto_pool_wait,
             ),
             pools=self.caches[0],
             reserved=self.caches[1],
@@ -91,6 +99,7 @@ class Agent:
             pods=self.caches[3],
             namespaces=self.caches[4],
             nodes=self.caches[5],
+            subnets=self.caches[6],
         )
         self.stop = asyncio.Event()
 

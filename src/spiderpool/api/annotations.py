@@ -21,6 +21,8 @@ IPPOOLS = "ipam.spidernet.io/ippools"
 ROUTES = "ipam.spidernet.io/routes"
 SUBNET = "ipam.spidernet.io/subnet"
 SUBNETS = "ipam.spidernet.io/subnets"
+IP_NUMBER = "ipam.spidernet.io/ippool-ip-number"
+RECLAIM = "ipam.spidernet.io/ippool-reclaim"
 NS_DEFAULT_V4 = "ipam.spidernet.io/default-ipv4-ippool"
 NS_DEFAULT_V6 = "ipam.spidernet.io/default-ipv6-ippool"
 DEFAULT_ROUTE_NIC = "ipam.spidernet.io/default-route-nic"
@@ -57,6 +59,10 @@ class PodAnnotations:
     ippool: PoolChoice | None = None
     ippools: tuple[PoolChoice, ...] = ()
     routes: tuple[Route, ...] = ()
+    #: auto-pool subnets per NIC (``subnets``, else ``subnet``); names are SpiderSubnets
+    subnets: tuple[PoolChoice, ...] = ()
+    #: the auto-pools the agent resolved those to (set by the agent, not parsed)
+    auto_pools: tuple[PoolChoice, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -132,6 +138,74 @@ def parse_ippools(raw: str) -> tuple[PoolChoice, ...]:
     return items
 
 
+_SUBNET_EXAMPLE = '{"ipv4": ["subnet-v4"], "ipv6": ["subnet-v6"]}'
+_SUBNETS_EXAMPLE = '[{"interface": "eth0", "ipv4": ["subnet-a"]}, {"interface": "net1", "ipv4": ["subnet-b"]}]'
+_IP_NUMBER_EXAMPLE = '"2" (a fixed number) or "+1" (replicas plus one)'
+
+
+def _one_subnet(key: str, choice: PoolChoice, default_iface: str | None) -> PoolChoice:
+    example = _SUBNET_EXAMPLE if key == SUBNET else _SUBNETS_EXAMPLE
+    # Upstream uses only the first subnet per family; say so instead of silently ignoring the rest.
+    for family, names in (("ipv4", choice.ipv4), ("ipv6", choice.ipv6)):
+        if len(names) > 1:
+            raise AnnotationError(key, f"{family} names {len(names)} subnets; an auto-pool comes from one", example)
+        if names and any(ch in names[0] for ch in "*?["):
+            raise AnnotationError(key, f"{family}: subnet names take no wildcards ({names[0]!r})", example)
+    if choice.clean_gateway is not None:
+        raise AnnotationError(key, "cleangateway belongs in ipam.spidernet.io/ippool(s), not here", example)
+    return PoolChoice(choice.interface or default_iface, choice.ipv4, choice.ipv6)
+
+
+def parse_subnet(raw: str) -> PoolChoice:
+    """``ipam.spidernet.io/subnet``: one NIC (``eth0`` unless it names one), one subnet per family."""
+    choice = _choice(SUBNET, _load(SUBNET, raw, _SUBNET_EXAMPLE), "the value", _SUBNET_EXAMPLE)
+    return _one_subnet(SUBNET, choice, "eth0")
+
+
+def parse_subnets(raw: str) -> tuple[PoolChoice, ...]:
+    """``ipam.spidernet.io/subnets``: one item per NIC, each naming its interface."""
+    data = _load(SUBNETS, raw, _SUBNETS_EXAMPLE)
+    if not isinstance(data, list) or not data:
+        raise AnnotationError(SUBNETS, "must be a non-empty list, one item per interface", _SUBNETS_EXAMPLE)
+    items = []
+    for i, item in enumerate(data):
+        choice = _choice(SUBNETS, item, f"item {i}", _SUBNETS_EXAMPLE)
+        if choice.interface is None:
+            raise AnnotationError(SUBNETS, f"item {i} must name its interface", _SUBNETS_EXAMPLE)
+        items.append(_one_subnet(SUBNETS, choice, None))
+    seen = [c.interface for c in items]
+    dupes = sorted({str(i) for i in seen if seen.count(i) > 1})
+    if dupes:
+        raise AnnotationError(SUBNETS, f"interface {dupes[0]!r} appears more than once", _SUBNETS_EXAMPLE)
+    used = [n for c in items for n in (*c.ipv4, *c.ipv6)]
+    shared = sorted({n for n in used if used.count(n) > 1})
+    if shared:
+        raise AnnotationError(
+            SUBNETS, f"subnet {shared[0]!r} serves two interfaces; give each its own", _SUBNETS_EXAMPLE
+        )
+    return tuple(items)
+
+
+def parse_ip_number(raw: str) -> tuple[bool, int]:
+    """``ipam.spidernet.io/ippool-ip-number``: (flexible, n); ``"+N"`` is replicas plus N, ``"N"`` is N."""
+    text = raw.strip()
+    flexible = text.startswith("+")
+    digits = text[1:] if flexible else text
+    if not digits.isdigit():
+        raise AnnotationError(IP_NUMBER, f"{raw!r} is not a number", _IP_NUMBER_EXAMPLE)
+    n = int(digits)
+    if not flexible and n == 0:
+        raise AnnotationError(IP_NUMBER, "a fixed size of 0 leaves no IP for any pod", _IP_NUMBER_EXAMPLE)
+    return flexible, n
+
+
+def parse_reclaim(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text not in ("true", "false"):
+        raise AnnotationError(RECLAIM, f"{raw!r} is neither true nor false", '"false" (keep the pool)')
+    return text == "true"
+
+
 def parse_routes(raw: str) -> tuple[Route, ...]:
     data = _load(ROUTES, raw, _ROUTES_EXAMPLE)
     if not isinstance(data, list):
@@ -162,7 +236,14 @@ def parse_pod(annotations: dict[str, str] | None) -> PodAnnotations:
         ippool=parse_ippool(ann[IPPOOL]) if IPPOOL in ann else None,
         ippools=parse_ippools(ann[IPPOOLS]) if IPPOOLS in ann else (),
         routes=parse_routes(ann[ROUTES]) if ROUTES in ann else (),
+        subnets=_subnets(ann),
     )
+
+
+def _subnets(ann: dict[str, str]) -> tuple[PoolChoice, ...]:
+    if SUBNETS in ann:  # upstream: subnets wins over subnet
+        return parse_subnets(ann[SUBNETS])
+    return (parse_subnet(ann[SUBNET]),) if SUBNET in ann else ()
 
 
 def parse_namespace_defaults(annotations: dict[str, str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:

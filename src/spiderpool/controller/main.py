@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spiderpool import logs
 from spiderpool.controller import admission, certs, webhook
+from spiderpool.controller.apps import AppPoolReconciler
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.leader import LeaderElector
 from spiderpool.controller.status import StatusReconciler
@@ -58,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=5721)
     p.add_argument("--disable-ipv4", action="store_true", help="reject IPv4 pools and subnets")
     p.add_argument("--disable-ipv6", action="store_true", help="reject IPv6 pools and subnets")
+    p.add_argument(
+        "--auto-pool-extra-ips",
+        type=int,
+        default=1,
+        help="spare IPs of an auto-pool whose application sets no ipam.spidernet.io/ippool-ip-number (replicas + N)",
+    )
     p.add_argument("--log-level", default=None)
     return p.parse_args(argv)
 
@@ -99,7 +106,9 @@ class Controller:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def leading(self) -> None:
-        await StatusReconciler(self.client, self.cache).run()
+        status = StatusReconciler(self.client, self.cache)
+        apps = AppPoolReconciler(self.rest, self.cache, default_extra=self.args.auto_pool_extra_ips)
+        await asyncio.gather(status.run(), apps.run())
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

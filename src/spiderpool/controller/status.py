@@ -25,6 +25,7 @@ from prometheus_client import Counter
 from spiderpool.api import constants as c
 from spiderpool.controller.admission import pool_sets
 from spiderpool.controller.cache import ObjectCache
+from spiderpool.ipam.autopool import L_APP_GV, L_APP_KIND, L_APP_NAME, L_APP_NAMESPACE
 from spiderpool.ipam.ranges import IPSet, RangeError, parse_cidr
 from spiderpool.k8s.resources import SpiderIPPool, SpiderSubnet
 
@@ -71,9 +72,16 @@ def subnet_status(subnet: dict[str, Any], pools: list[dict[str, Any]]) -> dict[s
         mine = psets[0].intersection(usable)
         name = str(pool["metadata"]["name"])
         entry: dict[str, Any] = {"ips": mine.to_ranges()}
-        app = previous.get(name, {}).get("application") if isinstance(previous.get(name), dict) else None
-        if app:
-            entry["application"] = app
+        labels = pool["metadata"].get("labels") or {}
+        if labels.get(L_APP_KIND):  # an auto-pool: whose it is, in upstream's form
+            entry["application"] = (
+                f"{labels.get(L_APP_GV, '')}_{labels[L_APP_KIND]}_{labels.get(L_APP_NAMESPACE, '')}"
+                f"_{labels.get(L_APP_NAME, '')}"
+            )
+        else:
+            app = previous.get(name, {}).get("application") if isinstance(previous.get(name), dict) else None
+            if app:
+                entry["application"] = app
         ledger[name] = entry
         held = held.union(mine)
     return {

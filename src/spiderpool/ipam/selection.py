@@ -110,6 +110,9 @@ def _expand(names: tuple[str, ...], family: int, pools: Mapping[str, Pool]) -> l
 
 def _sources(ctx: PodContext, ifname: str, netconf: NetconfDefaults) -> tuple[str, PoolChoice] | None:
     ann = ctx.annotations
+    for item in ann.auto_pools:
+        if item.interface == ifname:
+            return "auto-pool of the application (ipam.spidernet.io/subnet)", item
     if ann.ippools:
         for item in ann.ippools:
             if item.interface == ifname:

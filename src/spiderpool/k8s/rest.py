@@ -69,6 +69,7 @@ NODE = Kind("", "v1", "nodes", False)
 EVENT = Kind("", "v1", "events", True)
 STATEFULSET = Kind("apps", "v1", "statefulsets", True)
 REPLICASET = Kind("apps", "v1", "replicasets", True)
+JOB = Kind("batch", "v1", "jobs", True)
 
 
 class Rest:

@@ -1,0 +1,149 @@
+"""The walkthrough's headline: a SpiderSubnet, and a Deployment that names it, get an auto-created pool
+sized to the Deployment, which grows, shrinks and goes with it."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from spiderpool.lab import procs
+from spiderpool.lab.cluster import Lab
+from tests.helpers import get_json, pods, wait_running
+from tests.ipam.conftest import wait_no_records
+from tests.stack import Agents
+
+NS = "walk"
+APP = "custom-ippool-deploy"
+FIRST, LAST = ipaddress.ip_address("172.18.30.131"), ipaddress.ip_address("172.18.30.140")
+
+# The walkthrough's SpiderSubnet and Deployment, verbatim apart from the image and the namespace.
+SUBNET = """
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderSubnet
+metadata:
+  name: subnet-test
+spec:
+  gateway: 172.18.0.1
+  ips:
+  - "172.18.30.131-172.18.30.140"
+  subnet: 172.18.0.0/16
+"""
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: custom-ippool-deploy
+  namespace: walk
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: custom-ippool-deploy
+  template:
+    metadata:
+      annotations:
+        ipam.spidernet.io/ippool: |-
+          {
+            "ipv4": ["subnet-test"]
+          }
+        v1.multus-cni.io/default-network: kube-system/macvlan-conf
+      labels:
+        app: custom-ippool-deploy
+    spec:
+      containers:
+      - name: custom-ippool-deploy
+        image: registry.invalid/dao-2048:v1.2.0
+        imagePullPolicy: IfNotPresent
+        ports:
+        - name: http
+          containerPort: 80
+          protocol: TCP
+"""
+
+
+def auto_pools(lab: Lab) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(
+        lab, "spiderippool", "-l", f"ipam.spidernet.io/owner-application-name={APP}"
+    )["items"]
+    return items
+
+
+def pool_size(lab: Lab) -> int:
+    found = auto_pools(lab)
+    if len(found) != 1:
+        return -1
+    total = 0
+    for r in found[0]["spec"].get("ips") or []:
+        a, _, b = r.partition("-")
+        total += int(ipaddress.ip_address(b or a)) - int(ipaddress.ip_address(a)) + 1
+    return total
+
+
+def events(lab: Lab, reason: str) -> list[str]:
+    items = get_json(lab, "events", "-n", NS, "--field-selector", f"involvedObject.name={APP}")["items"]
+    return [e["message"] for e in items if e.get("reason") == reason]
+
+
+def scale(lab: Lab, replicas: int, pool_ips: int) -> list[dict[str, Any]]:
+    lab.kubectl("scale", "-n", NS, f"deployment/{APP}", f"--replicas={replicas}")
+    procs.wait_for(
+        lambda: pool_size(lab) == pool_ips,
+        timeout=60,
+        what=f"the auto-pool to hold {pool_ips} IPs",
+        detail=lambda: json.dumps([p["spec"] for p in auto_pools(lab)]),
+    )
+    return wait_running(lab, NS, f"app={APP}", replicas, timeout=180)
+
+
+def test_walkthrough_subnet_gives_the_deployment_an_auto_pool(stack: Agents) -> None:
+    lab = stack.lab
+    lab.kubectl("apply", "-f", "-", input_text=SUBNET)
+    lab.kubectl("create", "namespace", NS)
+    try:
+        lab.kubectl("apply", "-f", "-", input_text=DEPLOYMENT)
+        running = wait_running(lab, NS, f"app={APP}", 2, timeout=180)
+        for pod in running:
+            assert FIRST <= ipaddress.ip_address(pod["status"]["podIP"]) <= LAST
+        (pool,) = auto_pools(lab)
+        uid = get_json(lab, "deployment", "-n", NS, APP)["metadata"]["uid"]
+        assert pool["metadata"]["name"] == f"auto4-{APP}-eth0-{uid.split('-')[-1][:5]}"
+        assert pool_size(lab) == 3  # 2 replicas + 1
+        assert pool["spec"]["gateway"] == "172.18.0.1"
+        assert pool["metadata"]["labels"]["ipam.spidernet.io/owner-spider-subnet"] == "subnet-test"
+        # the annotation names a subnet where a pool is expected: served, and explained once
+        procs.wait_for(lambda: events(lab, "SubnetInIPPoolAnnotation"), timeout=30, what="the hint event")
+        assert "ipam.spidernet.io/subnet" in events(lab, "SubnetInIPPoolAnnotation")[0]
+
+        scale(lab, 5, 6)
+        scale(lab, 1, 2)
+        # 12 replicas want 13 IPs; the subnet has 10: ten pods run, two wait, and the Deployment says why
+        lab.kubectl("scale", "-n", NS, f"deployment/{APP}", "--replicas=12")
+        procs.wait_for(lambda: pool_size(lab) == 10, timeout=60, what="the auto-pool to take the whole subnet")
+
+        def ten_running_two_waiting() -> bool:
+            items = pods(lab, NS, f"app={APP}")
+            with_ip = [p for p in items if p["status"].get("podIP")]
+            return len(items) == 12 and len(with_ip) == 10
+
+        procs.wait_for(ten_running_two_waiting, timeout=240, what="10 pods running and 2 waiting for an IP")
+        waiting = [p for p in pods(lab, NS, f"app={APP}") if not p["status"].get("podIP")]
+        assert all(p["status"]["phase"] == "Pending" for p in waiting)
+        exhausted = events(lab, "SubnetExhausted")
+        assert exhausted, "the Deployment carries a subnet-exhausted event"
+        assert "SpiderSubnet subnet-test is exhausted" in exhausted[-1]
+        subnet = get_json(lab, "spidersubnet", "subnet-test")["status"]
+        assert (subnet["allocatedIPCount"], subnet["totalIPCount"]) == (10, 10)
+
+        lab.kubectl("delete", "deployment", "-n", NS, APP, "--wait=true")
+        procs.wait_for(lambda: not auto_pools(lab), timeout=120, what="the auto-pool to go with the Deployment")
+        procs.wait_for(
+            lambda: get_json(lab, "spidersubnet", "subnet-test")["status"].get("allocatedIPCount") == 0,
+            timeout=60,
+            what="every IP back in the subnet",
+        )
+    finally:
+        lab.kubectl("delete", "namespace", NS, "--wait=false")
+    wait_no_records(lab, NS, timeout=120)
+    lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s")
