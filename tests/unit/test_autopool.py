@@ -47,6 +47,8 @@ def test_resize_grows_with_lowest_free_and_shrinks_only_free_ips() -> None:
     grown = ap.resize(IPSet(4), 3, free, IPSet(4))
     assert grown.ips.to_ranges() == ["172.18.30.131-172.18.30.133"]
     assert grown.short == 0
+    regrown = ap.resize(grown.ips, 5, free, IPSet(4))  # the subnet's free IPs may include the pool's own
+    assert regrown.ips.to_ranges() == ["172.18.30.131-172.18.30.135"]
     current = IPSet.parse(4, ["172.18.30.131-172.18.30.136"])
     in_use = IPSet.parse(4, ["172.18.30.131", "172.18.30.135"])
     shrunk = ap.resize(current, 2, IPSet(4), in_use)

@@ -112,6 +112,8 @@ class AppPoolReconciler:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             await self._reclaim(ap.App(kind, namespace, name, ""))
             return
+        if ap.managed_by_app(obj):
+            return  # a Deployment's ReplicaSet, a CronJob's Job: the pool is the top controller's
         app = ap.App(kind, namespace, name, str(obj["metadata"]["uid"]))
         template = ap.template_annotations(kind, obj)
         try:
@@ -218,7 +220,7 @@ class AppPoolReconciler:
                 _ips(pool, family) == plan.ips
                 and all((meta.get("labels") or {}).get(k) == v for k, v in labels.items())
                 and have_ann.get(ap.A_DESIRED) == str(size)
-                and pool["spec"].get("podAffinity") == spec["podAffinity"]
+                and (pool["spec"].get("podAffinity") or {}).get("matchLabels") == app.pod_labels()
             )
             if not same:
                 updated = {

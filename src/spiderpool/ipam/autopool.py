@@ -110,6 +110,12 @@ def owned_by(pool: Mapping[str, Any], app: App, iface: str | None = None, family
     )
 
 
+def managed_by_app(obj: Mapping[str, Any]) -> bool:
+    """Whether another application controls this one (a Deployment's ReplicaSet, a CronJob's Job)."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("kind") in APP_KINDS for r in refs)
+
+
 def replicas(kind: str, obj: Mapping[str, Any]) -> int:
     """How many pods the application runs at once."""
     spec = obj.get("spec") or {}
@@ -166,7 +172,7 @@ def resize(current: IPSet, want: int, subnet_free: IPSet, in_use: IPSet) -> Resi
     lowest addresses no pod holds (never one a pod holds)."""
     have = current.count()
     if want > have:
-        extra = lowest(subnet_free, want - have)
+        extra = lowest(subnet_free.difference(current), want - have)
         return Resize(current.union(extra), short=want - have - extra.count())
     if want < have:
         drop = lowest(current.difference(in_use), have - want)
