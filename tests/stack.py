@@ -64,6 +64,11 @@ class Controllers:
                 f"--lease-duration={self.lease_duration}",
                 "--renew-deadline=5",
                 "--retry-period=1",
+                # garbage collection on a test's time scale
+                "--gc-interval=5",
+                "--gc-quarantine=10",
+                "--gc-stale-lease=15",
+                "--gc-min-age=15",
             ],
         )
         procs.wait_for(

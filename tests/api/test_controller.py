@@ -120,7 +120,7 @@ def test_pool_with_allocations_stays_terminating_until_released(controllers: Con
         assert pool["metadata"].get("deletionTimestamp")
         assert pool["metadata"]["finalizers"] == ["spiderpool.spidernet.io"]
         time.sleep(0.5)  # sampling a state that must hold, not waiting for one
-    lab.kubectl("delete", "spideripallocation", "10.121.0.3")
+    lab.kubectl("delete", "spideripallocation", "10.121.0.3", "--ignore-not-found")
     procs.wait_for(
         lambda: not lab.kubectl("get", "spiderippool", "busy", "--ignore-not-found", "-o", "name").stdout.strip(),
         timeout=30,
@@ -186,7 +186,7 @@ def test_subnet_deletion_waits_for_its_pools_and_their_ips(controllers: Controll
         what="the owned pool to be deleted with its subnet",
     )
     assert get_json(lab, "spidersubnet", "del-subnet")["metadata"].get("deletionTimestamp")
-    lab.kubectl("delete", "spideripallocation", "10.122.0.2")
+    lab.kubectl("delete", "spideripallocation", "10.122.0.2", "--ignore-not-found")
 
     def both_gone() -> bool:
         out = lab.kubectl("get", "spidersubnet/del-subnet", "spiderippool/del-pool", "--ignore-not-found", "-o", "name")

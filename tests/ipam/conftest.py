@@ -10,6 +10,7 @@ import pytest
 
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
+from tests.consistency import problems
 from tests.helpers import get_json
 from tests.stack import Agents
 
@@ -43,10 +44,24 @@ def records(lab: Lab) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def stack(agents: Agents) -> Iterator[Agents]:
-    """Agents up and the nodes on macvlan + spiderpool; afterwards the nodes go back to the lab default."""
+    """Agents up and the nodes on macvlan + spiderpool; afterwards the nodes go back to the lab default,
+    and the IPAM state must be consistent (tests/consistency.py)."""
     use_cni(agents.lab, macvlan_spiderpool())
     yield agents
     agents.lab.reset_cni_config()
+    assert_consistent(agents.lab)
+
+
+def assert_consistent(lab: Lab, timeout: float = 60) -> None:
+    """Wait (bounded: status is written in batches) until the consistency check holds."""
+    found: list[str] = []
+
+    def ok() -> bool:
+        nonlocal found
+        found = problems(lab)
+        return not found
+
+    procs.wait_for(ok, timeout=timeout, what="a consistent IPAM state", detail=lambda: "\n".join(found))
 
 
 def wait_no_records(lab: Lab, namespace: str | None = None, timeout: float = 60) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
 from tests.helpers import get_json, pods, wait_running
-from tests.ipam.conftest import wait_no_records
+from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.stack import Agents
 
 NS = "walk"
@@ -117,7 +117,9 @@ def test_walkthrough_subnet_gives_the_deployment_an_auto_pool(stack: Agents) -> 
         assert "ipam.spidernet.io/subnet" in events(lab, "SubnetInIPPoolAnnotation")[0]
 
         scale(lab, 5, 6)
+        assert_consistent(lab)
         scale(lab, 1, 2)
+        assert_consistent(lab)
         # 12 replicas want 13 IPs; the subnet has 10: ten pods run, two wait, and the Deployment says why
         lab.kubectl("scale", "-n", NS, f"deployment/{APP}", "--replicas=12")
         procs.wait_for(lambda: pool_size(lab) == 10, timeout=60, what="the auto-pool to take the whole subnet")

@@ -24,6 +24,7 @@ from spiderpool.api import annotations as ann
 from spiderpool.api.v2beta1 import API_VERSION
 from spiderpool.ipam.allocate import FREE, MINE, OTHER, Walker, eligible_nodes, prefix_of, record_name, usable
 from spiderpool.ipam.autopool import APP_KINDS, L_APP_UID, App, owned_by
+from spiderpool.ipam.gc import statefulset_wants
 from spiderpool.ipam.ranges import IPSet
 from spiderpool.ipam.result import Assigned, routes_for
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
@@ -581,6 +582,7 @@ class Allocator:
             and r["spec"].get("pod") == name
             and r["spec"].get("interface") == ifname
             and r["spec"].get("ownerKind") == "StatefulSet"
+            and not r["spec"].get("quarantineUntil")  # taken back by the garbage collector: nobody's
         ]
         adopted = []
         for record in old:
@@ -825,10 +827,7 @@ class Allocator:
             raise
         if namespace["metadata"].get("deletionTimestamp"):
             return False  # the whole namespace is going: no successor will come
-        ordinal = name.rsplit("-", 1)[-1]
-        replicas = sts.get("spec", {}).get("replicas")
-        replicas = 1 if replicas is None else int(replicas)
-        return ordinal.isdigit() and int(ordinal) < replicas and not sts["metadata"].get("deletionTimestamp")
+        return statefulset_wants(sts, name)
 
     # -------------------------------------------------------- check and gc
     def check(self, req: dict[str, Any]) -> None:
@@ -852,6 +851,8 @@ class Allocator:
             spec = record["spec"]
             if spec.get("node") != self.settings.node or (spec.get("containerID"), spec.get("interface")) in valid:
                 continue
+            if spec.get("quarantineUntil"):
+                continue  # the controller's to free
             pod = await self._pod(spec["namespace"], spec["pod"], fresh=True)
             if pod is not None and pod.uid == spec["podUID"] and pod.alive():
                 continue

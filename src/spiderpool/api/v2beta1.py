@@ -273,6 +273,11 @@ class IPAllocationSpec:
     cleanGateway: bool | None = None
     ownerKind: str | None = None
     ownerName: str | None = None
+    #: set when the IP was taken back from a pod that may still run (garbage collection): the record
+    #: then holds the IP for no pod until this time (RFC 3339), so nobody else gets it meanwhile
+    quarantineUntil: Annotated[str, F(max_length=64)] | None = None
+    #: why the IP was taken back (with quarantineUntil)
+    releaseReason: Annotated[str, F(max_length=64)] | None = None
 
 
 # ------------------------------------------------------------- Coordinator

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from prometheus_client import Counter
@@ -50,7 +51,14 @@ class AppPoolReconciler:
         cache.listeners.append(self._on_pool_or_subnet)
         self.pending: set[tuple[str, str]] = set()
         self.wake = asyncio.Event()
-        self._said: dict[tuple[str, str], str] = {}  # (app uid, reason) -> last message, for one event each
+        self._said: dict[tuple[str, str], str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # (app uid, reason) -> last message, for one event each
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run an event write off the reconcile path (keeping a reference until it is done)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------ queue
     def enqueue(self, kind: str, key: str) -> None:
@@ -135,6 +143,15 @@ class AppPoolReconciler:
     def _subnets_of(self, app: ap.App, template: dict[str, str]) -> tuple[ann.PoolChoice, ...]:
         parsed = ann.parse_pod(template)
         if parsed.subnets:
+            if parsed.ippool is not None or parsed.ippools:
+                self._later(
+                    self._event(
+                        app,
+                        "ConflictingAnnotations",
+                        "the pod template names both a SpiderSubnet (ipam.spidernet.io/subnet(s)) and pools "
+                        "(ipam.spidernet.io/ippool(s)); the subnet wins, as upstream does: remove one of them",
+                    )
+                )
             return parsed.subnets
         choice = parsed.ippool
         if choice is None:
@@ -143,7 +160,7 @@ class AppPoolReconciler:
         if not all(n in self.cache.subnets and n not in self.cache.pools for n in names):
             return ()
         # The walkthrough's form: ippool naming a SpiderSubnet. Serve it as the subnet annotation, and say so.
-        asyncio.get_running_loop().create_task(
+        self._later(
             self._event(
                 app,
                 "SubnetInIPPoolAnnotation",
@@ -213,6 +230,13 @@ class AppPoolReconciler:
             await self.rest.create(POOL, body)
             AUTO_POOL_CHANGES.labels("create").inc()
             log.info("auto-pool created pool=%s app=%s ips=%d", name, app.describe(), plan.ips.count())
+            await self._event(
+                app,
+                "AutoPoolCreated",
+                f"SpiderIPPool {name} created from SpiderSubnet {subnet_name} for {iface} with "
+                f"{plan.ips.count()} IPs ({', '.join(plan.ips.to_ranges())})",
+                warning=False,
+            )
         else:
             meta = pool["metadata"]
             have_ann = meta.get("annotations") or {}
@@ -241,6 +265,14 @@ class AppPoolReconciler:
                     current.count(),
                     plan.ips.count(),
                 )
+                if current != plan.ips:
+                    await self._event(
+                        app,
+                        "AutoPoolResized",
+                        f"SpiderIPPool {name} now holds {plan.ips.count()} IPs (was {current.count()}; "
+                        f"{replicas} replicas, {size} wanted)",
+                        warning=False,
+                    )
         if plan.short:
             await self._event(
                 app,
@@ -273,7 +305,7 @@ class AppPoolReconciler:
             out = out.union(_ips(r, family))
         return out
 
-    async def _event(self, app: ap.App, reason: str, message: str) -> None:
+    async def _event(self, app: ap.App, reason: str, message: str, *, warning: bool = True) -> None:
         if self._said.get((app.uid, reason)) == message:
             return
         self._said[(app.uid, reason)] = message
@@ -291,7 +323,7 @@ class AppPoolReconciler:
             },
             "reason": reason,
             "message": message[:1024],
-            "type": "Warning",
+            "type": "Warning" if warning else "Normal",
             "source": {"component": "spiderpool-controller"},
             "firstTimestamp": now,
             "lastTimestamp": now,

@@ -23,8 +23,10 @@ from spiderpool import logs
 from spiderpool.controller import admission, certs, webhook
 from spiderpool.controller.apps import AppPoolReconciler
 from spiderpool.controller.cache import ObjectCache
+from spiderpool.controller.gc import GarbageCollector
 from spiderpool.controller.leader import LeaderElector
 from spiderpool.controller.status import StatusReconciler
+from spiderpool.ipam import gc
 from spiderpool.k8s.client import async_client
 from spiderpool.k8s.rest import Rest
 
@@ -64,6 +66,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="spare IPs of an auto-pool whose application sets no ipam.spidernet.io/ippool-ip-number (replicas + N)",
+    )
+    p.add_argument("--gc-interval", type=float, default=60.0, help="seconds between full scans of the records")
+    p.add_argument(
+        "--gc-quarantine",
+        type=float,
+        default=60.0,
+        help="seconds an IP taken from a pod that may still run is held for nobody",
+    )
+    p.add_argument("--gc-stale-lease", type=float, default=300.0, help="a node whose Lease is older than this is lost")
+    p.add_argument(
+        "--gc-min-age", type=float, default=30.0, help="a record younger than this is never judged by a missing pod"
+    )
+    p.add_argument(
+        "--gc-terminating-delay",
+        type=float,
+        default=0.0,
+        help="extra seconds after a terminating pod's deletion time before its stopped containers free its IPs",
     )
     p.add_argument("--log-level", default=None)
     return p.parse_args(argv)
@@ -108,7 +127,19 @@ class Controller:
     async def leading(self) -> None:
         status = StatusReconciler(self.client, self.cache)
         apps = AppPoolReconciler(self.rest, self.cache, default_extra=self.args.auto_pool_extra_ips)
-        await asyncio.gather(status.run(), apps.run())
+        a = self.args
+        collector = GarbageCollector(
+            self.rest,
+            self.cache,
+            gc.Settings(
+                stale_lease=a.gc_stale_lease,
+                quarantine=a.gc_quarantine,
+                min_age=a.gc_min_age,
+                terminating_delay=a.gc_terminating_delay,
+            ),
+            scan_interval=a.gc_interval,
+        )
+        await asyncio.gather(status.run(), apps.run(), collector.run())
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,146 @@
+"""IP garbage collection (leader only): takes back the IPs of pods that are gone, finished, or stuck
+terminating on a node that is down, and frees quarantined IPs when their time is up.
+
+Pod and node changes wake it (batched); a full scan of every record also runs periodically, and
+at the next deadline it knows of (a quarantine ending, a terminating pod's grace running out).
+The decisions are ``spiderpool.ipam.gc.judge``; every release is logged with its reason and
+counted in ``spiderpool_controller_gc_released_ips_total{reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from typing import Any
+
+from prometheus_client import Counter
+
+from spiderpool.controller.cache import ObjectCache
+from spiderpool.ipam import gc
+from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.resources import SpiderIPAllocation
+from spiderpool.k8s.rest import NODE, POD, STATEFULSET, ApiError, Kind, Rest
+
+log = logging.getLogger(__name__)
+
+RECORD = Kind.of(SpiderIPAllocation)
+LEASE = Kind("coordination.k8s.io", "v1", "leases", True)
+RELEASED = Counter("spiderpool_controller_gc_released_ips", "IPs taken back by garbage collection", ["reason"])
+QUARANTINED = Counter("spiderpool_controller_gc_quarantined_ips", "IPs put in quarantine", ["reason"])
+BATCH_SECONDS = 0.5
+
+
+class GarbageCollector:
+    def __init__(self, rest: Rest, cache: ObjectCache, settings: gc.Settings, *, scan_interval: float) -> None:
+        self.rest, self.cache, self.settings, self.scan_interval = rest, cache, settings, scan_interval
+        self.pods = WatchCache(rest, POD, "Pod")
+        self.nodes = WatchCache(rest, NODE, "Node")
+        self.leases = WatchCache(rest, LEASE, "Lease", namespace="kube-node-lease")
+        self.statefulsets = WatchCache(rest, STATEFULSET, "StatefulSet")
+        self.wake = asyncio.Event()
+        for c in (self.pods, self.nodes, self.statefulsets):
+            c.listeners.append(lambda *_: self.wake.set())
+
+    async def run(self) -> None:
+        caches = (self.pods, self.nodes, self.leases, self.statefulsets)
+        tasks = [asyncio.create_task(c.run()) for c in caches]
+        try:
+            for c in (*caches, self.cache.record_cache):
+                await c.synced.wait()
+            while True:
+                next_due = await self.scan()
+                timeout = max(0.5, min(self.scan_interval, next_due - time.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                self.wake.clear()
+                await asyncio.sleep(BATCH_SECONDS)  # coalesce a burst of pod events into one scan
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def scan(self) -> float:
+        """Judge every record once; return when the next time-based decision falls due."""
+        now = time.time()
+        next_due = now + self.scan_interval
+        for name, record in list(self.cache.records.items()):
+            spec = record.get("spec") or {}
+            pod = self.pods.get(f"{spec.get('namespace')}/{spec.get('pod')}")
+            node_name = str(spec.get("node") or "")
+            health = gc.node_health(self.nodes.get(node_name), self.leases.get(f"kube-node-lease/{node_name}"), now)
+            sts = self.statefulsets.get(f"{spec.get('namespace')}/{spec.get('ownerName')}")
+            verdict = gc.judge(record, pod, health, sts, now, self.settings)
+            if verdict.release:
+                try:
+                    await self._act(name, record, verdict)
+                except ApiError as exc:
+                    if exc.code not in (404, 409):  # gone, or changed under us: the next scan sees it
+                        log.warning("gc failed record=%s error=%s", name, exc)
+            next_due = min(next_due, self._due(record, pod, now))
+        return next_due
+
+    def _due(self, record: dict[str, Any], pod: dict[str, Any] | None, now: float) -> float:
+        spec = record.get("spec") or {}
+        times = [
+            gc.parse_time(spec.get("quarantineUntil")),
+            (gc.parse_time(record["metadata"].get("creationTimestamp")) or now) + self.settings.min_age,
+        ]
+        if pod is not None:
+            deleted = gc.parse_time(pod["metadata"].get("deletionTimestamp"))
+            if deleted is not None:
+                times.append(deleted + self.settings.terminating_delay)
+        future = [t for t in times if t is not None and t > now]
+        return min(future) if future else now + self.scan_interval
+
+    async def _act(self, name: str, record: dict[str, Any], verdict: gc.Verdict) -> None:
+        spec = record["spec"]
+        holder = f"{spec.get('namespace')}/{spec.get('pod')} uid={spec.get('podUID')}"
+        if verdict.confirm:
+            try:
+                live = await self.rest.get(POD, str(spec.get("pod")), str(spec.get("namespace")))
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+            else:
+                if live["metadata"].get("uid") == spec.get("podUID"):
+                    return  # our pod cache lagged: the pod is there
+        meta = record["metadata"]
+        if verdict.quarantine:
+            until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.settings.quarantine)
+            updated = {
+                **record,
+                "metadata": {**meta, "labels": {**(meta.get("labels") or {}), "ipam.spidernet.io/pod-uid": ""}},
+                "spec": {
+                    **spec,
+                    "podUID": "",
+                    "quarantineUntil": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "releaseReason": verdict.reason,
+                },
+            }
+            self.cache.record_cache.apply_local(await self.rest.replace(RECORD, updated))
+            QUARANTINED.labels(verdict.reason).inc()
+            log.info(
+                "ip quarantined ip=%s pool=%s holder=%s reason=%s until=%s",
+                spec.get("ip"),
+                spec.get("pool"),
+                holder,
+                verdict.reason,
+                updated["spec"]["quarantineUntil"],
+            )
+            return
+        # Preconditions: never delete a record that was re-created for another pod meanwhile.
+        await self.rest.request(
+            "DELETE",
+            RECORD.path(None, name),
+            {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "preconditions": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
+            },
+        )
+        self.cache.record_cache.apply_local(None, key=name)
+        RELEASED.labels(verdict.reason).inc()
+        reason = spec.get("releaseReason") if verdict.reason == "quarantine_over" else verdict.reason
+        log.info("ip released ip=%s pool=%s holder=%s reason=%s", spec.get("ip"), spec.get("pool"), holder, reason)
