@@ -14,10 +14,11 @@ from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.stack import Agents
 
 NS = "walk"
+NS2 = "apps"
 APP = "custom-ippool-deploy"
 FIRST, LAST = ipaddress.ip_address("172.18.30.131"), ipaddress.ip_address("172.18.30.140")
 
-# The walkthrough's SpiderSubnet and Deployment, verbatim apart from the image and the namespace.
+# The walkthrough's SpiderSubnet and Deployment, verbatim apart from the image (applied in namespace "walk").
 SUBNET = """
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderSubnet
@@ -35,7 +36,6 @@ apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: custom-ippool-deploy
-  namespace: walk
 spec:
   replicas: 2
   selector:
@@ -102,7 +102,7 @@ def test_walkthrough_subnet_gives_the_deployment_an_auto_pool(stack: Agents) -> 
     lab.kubectl("apply", "-f", "-", input_text=SUBNET)
     lab.kubectl("create", "namespace", NS)
     try:
-        lab.kubectl("apply", "-f", "-", input_text=DEPLOYMENT)
+        lab.kubectl("apply", "-n", NS, "-f", "-", input_text=DEPLOYMENT)
         running = wait_running(lab, NS, f"app={APP}", 2, timeout=180)
         for pod in running:
             assert FIRST <= ipaddress.ip_address(pod["status"]["podIP"]) <= LAST
@@ -149,3 +149,78 @@ def test_walkthrough_subnet_gives_the_deployment_an_auto_pool(stack: Agents) -> 
         lab.kubectl("delete", "namespace", NS, "--wait=false")
     wait_no_records(lab, NS, timeout=120)
     lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s")
+
+
+def _app(kind: str, name: str, annotations: dict[str, str]) -> str:
+    template = {
+        "metadata": {"labels": {"app": name}, "annotations": annotations},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
+    }
+    spec: dict[str, Any] = {"selector": {"matchLabels": {"app": name}}, "template": template}
+    if kind == "Deployment":
+        spec["replicas"] = 1
+    meta = {"name": name, "namespace": NS2}
+    return json.dumps({"apiVersion": "apps/v1", "kind": kind, "metadata": meta, "spec": spec})
+
+
+def _pools_of(lab: Lab, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(
+        lab, "spiderippool", "-l", f"ipam.spidernet.io/owner-application-name={name}"
+    )["items"]
+    return items
+
+
+def test_kept_pool_is_adopted_and_daemonsets_get_one_ip_per_node(stack: Agents) -> None:
+    lab = stack.lab
+    lab.kubectl("apply", "-f", "-", input_text=SUBNET)
+    lab.kubectl("create", "namespace", NS2)
+    subnet = {"ipam.spidernet.io/subnet": json.dumps({"ipv4": ["subnet-test"]})}
+    try:
+        # reclaim "false": the pool outlives its Deployment and comes back to the next one of that name
+        keep = {**subnet, "ipam.spidernet.io/ippool-reclaim": "false", "ipam.spidernet.io/ippool-ip-number": "2"}
+        lab.kubectl("apply", "-f", "-", input_text=_app("Deployment", "keeper", keep))
+        (first,) = wait_running(lab, NS2, "app=keeper", 1)
+        (pool,) = _pools_of(lab, "keeper")
+        lab.kubectl("delete", "deployment", "-n", NS2, "keeper", "--wait=true")
+        wait_no_records(lab, NS2, timeout=60)
+        (kept,) = _pools_of(lab, "keeper")
+        assert kept["metadata"]["uid"] == pool["metadata"]["uid"]
+        lab.kubectl("apply", "-f", "-", input_text=_app("Deployment", "keeper", keep))
+        (again,) = wait_running(lab, NS2, "app=keeper", 1)
+        new_uid = get_json(lab, "deployment", "-n", NS2, "keeper")["metadata"]["uid"]
+        procs.wait_for(
+            lambda: (
+                _pools_of(lab, "keeper")[0]["metadata"]["labels"]["ipam.spidernet.io/owner-application-uid"] == new_uid
+            ),
+            timeout=30,
+            what="the kept pool to be adopted by the new Deployment",
+        )
+        (adopted,) = _pools_of(lab, "keeper")
+        assert adopted["metadata"]["uid"] == pool["metadata"]["uid"]
+        assert again["status"]["podIP"] in _pool_ips(adopted)
+
+        # a DaemonSet: one pod per node, a pool of nodes + 1
+        lab.kubectl("apply", "-f", "-", input_text=_app("DaemonSet", "agentd", subnet))
+        running = wait_running(lab, NS2, "app=agentd", len(lab.nodes()), timeout=120)
+        (ds_pool,) = _pools_of(lab, "agentd")
+        assert len(_pool_ips(ds_pool)) == len(lab.nodes()) + 1
+        assert all(p["status"]["podIP"] in _pool_ips(ds_pool) for p in running)
+        assert_consistent(lab)
+        lab.kubectl("delete", "daemonset", "-n", NS2, "agentd", "--wait=true")
+        procs.wait_for(lambda: not _pools_of(lab, "agentd"), timeout=60, what="the DaemonSet's pool to go")
+        assert first["status"]["podIP"]
+    finally:
+        lab.kubectl("delete", "namespace", NS2, "--wait=false")
+    wait_no_records(lab, NS2, timeout=120)
+    for p in _pools_of(lab, "keeper"):
+        lab.kubectl("delete", "spiderippool", p["metadata"]["name"], "--wait=true", "--timeout=60s")
+    lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s")
+
+
+def _pool_ips(pool: dict[str, Any]) -> list[str]:
+    out = []
+    for r in pool["spec"].get("ips") or []:
+        a, _, b = r.partition("-")
+        first, last = ipaddress.ip_address(a), ipaddress.ip_address(b or a)
+        out += [str(ipaddress.ip_address(v)) for v in range(int(first), int(last) + 1)]
+    return out
