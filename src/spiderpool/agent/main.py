@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spiderpool import logs
+from spiderpool.agent.coordinator import Coordinator
 from spiderpool.agent.install import install_plugins
 from spiderpool.agent.ipam import Allocator, IPAMError, Settings
 from spiderpool.k8s.cache import WatchCache
@@ -101,6 +102,7 @@ class Agent:
             nodes=self.caches[5],
             subnets=self.caches[6],
         )
+        self.coordinator = Coordinator()
         self.stop = asyncio.Event()
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
@@ -140,6 +142,15 @@ class Agent:
     async def gc(self, request: web.Request) -> web.Response:
         return await self._guard(request, self.allocator.gc)
 
+    async def coordinator_add(self, request: web.Request) -> web.Response:
+        return await self._guard(request, self.coordinator.add)
+
+    async def coordinator_del(self, request: web.Request) -> web.Response:
+        return await self._guard(request, self.coordinator.delete)
+
+    async def coordinator_check(self, request: web.Request) -> web.Response:
+        return await self._guard(request, self.coordinator.check)
+
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -166,6 +177,9 @@ class Agent:
                 web.delete("/v1/ipam/ip", self.release),
                 web.post("/v1/ipam/check", self.check),
                 web.post("/v1/ipam/gc", self.gc),
+                web.post("/v1/coordinator/add", self.coordinator_add),
+                web.post("/v1/coordinator/del", self.coordinator_del),
+                web.post("/v1/coordinator/check", self.coordinator_check),
             ]
         )
         sock = _prepare_socket(Path(a.socket))

@@ -417,6 +417,18 @@ class Lab:
                         f"--port={api}",
                     ],
                 )
+            proxy = f"kube-proxy/{name}"
+            if not self._running(state, proxy):
+                # kube-proxy (iptables mode) in the node's namespace, as on a real node: Services and
+                # nodePorts are the node's netfilter rules.
+                config = node.dir / "kube-proxy.yaml"
+                config.write_text(self._kube_proxy_config(name))
+                self._start(
+                    state,
+                    proxy,
+                    [str(build.binary("kube-proxy")), f"--config={config}", f"--hostname-override={name}"],
+                    netns_name=node.netns,
+                )
             agent = f"node/{name}"
             if not self._running(state, agent):
                 self._start(
@@ -430,6 +442,25 @@ class Lab:
                     ],
                     netns_name=node.netns,
                 )
+
+    def _kube_proxy_config(self, name: str) -> str:
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+            "hostnameOverride": name,
+            "mode": "iptables",
+            # underlay pod IPs are outside it, so their Service traffic is masqueraded and the
+            # replies come back through the node (what the veth plugin relies on)
+            "clusterCIDR": topology.POD_CIDR,
+            "bindAddress": "0.0.0.0",
+            "metricsBindAddress": "127.0.0.1:10249",
+            "healthzBindAddress": "127.0.0.1:10256",
+            # conntrack limits are the machine's, not the node's: leave them alone
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            "iptables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
+        }
+        return json.dumps(config, indent=2)
 
     def _prepare_node_dirs(self, node: NodeInfo, state: dict[str, Any], cni: str) -> None:
         for d in (node.cni_conf_dir, node.cni_bin_dir, node.var_lib_cni, node.sandboxes_dir):
@@ -464,7 +495,7 @@ class Lab:
             self.write_cni_config(node.name, "10-lab-macvlan.conflist", self.macvlan_conflist(node.name))
 
     def _remove_node(self, state: dict[str, Any], name: str) -> None:
-        for key in (f"node/{name}", f"forwarder/{name}"):
+        for key in (f"node/{name}", f"kube-proxy/{name}", f"forwarder/{name}"):
             pid = state.get("procs", {}).pop(key, None)
             if pid:
                 procs.stop([pid])

@@ -1,0 +1,84 @@
+"""The agent's side of the ``veth``/``coordinator`` plugin: validate the config, then do the netlink
+work (``spiderpool.net.veth``) in a worker thread, and hand back the chained result."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from prometheus_client import Counter
+
+from spiderpool.agent.ipam import IPAMError
+from spiderpool.net import veth, vethconf
+
+CALLS = Counter("spiderpool_coordinator_calls", "veth plugin calls", ["command", "outcome"])
+FIRST_NIC = "eth0"
+
+
+def _config(body: dict[str, Any]) -> vethconf.VethConfig:
+    try:
+        return vethconf.parse(dict(body.get("config") or {}))
+    except vethconf.ConfigError as exc:
+        raise IPAMError(7, f"invalid veth plugin config: {exc}", reason="bad_config", http=400) from None
+
+
+def _pod_ips(prev: dict[str, Any], ifname: str) -> list[veth.PodIP]:
+    interfaces = prev.get("interfaces") or []
+    out = []
+    for ip in prev.get("ips") or []:
+        index = ip.get("interface")
+        name = interfaces[index].get("name") if isinstance(index, int) and index < len(interfaces) else ifname
+        if name != ifname:
+            continue
+        address, _, prefix = str(ip["address"]).partition("/")
+        out.append(veth.PodIP(address, int(prefix or 32), ifname, ip.get("gateway")))
+    return out
+
+
+def _table_for(ifname: str) -> int:
+    """net1 -> 101, net2 -> 102, ... (upstream numbers the extra NICs' tables from 101)."""
+    digits = re.sub(r"\D", "", ifname)
+    return 100 + (int(digits) if digits else 1)
+
+
+class Coordinator:
+    async def add(self, body: dict[str, Any]) -> dict[str, Any]:
+        cfg = _config(body)
+        conf = body["config"]
+        prev = dict(conf.get("prevResult") or {})
+        ifname, netns, cid = str(body["ifName"]), str(body["netns"]), str(body["containerID"])
+        ips = _pod_ips(prev, ifname)
+        try:
+            if ifname == FIRST_NIC:
+                added = await asyncio.to_thread(veth.setup_first_nic, netns, cid, ips, cfg)
+            else:
+                added = []
+                if cfg.tune_pod_routes:
+                    await asyncio.to_thread(veth.setup_extra_nic, netns, ifname, ips, _table_for(ifname))
+        except (veth.NetError, OSError) as exc:
+            CALLS.labels("add", "error").inc()
+            pod = f"{body.get('podNamespace')}/{body.get('podName')}"
+            raise IPAMError(100, f"veth: pod {pod} interface {ifname}: {exc}", reason="netlink", http=500) from None
+        CALLS.labels("add", "ok").inc()
+        result = {**prev, "cniVersion": conf.get("cniVersion", prev.get("cniVersion"))}
+        result["interfaces"] = [*(prev.get("interfaces") or []), *added]
+        return {"result": result}
+
+    async def delete(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            table = vethconf.parse(dict(body.get("config") or {})).host_rule_table
+        except vethconf.ConfigError:
+            table = vethconf.VethConfig().host_rule_table  # a DEL must not fail over a config typo
+        if str(body.get("ifName")) == FIRST_NIC:
+            await asyncio.to_thread(veth.teardown, str(body["containerID"]), table)
+        CALLS.labels("del", "ok").inc()
+        return {"ok": True}
+
+    async def check(self, body: dict[str, Any]) -> dict[str, Any]:
+        _config(body)
+        if str(body.get("ifName")) == FIRST_NIC:
+            present = await asyncio.to_thread(veth.present, str(body["netns"]), str(body["containerID"]))
+            if not present:
+                raise IPAMError(100, "veth: the veth pair of this pod is missing", reason="check_mismatch", http=409)
+        return {"ok": True}

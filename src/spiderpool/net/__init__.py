@@ -1,0 +1,1 @@
+"""Node networking (netlink) for the CNI plugins, run by the agent."""

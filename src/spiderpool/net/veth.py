@@ -1,0 +1,305 @@
+"""The node-side work of the ``veth`` plugin, over netlink (pyroute2), run by the agent.
+
+For the pod's first underlay NIC (eth0, macvlan): a veth pair, ``veth0`` in the pod and
+``veth<first 11 of the container ID>`` on the node, so the node reaches its own macvlan pods (which
+macvlan forbids on the parent NIC) and the pod reaches the node's Services:
+- in the pod: ``<node IP> dev veth0 scope link`` and each hijacked CIDR (service, cluster, extra)
+  ``via <node IP> dev veth0 src <pod IP>``, a permanent neighbour for the node IP;
+- on the node: ``<pod IP> dev veth<id> scope link`` in table ``hostRuleTable`` (500), reached by the
+  rule ``from all lookup 500`` (pref 1000) so it stays out of the main table, and a permanent
+  neighbour for the pod IP. Deleting the host veth removes its routes and neighbours; the rule goes
+  with the table's last route.
+For a further NIC (net1, ...): its routes move from the main table into a table of its own, with a
+rule ``from <its IP> lookup <table>``, so replies leave by the NIC the request came in on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from spiderpool.net.vethconf import VethConfig, mac_for
+
+T = TypeVar("T")
+
+POD_VETH = "veth0"
+RULE_PREF = 1000
+NUD_PERMANENT = 0x80
+SCOPE_LINK = 253
+CLONE_NEWNET = 0x40000000
+#: interfaces whose addresses are not the node's (upstream's list, plus our own veths)
+_NOT_NODE = ("docker", "cbr", "dummy", "virbr", "lxcbr", "veth", "lo", "cali", "flannel", "kube-ipvs", "cni", "cilium")
+_lock = threading.Lock()  # the shared host rule: added by the first pod, removed with the last
+
+
+class NetError(Exception):
+    """The pod's network cannot be set up as asked (a message for the CNI error)."""
+
+
+@dataclass(frozen=True)
+class PodIP:
+    address: str
+    prefix: int
+    interface: str
+    gateway: str | None = None
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.address).version
+
+
+def host_veth_name(container_id: str) -> str:
+    return f"veth{container_id[:11]}"
+
+
+def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread that has entered the network namespace at ``path`` (for sysctls)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {path}")
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="netns")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _sysctl(key: str, value: int) -> None:
+    with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+        f.write(str(value))
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _mac(ipr: IPRoute, index: int) -> str:
+    return str(ipr.link("get", index=index)[0].get("IFLA_ADDRESS"))
+
+
+def node_ips(host: IPRoute) -> list[str]:
+    names = {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in host.link("dump")}
+    out = []
+    for addr in host.addr("dump"):
+        name = names.get(int(addr["index"]), "")
+        if addr["scope"] != 0 or any(name.startswith(p) for p in _NOT_NODE):
+            continue
+        out.append(str(addr.get("IFA_ADDRESS")))
+    return out
+
+
+@contextlib.contextmanager
+def _unless(*codes: int) -> Iterator[None]:
+    """Let these netlink errors pass (e.g. EEXIST on a repeated ADD)."""
+    try:
+        yield
+    except NetlinkError as exc:
+        if exc.code not in codes:
+            raise
+
+
+def _exists() -> contextlib.AbstractContextManager[None]:
+    return _unless(errno.EEXIST)
+
+
+def _gone() -> contextlib.AbstractContextManager[None]:
+    return _unless(errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
+
+
+def _in_pod(netns: str, fn: Callable[[IPRoute], T]) -> T:
+    """Run ``fn`` with a netlink socket opened inside the pod's namespace (from a thread that entered
+    it: pyroute2's own ``netns=`` forks a child process, which must not happen inside the agent)."""
+
+    def run() -> T:
+        with IPRoute() as pod:
+            return fn(pod)
+
+    return run_in_netns(netns, run)
+
+
+def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethConfig) -> list[dict[str, str]]:
+    """Create (or find again: ADD is idempotent) the veth pair and its routes; return the result's
+    interfaces to add (host side, pod side)."""
+    host_name = host_veth_name(container_id)
+    tmp = f"tmp{container_id[:11]}"
+    with IPRoute() as host:
+        host_index = _index(host, host_name)
+        has_peer = _in_pod(netns, lambda pod: _index(pod, POD_VETH) is not None)
+        if host_index is None or not has_peer:
+            if host_index is not None:
+                host.link("del", index=host_index)
+            host.link("add", ifname=host_name, kind="veth", peer=tmp)
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                host.link("set", index=_index(host, tmp), net_ns_fd=fd)
+            finally:
+                os.close(fd)
+            host_index = _index(host, host_name)
+            assert host_index is not None
+            host.link("set", index=host_index, mtu=cfg.veth_mtu)
+        host.link("set", index=host_index, state="up")
+        host_mac = _mac(host, host_index)
+        nodes = node_ips(host)
+
+        def pod_side(pod: IPRoute) -> str:
+            peer = _index(pod, POD_VETH)
+            if peer is None:
+                peer = _index(pod, tmp)
+                if peer is None:
+                    raise NetError(f"the pod end of {host_name} did not arrive in {netns}")
+                pod.link("set", index=peer, ifname=POD_VETH, mtu=cfg.veth_mtu)
+            pod.link("set", index=peer, state="up")
+            if cfg.mac_prefix:
+                first = next((ip for ip in ips if ip.family == 4), ips[0] if ips else None)
+                eth = _index(pod, first.interface) if first else None
+                if first and eth is not None:
+                    pod.link("set", index=eth, state="down")
+                    pod.link("set", index=eth, address=mac_for(cfg.mac_prefix, first.address))
+                    pod.link("set", index=eth, state="up")
+            for family in (4, 6):
+                mine = [ip for ip in ips if ip.family == family]
+                theirs = [n for n in nodes if ipaddress.ip_address(n).version == family]
+                if not mine or not theirs:
+                    continue
+                full = 32 if family == 4 else 128
+                for node in theirs:
+                    with _exists():
+                        pod.route("add", dst=node, dst_len=full, oif=peer, scope=SCOPE_LINK)
+                    with _exists():
+                        pod.neigh("add", dst=node, lladdr=host_mac, ifindex=peer, state=NUD_PERMANENT)
+                for cidr in cfg.hijack:
+                    net = ipaddress.ip_network(cidr)
+                    if net.version != family:
+                        continue
+                    with _exists():
+                        pod.route(
+                            "add",
+                            dst=str(net.network_address),
+                            dst_len=net.prefixlen,
+                            gateway=theirs[0],
+                            oif=peer,
+                            prefsrc=mine[0].address,
+                        )
+            if cfg.rp_filter is not None:
+                for scope in ("all", "default", POD_VETH, *{ip.interface for ip in ips}):
+                    with contextlib.suppress(FileNotFoundError):
+                        _sysctl(f"net.ipv4.conf.{scope}.rp_filter", cfg.rp_filter)
+            return _mac(pod, peer)
+
+        pod_mac = _in_pod(netns, pod_side)
+        for family in (4, 6):
+            mine = [ip for ip in ips if ip.family == family]
+            if not mine:
+                continue
+            full = 32 if family == 4 else 128
+            with _lock:
+                if not _has_rule(host, family, cfg.host_rule_table):
+                    with _exists():
+                        host.rule("add", family=_af(family), table=cfg.host_rule_table, priority=RULE_PREF)
+                for ip in mine:
+                    with _exists():
+                        host.route(
+                            "add",
+                            dst=ip.address,
+                            dst_len=full,
+                            oif=host_index,
+                            scope=SCOPE_LINK,
+                            table=cfg.host_rule_table,
+                        )
+                    with _exists():
+                        host.neigh("add", dst=ip.address, lladdr=pod_mac, ifindex=host_index, state=NUD_PERMANENT)
+    return [{"name": host_name, "mac": host_mac}, {"name": POD_VETH, "mac": pod_mac, "sandbox": netns}]
+
+
+def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int) -> None:
+    """Policy routing for a further NIC: its routes in a table of its own, chosen by source address."""
+
+    def pod_side(pod: IPRoute) -> None:
+        index = _index(pod, ifname)
+        if index is None:
+            raise NetError(f"interface {ifname} is not in the pod")
+        for route in pod.route("dump", table=254):
+            if route.get("RTA_OIF") != index:
+                continue
+            attrs = {
+                "dst_len": route["dst_len"],
+                "oif": index,
+                "table": table,
+                "scope": route["scope"],
+                "family": route["family"],
+            }
+            for key, attr in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"), ("prefsrc", "RTA_PREFSRC")):
+                if route.get(attr):
+                    attrs[key] = route[attr]
+            with _exists():
+                pod.route("add", **attrs)
+        for ip in ips:
+            full = 32 if ip.family == 4 else 128
+            if ip.gateway:
+                default = "0.0.0.0" if ip.family == 4 else "::"
+                with _exists():
+                    pod.route("add", dst=default, dst_len=0, gateway=ip.gateway, oif=index, table=table)
+            with _exists():
+                pod.rule("add", family=_af(ip.family), src=ip.address, src_len=full, table=table, priority=RULE_PREF)
+
+    _in_pod(netns, pod_side)
+
+
+def teardown(container_id: str, host_rule_table: int) -> None:
+    """Remove the host end (its routes and neighbours go with it); drop the shared rule with the last pod."""
+    with IPRoute() as host:
+        index = _index(host, host_veth_name(container_id))
+        if index is not None:
+            with _gone():
+                host.link("del", index=index)
+        with _lock:
+            for family in (4, 6):
+                routes = host.route("dump", family=_af(family), table=host_rule_table)
+                if not [r for r in routes if host_rule_table in (r.get("table"), r.get("RTA_TABLE"))]:
+                    while _has_rule(host, family, host_rule_table):
+                        with _gone():
+                            host.rule("del", family=_af(family), table=host_rule_table, priority=RULE_PREF)
+
+
+def _af(family: int) -> int:
+    return socket.AF_INET if family == 4 else socket.AF_INET6
+
+
+def _has_rule(host: IPRoute, family: int, table: int) -> bool:
+    for rule in host.rule("dump", family=_af(family)):
+        if (rule.get("FRA_TABLE") or rule.get("table")) == table and rule.get("FRA_PRIORITY") == RULE_PREF:
+            return True
+    return False
+
+
+def present(netns: str, container_id: str) -> bool:
+    """Both ends of the pod's veth pair exist (for CHECK)."""
+    with IPRoute() as host:
+        if _index(host, host_veth_name(container_id)) is None:
+            return False
+    return _in_pod(netns, lambda pod: _index(pod, POD_VETH) is not None)

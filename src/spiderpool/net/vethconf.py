@@ -1,0 +1,118 @@
+"""The ``veth``/``coordinator`` plugin's network-config keys: the reference walkthrough's (``service_cidr``,
+``cluster_cidr``, ``additional_cidr``, ``hardware_prefix``, ``only_hardware``, ``rp_filter``,
+``move_routes``) and the modern coordinator's where they mean the same. Pure; every error names its key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+#: keys every CNI config may carry
+_CNI_KEYS = {"cniVersion", "name", "type", "prevResult", "runtimeConfig", "capabilities", "args", "cniVersions"}
+#: accepted for compatibility and ignored, as upstream does
+_IGNORED = {"detectGateway", "detectIPConflict", "detectOptions", "logOptions", "txQueueLen", "only_hardware", "mode"}
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, problem: str, example: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {problem}; expected e.g. {example}")
+
+
+@dataclass(frozen=True)
+class VethConfig:
+    #: routed to the host through veth0 (service, cluster, additional and hijack CIDRs)
+    hijack: tuple[str, ...] = ()
+    mac_prefix: str | None = None
+    rp_filter: int | None = None
+    move_routes: bool = True
+    tune_pod_routes: bool = True
+    default_route_nic: str | None = None
+    host_rule_table: int = 500
+    veth_mtu: int = 1500
+
+
+def _cidrs(key: str, value: Any) -> tuple[str, ...]:
+    example = '["10.96.0.0/12"]'
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list of CIDRs", example)
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            raise ConfigError(key, f"{item!r} is not a CIDR", example) from None
+    return tuple(out)
+
+
+def _mac_prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{2}:[0-9a-fA-F]{2}", value):
+        raise ConfigError(key, f"{value!r} is not two hex bytes", '"0a:1b"')
+    if int(value[:2], 16) & 1:
+        raise ConfigError(key, f"{value!r} is a multicast prefix (its first byte is odd)", '"0a:1b"')
+    return value.lower()
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false", "true")
+    return value
+
+
+def _int(key: str, value: Any, lo: int, hi: int, example: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(key, f"must be a whole number from {lo} to {hi}", example)
+    return value
+
+
+def parse(conf: dict[str, Any]) -> VethConfig:
+    hijack: list[str] = []
+    out: dict[str, Any] = {}
+    for key, value in conf.items():
+        if key in _CNI_KEYS or key in _IGNORED:
+            continue
+        if key in ("service_cidr", "cluster_cidr", "additional_cidr", "serviceCIDR", "hijackCIDR", "overlayPodCIDR"):
+            hijack += _cidrs(key, value)
+        elif key in ("hardware_prefix", "podMACPrefix"):
+            if value:
+                out["mac_prefix"] = _mac_prefix(key, value)
+        elif key == "rp_filter":
+            if not isinstance(value, dict) or set(value) - {"enabled", "value"}:
+                raise ConfigError(key, "must be an object with enabled and value", '{"enabled": true, "value": 2}')
+            if _bool("rp_filter.enabled", value.get("enabled", False)):
+                out["rp_filter"] = _int("rp_filter.value", value.get("value", 0), 0, 2, "2")
+        elif key == "podRPFilter":
+            out["rp_filter"] = _int(key, value, 0, 2, "0")
+        elif key == "move_routes":
+            out["move_routes"] = _bool(key, value)
+        elif key == "tunePodRoutes":
+            out["tune_pod_routes"] = _bool(key, value)
+        elif key in ("podDefaultRouteNIC", "podDefaultRouteNic"):
+            if not isinstance(value, str):
+                raise ConfigError(key, "must be an interface name", '"net1"')
+            out["default_route_nic"] = value or None
+        elif key == "hostRuleTable":
+            out["host_rule_table"] = _int(key, value, 1, 2**31 - 1, "500")
+        elif key == "vethMTU":
+            out["veth_mtu"] = _int(key, value, 576, 65535, "1500")
+        elif key in ("podDefaultCniNic", "hostRPFilter", "vethLinkAddress", "policyRoutes"):
+            continue  # understood by upstream; defaults suit the underlay case here
+        else:
+            known = sorted(
+                {"service_cidr", "cluster_cidr", "additional_cidr", "hardware_prefix", "rp_filter", "move_routes"}
+                | {"serviceCIDR", "hijackCIDR", "podMACPrefix", "podRPFilter", "tunePodRoutes", "podDefaultRouteNIC"}
+                | {"hostRuleTable", "vethMTU"}
+            )
+            raise ConfigError(key, "is not a key of the veth plugin", f"one of {', '.join(known)}")
+    return VethConfig(hijack=tuple(dict.fromkeys(hijack)), **out)
+
+
+def mac_for(prefix: str, ip: str) -> str:
+    """``<prefix>:<the IPv4's 4 bytes>`` (IPv6: its last 4 bytes), as upstream makes pod MACs."""
+    packed = ipaddress.ip_address(ip).packed[-4:]
+    return prefix + ":" + ":".join(f"{b:02x}" for b in packed)
