@@ -154,5 +154,6 @@ def test_pods_services_nodeports_and_probes(dataplane: Agents) -> None:
             assert neigh == [], neigh
     finally:
         lab.kubectl("delete", "namespace", NS, "--wait=false")
+    wait_gone(lab, NS, "app=web")
     wait_no_records(lab, NS, timeout=120)
     lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=60s")

@@ -16,10 +16,15 @@ def test_bundle_runs_without_python_against_the_agent(stack: Agents, tmp_path: P
     built = bundle.build(tmp_path / "dist", progress=False)
     assert built["spiderpool"].read_bytes()[:4] == b"\x7fELF"  # a binary, not a script for some Python
     bin_dir = tmp_path / "opt-cni-bin"
-    (plugin,) = install_plugins(
+    installed = install_plugins(
         bin_dir, python="/nonexistent/python", socket_path=stack.socket("node1"), bundle_dir=tmp_path / "dist"
     )
-    assert plugin.is_symlink()
+    plugin = bin_dir / "spiderpool"
+    assert plugin in installed
+    assert all(p.is_symlink() for p in installed)
+    for name in ("veth", "coordinator"):  # the chained plugin, bundled too
+        out = subprocess.run([str(bin_dir / name)], capture_output=True, text=True, env={"CNI_COMMAND": "VERSION"})
+        assert json.loads(out.stdout)["supportedVersions"][-1] == "1.1.0", out.stderr
 
     def run(command: str, conf: dict[str, object], **env: str) -> subprocess.CompletedProcess[str]:
         # an empty environment: no PATH, no PYTHONHOME, nothing from this test's interpreter

@@ -4,6 +4,7 @@ work (``spiderpool.net.veth``) in a worker thread, and hand back the chained res
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -12,6 +13,7 @@ from prometheus_client import Counter
 from spiderpool.agent.ipam import IPAMError
 from spiderpool.net import veth, vethconf
 
+log = logging.getLogger(__name__)
 CALLS = Counter("spiderpool_coordinator_calls", "veth plugin calls", ["command", "outcome"])
 FIRST_NIC = "eth0"
 
@@ -56,10 +58,13 @@ class Coordinator:
                 added = []
                 if cfg.tune_pod_routes:
                     await asyncio.to_thread(veth.setup_extra_nic, netns, ifname, ips, _table_for(ifname))
-        except (veth.NetError, OSError) as exc:
+        except Exception as exc:  # netlink refusals and our own checks alike become a CNI error
             CALLS.labels("add", "error").inc()
+            log.warning(
+                "veth add failed pod=%s/%s nic=%s error=%r", body.get("podNamespace"), body.get("podName"), ifname, exc
+            )
             pod = f"{body.get('podNamespace')}/{body.get('podName')}"
-            raise IPAMError(100, f"veth: pod {pod} interface {ifname}: {exc}", reason="netlink", http=500) from None
+            raise IPAMError(100, f"veth: pod {pod} interface {ifname}: {exc!r}", reason="netlink", http=500) from None
         CALLS.labels("add", "ok").inc()
         result = {**prev, "cniVersion": conf.get("cniVersion", prev.get("cniVersion"))}
         result["interfaces"] = [*(prev.get("interfaces") or []), *added]

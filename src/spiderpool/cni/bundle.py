@@ -22,10 +22,21 @@ from spiderpool.agent.install import PLUGINS
 
 
 def build(out: Path, *, progress: bool = True) -> dict[str, Path]:
-    """Build every plugin into ``out/<name>/``; returns name -> executable."""
+    """Build every plugin into ``out/<name>/``; returns name -> executable. Names that share a
+    module (``veth`` and ``coordinator``) share one build."""
     out.mkdir(parents=True, exist_ok=True)
-    built = {}
+    built: dict[str, Path] = {}
+    first_of: dict[Path, str] = {}
     for name, source in PLUGINS.items():
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        if source in first_of:  # an alias: the same bundle under another name
+            shutil.copytree(out / first_of[source], target, symlinks=True)
+            (target / first_of[source]).rename(target / name)
+            built[name] = target / name
+            continue
+        first_of[source] = name
         if progress:
             print(f"[bundle] {name}: building with PyInstaller ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="spiderpool-bundle-") as work:
@@ -45,9 +56,6 @@ def build(out: Path, *, progress: bool = True) -> dict[str, Path]:
                 ],
                 check=True,
             )
-            target = out / name
-            if target.exists():
-                shutil.rmtree(target)
             shutil.move(f"{work}/dist/{name}", target)
         built[name] = target / name
         if progress:

@@ -55,6 +55,8 @@ class Underlay:
 
 UNDERLAYS: tuple[Underlay, ...] = (
     Underlay(bridge="br0", ipv4="172.18.0.0/16", ipv6="fd00:172:18::/64", node_if="eth0"),
+    # a second underlay subnet, for pods with a NIC in each (multi-NIC policy routing)
+    Underlay(bridge="br1", ipv4="172.19.0.0/16", ipv6="fd00:172:19::/64", node_if="eth1"),
 )
 
 #: pod CIDR for overlay-style test networks (ptp, bridge), beside the underlays

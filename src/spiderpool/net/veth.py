@@ -254,8 +254,9 @@ def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int) -> No
                 "family": route["family"],
             }
             for key, attr in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"), ("prefsrc", "RTA_PREFSRC")):
-                if route.get(attr):
-                    attrs[key] = route[attr]
+                value = route.get(attr)
+                if value:
+                    attrs[key] = value
             with _exists():
                 pod.route("add", **attrs)
         for ip in ips:

@@ -1,0 +1,145 @@
+"""A pod with a NIC in each of two underlay subnets (Multus + macvlan + spiderpool + veth): it answers
+on both addresses, and each reply leaves by the NIC its request came in on (policy routing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import pytest
+
+from spiderpool.lab import netns, procs, topology
+from spiderpool.lab.cluster import Lab
+from tests.dataplane.test_veth import conflist
+from tests.helpers import apply, in_netns, pool_manifest, wait_gone, wait_running
+from tests.ipam.conftest import wait_no_records
+from tests.stack import Agents
+
+NS = "mn"
+# Clients beyond each subnet's gateway (addresses on the switch's loopback): a reply reaches them only
+# through the gateway of the NIC it leaves by.
+CLIENT0, CLIENT1 = "10.41.0.1", "10.42.0.1"
+
+
+def net1_nad() -> str:
+    config = {
+        "cniVersion": "0.3.1",
+        "name": "macvlan-net1",
+        "plugins": [
+            {"type": "macvlan", "master": "eth1", "mode": "bridge", "ipam": {"type": "spiderpool"}},
+            {"type": "veth"},
+        ],
+    }
+    return json.dumps(
+        {
+            "apiVersion": "k8s.cni.cncf.io/v1",
+            "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": "macvlan-net1", "namespace": NS},
+            "spec": {"config": json.dumps(config)},
+        }
+    )
+
+
+POD = json.dumps(
+    {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "two-subnets",
+            "namespace": NS,
+            "labels": {"app": "two-subnets"},
+            "annotations": {
+                "k8s.v1.cni.cncf.io/networks": "macvlan-net1",
+                "ipam.spidernet.io/ippools": json.dumps(
+                    [
+                        {"interface": "eth0", "ipv4": ["p-mn0"]},
+                        {"interface": "net1", "ipv4": ["p-mn1"], "cleangateway": True},
+                    ]
+                ),
+            },
+        },
+        "spec": {
+            "nodeName": "node1",
+            "containers": [{"name": "c", "image": "registry.invalid/app:1", "ports": [{"containerPort": 80}]}],
+        },
+    }
+)
+
+
+@pytest.fixture
+def multus(agents: Agents) -> Iterator[Agents]:
+    lab = agents.lab
+    crd = resources.files("spiderpool.lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
+    apply(lab, crd)
+    lab.kubectl(
+        "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"
+    )
+    for node in lab.nodes():
+        lab.clear_cni_config(node.name)
+        lab.write_cni_config(node.name, "00-multus.conf", lab.multus_conf(node.name, conflist()))
+    switch = topology.switch_netns(lab.prefix)
+    netns.ip_batch(switch, [f"addr replace {CLIENT0}/32 dev lo", f"addr replace {CLIENT1}/32 dev lo"])
+    yield agents
+    netns.ip_batch(switch, [f"addr del {CLIENT0}/32 dev lo", f"addr del {CLIENT1}/32 dev lo"])
+    lab.reset_cni_config()
+
+
+def tx_packets(lab: Lab, target: str) -> dict[str, int]:
+    links = json.loads(in_netns(lab, target, "ip", "-s", "-j", "link").stdout)
+    return {str(x["ifname"]): int(x["stats64"]["tx"]["packets"]) for x in links}
+
+
+def from_switch(lab: Lab, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    switch = topology.switch_netns(lab.prefix)
+    return subprocess.run(netns.exec_argv(switch, argv), capture_output=True, text=True, timeout=60)
+
+
+def test_replies_leave_by_the_nic_the_request_came_in_on(multus: Agents) -> None:
+    lab = multus.lab
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("p-mn0", "172.18.0.0/16", ["172.18.75.1-172.18.75.9"]))
+    pool1 = pool_manifest("p-mn1", "172.19.0.0/16", ["172.19.75.1-172.19.75.9"], gateway="172.19.0.1")
+    lab.kubectl("apply", "-f", "-", input_text=pool1)
+    lab.kubectl("create", "namespace", NS)
+    try:
+        lab.kubectl("apply", "-f", "-", input_text=net1_nad())
+        lab.kubectl("apply", "-f", "-", input_text=POD)
+        wait_running(lab, NS, "app=two-subnets", 1)
+        target = f"{NS}/two-subnets"
+        addrs: dict[str, Any] = {
+            str(i["ifname"]): [a["local"] for a in i["addr_info"] if a["family"] == "inet"]
+            for i in json.loads(in_netns(lab, target, "ip", "-j", "addr").stdout)
+        }
+        (ip0,), (ip1,) = addrs["eth0"], addrs["net1"]
+        assert ip0.startswith("172.18.75.")
+        assert ip1.startswith("172.19.75.")
+        rules = json.loads(in_netns(lab, target, "ip", "-j", "rule").stdout)
+        assert [r for r in rules if r.get("src") == ip1 and str(r.get("table")) == "101"], rules
+
+        for client, ip, nic, other in ((CLIENT0, ip0, "eth0", "net1"), (CLIENT1, ip1, "net1", "eth0")):
+            url = f"http://{ip}/"
+            procs.wait_for(  # the pod's server may start a moment after the pod reports Running
+                lambda client=client, url=url: (
+                    from_switch(lab, ["curl", "-sS", "--max-time", "5", "--interface", client, url]).returncode == 0
+                ),
+                timeout=30,
+                what=f"{client} -> {url}",
+            )
+            http = from_switch(lab, ["curl", "-sS", "--max-time", "5", "--interface", client, url])
+            assert json.loads(http.stdout)["client"] == client
+            before = tx_packets(lab, target)
+            ping = from_switch(lab, ["ping", "-c", "20", "-i", "0.05", "-W", "2", "-I", client, ip])
+            assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+            after = tx_packets(lab, target)
+            sent = {k: after[k] - before[k] for k in (nic, other)}
+            assert sent[nic] >= 20, f"replies to {client} did not leave by {nic}: {sent}"
+            # (a few packets of background chatter, ARP and neighbour discovery, are allowed)
+            assert sent[other] < 10, f"replies to {client} leaked out of {other}: {sent}"
+    finally:
+        lab.kubectl("delete", "namespace", NS, "--wait=false")
+    wait_gone(lab, NS, "app=two-subnets")
+    wait_no_records(lab, NS, timeout=120)
+    for pool in ("p-mn0", "p-mn1"):
+        lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
