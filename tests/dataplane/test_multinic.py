@@ -43,15 +43,21 @@ def net1_nad() -> str:
     )
 
 
-POD = json.dumps(
-    {
+def pod(name: str, default_nic: str | None = None) -> str:
+    extra = {"ipam.spidernet.io/default-route-nic": default_nic} if default_nic else {}
+    return json.dumps(_pod(name, extra))
+
+
+def _pod(name: str, extra: dict[str, str]) -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": "two-subnets",
+            "name": name,
             "namespace": NS,
-            "labels": {"app": "two-subnets"},
+            "labels": {"app": name},
             "annotations": {
+                **extra,
                 "k8s.v1.cni.cncf.io/networks": "macvlan-net1",
                 "ipam.spidernet.io/ippools": json.dumps(
                     [
@@ -66,7 +72,6 @@ POD = json.dumps(
             "containers": [{"name": "c", "image": "registry.invalid/app:1", "ports": [{"containerPort": 80}]}],
         },
     }
-)
 
 
 @pytest.fixture
@@ -105,41 +110,52 @@ def test_replies_leave_by_the_nic_the_request_came_in_on(multus: Agents) -> None
     lab.kubectl("create", "namespace", NS)
     try:
         lab.kubectl("apply", "-f", "-", input_text=net1_nad())
-        lab.kubectl("apply", "-f", "-", input_text=POD)
-        wait_running(lab, NS, "app=two-subnets", 1)
-        target = f"{NS}/two-subnets"
-        addrs: dict[str, Any] = {
-            str(i["ifname"]): [a["local"] for a in i["addr_info"] if a["family"] == "inet"]
-            for i in json.loads(in_netns(lab, target, "ip", "-j", "addr").stdout)
-        }
-        (ip0,), (ip1,) = addrs["eth0"], addrs["net1"]
-        assert ip0.startswith("172.18.75.")
-        assert ip1.startswith("172.19.75.")
-        rules = json.loads(in_netns(lab, target, "ip", "-j", "rule").stdout)
-        assert [r for r in rules if r.get("src") == ip1 and str(r.get("table")) == "101"], rules
+        lab.kubectl("apply", "-f", "-", input_text=pod("two-subnets"))
+        # the same, with the default route on net1 (ipam.spidernet.io/default-route-nic)
+        lab.kubectl("apply", "-f", "-", input_text=pod("net1-default", "net1"))
+        for name, default_nic, gateway, moved_nic, table in (
+            ("two-subnets", "eth0", "172.18.0.1", "net1", "101"),
+            ("net1-default", "net1", "172.19.0.1", "eth0", "100"),
+        ):
+            wait_running(lab, NS, f"app={name}", 1)
+            target = f"{NS}/{name}"
+            addrs: dict[str, Any] = {
+                str(i["ifname"]): [a["local"] for a in i["addr_info"] if a["family"] == "inet"]
+                for i in json.loads(in_netns(lab, target, "ip", "-j", "addr").stdout)
+            }
+            (ip0,), (ip1,) = addrs["eth0"], addrs["net1"]
+            assert ip0.startswith("172.18.75.")
+            assert ip1.startswith("172.19.75.")
+            routes = json.loads(in_netns(lab, target, "ip", "-j", "route").stdout)
+            (default,) = [r for r in routes if r["dst"] == "default"]
+            assert (default["gateway"], default["dev"]) == (gateway, default_nic), routes
+            moved_ip = ip1 if moved_nic == "net1" else ip0
+            rules = json.loads(in_netns(lab, target, "ip", "-j", "rule").stdout)
+            assert [r for r in rules if r.get("src") == moved_ip and str(r.get("table")) == table], rules
 
-        for client, ip, nic, other in ((CLIENT0, ip0, "eth0", "net1"), (CLIENT1, ip1, "net1", "eth0")):
-            url = f"http://{ip}/"
-            procs.wait_for(  # the pod's server may start a moment after the pod reports Running
-                lambda client=client, url=url: (
-                    from_switch(lab, ["curl", "-sS", "--max-time", "5", "--interface", client, url]).returncode == 0
-                ),
-                timeout=30,
-                what=f"{client} -> {url}",
-            )
-            http = from_switch(lab, ["curl", "-sS", "--max-time", "5", "--interface", client, url])
-            assert json.loads(http.stdout)["client"] == client
-            before = tx_packets(lab, target)
-            ping = from_switch(lab, ["ping", "-c", "20", "-i", "0.05", "-W", "2", "-I", client, ip])
-            assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
-            after = tx_packets(lab, target)
-            sent = {k: after[k] - before[k] for k in (nic, other)}
-            assert sent[nic] >= 20, f"replies to {client} did not leave by {nic}: {sent}"
-            # (a few packets of background chatter, ARP and neighbour discovery, are allowed)
-            assert sent[other] < 10, f"replies to {client} leaked out of {other}: {sent}"
+            for client, ip, nic, other in ((CLIENT0, ip0, "eth0", "net1"), (CLIENT1, ip1, "net1", "eth0")):
+                url = f"http://{ip}/"
+                procs.wait_for(  # the pod's server may start a moment after the pod reports Running
+                    lambda client=client, url=url: (
+                        from_switch(lab, ["curl", "-sS", "--max-time", "5", "--interface", client, url]).returncode == 0
+                    ),
+                    timeout=30,
+                    what=f"{client} -> {url}",
+                )
+                http = from_switch(lab, ["curl", "-sS", "--max-time", "5", "--interface", client, url])
+                assert json.loads(http.stdout)["client"] == client
+                before = tx_packets(lab, target)
+                ping = from_switch(lab, ["ping", "-c", "20", "-i", "0.05", "-W", "2", "-I", client, ip])
+                assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+                after = tx_packets(lab, target)
+                sent = {k: after[k] - before[k] for k in (nic, other)}
+                assert sent[nic] >= 20, f"{name}: replies to {client} did not leave by {nic}: {sent}"
+                # (a few packets of background chatter, ARP and neighbour discovery, are allowed)
+                assert sent[other] < 10, f"{name}: replies to {client} leaked out of {other}: {sent}"
     finally:
         lab.kubectl("delete", "namespace", NS, "--wait=false")
-    wait_gone(lab, NS, "app=two-subnets")
+    for name in ("two-subnets", "net1-default"):
+        wait_gone(lab, NS, f"app={name}")
     wait_no_records(lab, NS, timeout=120)
     for pool in ("p-mn0", "p-mn1"):
         lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")

@@ -79,7 +79,7 @@ def ready(pod: dict[str, Any]) -> bool:
 
 
 def curl(lab: Lab, src: str, url: str) -> dict[str, Any]:
-    out = in_netns(lab, src, "curl", "-sS", "--max-time", "5", url)
+    out = in_netns(lab, src, "curl", "-sSf", "--max-time", "5", url)
     assert out.returncode == 0, f"{src} -> {url}: {out.stderr}"
     reply: dict[str, Any] = json.loads(out.stdout)
     return reply

@@ -11,11 +11,15 @@ from typing import Any
 from prometheus_client import Counter
 
 from spiderpool.agent.ipam import IPAMError
+from spiderpool.api.annotations import DEFAULT_ROUTE_NIC
+from spiderpool.k8s.cache import WatchCache
 from spiderpool.net import veth, vethconf
 
 log = logging.getLogger(__name__)
 CALLS = Counter("spiderpool_coordinator_calls", "veth plugin calls", ["command", "outcome"])
 FIRST_NIC = "eth0"
+#: where the first NIC's routes go when another NIC takes the default route (upstream's table 100)
+FIRST_TABLE = 100
 
 
 def _config(body: dict[str, Any]) -> vethconf.VethConfig:
@@ -45,6 +49,15 @@ def _table_for(ifname: str) -> int:
 
 
 class Coordinator:
+    def __init__(self, pods: WatchCache | None = None) -> None:
+        self.pods = pods  # this node's pods: their default-route-nic annotation
+
+    def _default_nic(self, body: dict[str, Any], cfg: vethconf.VethConfig) -> str | None:
+        """The pod annotation ``ipam.spidernet.io/default-route-nic``, else the config's podDefaultRouteNIC."""
+        pod = self.pods.get(f"{body.get('podNamespace')}/{body.get('podName')}") if self.pods else None
+        annotation = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(DEFAULT_ROUTE_NIC)
+        return annotation or cfg.default_route_nic
+
     async def add(self, body: dict[str, Any]) -> dict[str, Any]:
         cfg = _config(body)
         conf = body["config"]
@@ -56,7 +69,9 @@ class Coordinator:
                 added = await asyncio.to_thread(veth.setup_first_nic, netns, cid, ips, cfg)
             else:
                 added = []
-                if cfg.tune_pod_routes:
+                if self._default_nic(body, cfg) == ifname:
+                    await asyncio.to_thread(veth.make_default_nic, netns, ifname, ips, FIRST_NIC, FIRST_TABLE)
+                elif cfg.tune_pod_routes:
                     await asyncio.to_thread(veth.setup_extra_nic, netns, ifname, ips, _table_for(ifname))
         except Exception as exc:  # netlink refusals and our own checks alike become a CNI error
             CALLS.labels("add", "error").inc()

@@ -102,7 +102,7 @@ class Agent:
             nodes=self.caches[5],
             subnets=self.caches[6],
         )
-        self.coordinator = Coordinator()
+        self.coordinator = Coordinator(self.caches[3])
         self.stop = asyncio.Event()
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:

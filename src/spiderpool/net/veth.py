@@ -304,3 +304,47 @@ def present(netns: str, container_id: str) -> bool:
         if _index(host, host_veth_name(container_id)) is None:
             return False
     return _in_pod(netns, lambda pod: _index(pod, POD_VETH) is not None)
+
+
+def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, table: int) -> None:
+    """``ifname`` takes the main table's default route; the previous default NIC's routes move to
+    ``table``, chosen by its source addresses (upstream's podDefaultRouteNIC)."""
+
+    def pod_side(pod: IPRoute) -> None:
+        index, old = _index(pod, ifname), _index(pod, previous)
+        if index is None or old is None:
+            raise NetError(f"interface {ifname if index is None else previous} is not in the pod")
+        for route in pod.route("dump", table=254):
+            if route.get("RTA_OIF") != old:
+                continue
+            attrs: dict[str, Any] = {"dst_len": route["dst_len"], "oif": old, "table": table, "scope": route["scope"]}
+            attrs["family"] = route["family"]
+            for key, attr in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"), ("prefsrc", "RTA_PREFSRC")):
+                value = route.get(attr)
+                if value:
+                    attrs[key] = value
+            with _exists():
+                pod.route("add", **attrs)
+            if route["dst_len"] == 0:  # the default route leaves the main table
+                with _gone():
+                    pod.route("del", dst=attrs.get("dst", "0.0.0.0"), dst_len=0, oif=old, family=route["family"])
+        for addr in pod.addr("dump", index=old):
+            if addr["scope"] != 0:
+                continue
+            family = 4 if addr["family"] == socket.AF_INET else 6
+            with _exists():
+                pod.rule(
+                    "add",
+                    family=addr["family"],
+                    src=addr.get("IFA_ADDRESS"),
+                    src_len=32 if family == 4 else 128,
+                    table=table,
+                    priority=RULE_PREF,
+                )
+        for ip in ips:
+            if ip.gateway:
+                default = "0.0.0.0" if ip.family == 4 else "::"
+                with _exists():
+                    pod.route("add", dst=default, dst_len=0, gateway=ip.gateway, oif=index)
+
+    _in_pod(netns, pod_side)
