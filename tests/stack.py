@@ -118,6 +118,7 @@ class Agents:
                 f"--kubeconfig={self.lab.kubeconfig}",
                 f"--node-name={node}",
                 f"--socket={self.socket(node)}",
+                "--ip-conflict-quarantine=10",
                 f"--cni-bin-dir={info.cni_bin_dir}",
                 "--metrics-bind=127.0.0.1",
                 "--metrics-port=5711",

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from spiderpool.agent.ipam import IPAMError
+from spiderpool.agent.ipam import Allocator, IPAMError
 from spiderpool.api.annotations import DEFAULT_ROUTE_NIC
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.net import veth, vethconf
@@ -20,11 +20,14 @@ CALLS = Counter("spiderpool_coordinator_calls", "veth plugin calls", ["command",
 FIRST_NIC = "eth0"
 #: where the first NIC's routes go when another NIC takes the default route (upstream's table 100)
 FIRST_TABLE = 100
+#: how long an address another host answers for stays out of circulation
+CONFLICT_QUARANTINE = 600.0
+DETECTIONS = Counter("spiderpool_coordinator_detection_failures", "Failed IP conflict / gateway checks", ["kind"])
 
 
-def _config(body: dict[str, Any]) -> vethconf.VethConfig:
+def _config(body: dict[str, Any], defaults: dict[str, Any] | None = None) -> vethconf.VethConfig:
     try:
-        return vethconf.parse(dict(body.get("config") or {}))
+        return vethconf.parse(vethconf.with_defaults(dict(body.get("config") or {}), defaults))
     except vethconf.ConfigError as exc:
         raise IPAMError(7, f"invalid veth plugin config: {exc}", reason="bad_config", http=400) from None
 
@@ -49,8 +52,37 @@ def _table_for(ifname: str) -> int:
 
 
 class Coordinator:
-    def __init__(self, pods: WatchCache | None = None) -> None:
+    def __init__(
+        self,
+        pods: WatchCache | None = None,
+        allocator: Allocator | None = None,
+        *,
+        coordinators: WatchCache | None = None,
+        conflict_quarantine: float = CONFLICT_QUARANTINE,
+    ) -> None:
+        self.coordinators = coordinators  # SpiderCoordinator "default": the cluster's defaults
         self.pods = pods  # this node's pods: their default-route-nic annotation
+        self.allocator = allocator  # to take back an address that turns out unusable
+        self.conflict_quarantine = conflict_quarantine
+
+    async def _detect(
+        self, body: dict[str, Any], netns: str, ifname: str, ips: list[veth.PodIP], cfg: vethconf.VethConfig
+    ) -> None:
+        problem = await asyncio.to_thread(veth.detect, netns, ips, cfg)
+        if problem is None:
+            return
+        kind, ip, message = problem
+        uid = str(body.get("podUID") or "")
+        if self.allocator is not None and uid:
+            if kind == "conflict":
+                # Someone else answers for it: hold it for nobody for a while, so the retry gets another.
+                await self.allocator.quarantine(ip, uid, "ip_conflict", self.conflict_quarantine)
+            else:
+                await self.allocator.release_nic(uid, ifname)
+        DETECTIONS.labels(kind).inc()
+        pod = f"{body.get('podNamespace')}/{body.get('podName')}"
+        log.warning("veth detection failed pod=%s nic=%s problem=%s", pod, ifname, message)
+        raise IPAMError(100, f"pod {pod} interface {ifname}: {message}", reason=f"detect_{kind}", http=409)
 
     def _default_nic(self, body: dict[str, Any], cfg: vethconf.VethConfig) -> str | None:
         """The pod annotation ``ipam.spidernet.io/default-route-nic``, else the config's podDefaultRouteNIC."""
@@ -58,12 +90,18 @@ class Coordinator:
         annotation = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(DEFAULT_ROUTE_NIC)
         return annotation or cfg.default_route_nic
 
+    def _defaults(self) -> dict[str, Any] | None:
+        found = self.coordinators.get("default") if self.coordinators else None
+        return dict(found.get("spec") or {}) if found else None
+
     async def add(self, body: dict[str, Any]) -> dict[str, Any]:
-        cfg = _config(body)
+        cfg = _config(body, self._defaults())
         conf = body["config"]
         prev = dict(conf.get("prevResult") or {})
         ifname, netns, cid = str(body["ifName"]), str(body["netns"]), str(body["containerID"])
         ips = _pod_ips(prev, ifname)
+        if cfg.detect_ip_conflict or cfg.detect_gateway:
+            await self._detect(body, netns, ifname, ips, cfg)
         try:
             if ifname == FIRST_NIC:
                 added = await asyncio.to_thread(veth.setup_first_nic, netns, cid, ips, cfg)
@@ -87,7 +125,8 @@ class Coordinator:
 
     async def delete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            table = vethconf.parse(dict(body.get("config") or {})).host_rule_table
+            conf = vethconf.with_defaults(dict(body.get("config") or {}), self._defaults())
+            table = vethconf.parse(conf).host_rule_table
         except vethconf.ConfigError:
             table = vethconf.VethConfig().host_rule_table  # a DEL must not fail over a config typo
         if str(body.get("ifName")) == FIRST_NIC:
@@ -96,7 +135,7 @@ class Coordinator:
         return {"ok": True}
 
     async def check(self, body: dict[str, Any]) -> dict[str, Any]:
-        _config(body)
+        _config(body, self._defaults())
         if str(body.get("ifName")) == FIRST_NIC:
             present = await asyncio.to_thread(veth.present, str(body["netns"]), str(body["containerID"]))
             if not present:

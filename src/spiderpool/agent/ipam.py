@@ -557,6 +557,26 @@ class Allocator:
         self.records.apply_local(created)
         return True
 
+    async def quarantine(self, ip: str, uid: str, reason: str, seconds: float) -> None:
+        """Take ``ip`` from pod ``uid`` but hold it for nobody until the controller frees it (see GC)."""
+        record = self.records.get(record_name(ip))
+        if record is None or record["spec"].get("podUID") != uid:
+            return
+        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+        spec = {**record["spec"], "podUID": "", "quarantineUntil": until.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        spec["releaseReason"] = reason
+        labels = {**(record["metadata"].get("labels") or {}), "ipam.spidernet.io/pod-uid": ""}
+        body = {**record, "metadata": {**record["metadata"], "labels": labels}, "spec": spec}
+        API_WRITES.labels("update_record").inc()
+        self.records.apply_local(await self.client.replace(RECORD, body))
+        RELEASED_IPS.labels(reason).inc()
+        log.warning("ip quarantined ip=%s uid=%s reason=%s until=%s", ip, uid, reason, spec["quarantineUntil"])
+
+    async def release_nic(self, uid: str, ifname: str) -> None:
+        for r in self.records_of(uid, ifname):
+            if await self._delete_record(r["spec"]["ip"], uid):
+                RELEASED_IPS.labels("detect_gateway").inc()
+
     async def _delete_record(self, ip: str, uid: str) -> bool:
         """Delete the record of ``ip`` only if pod ``uid`` holds it (never another pod's address)."""
         name = record_name(ip)

@@ -27,7 +27,13 @@ from spiderpool.agent.coordinator import Coordinator
 from spiderpool.agent.install import install_plugins
 from spiderpool.agent.ipam import Allocator, IPAMError, Settings
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderReservedIP, SpiderSubnet
+from spiderpool.k8s.resources import (
+    SpiderCoordinator,
+    SpiderIPAllocation,
+    SpiderIPPool,
+    SpiderReservedIP,
+    SpiderSubnet,
+)
 from spiderpool.k8s.rest import NAMESPACE, NODE, POD, ApiError, Rest
 
 log = logging.getLogger("spiderpool.agent")
@@ -54,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=30.0,
         help="seconds an ADD waits for the controller to create or grow the pod's auto-pool",
+    )
+    p.add_argument(
+        "--ip-conflict-quarantine",
+        type=float,
+        default=600.0,
+        help="seconds an address found in use by another host (detectIPConflict) is held for nobody",
     )
     p.add_argument("--cluster-network", default="", help="Multus cluster network (ns/name) for multusName")
     p.add_argument("--log-level", default=None)
@@ -84,6 +96,7 @@ class Agent:
             # every node: their names and labels split each pool among the agents (see ipam.allocate)
             WatchCache(self.client, NODE, "Node"),
             WatchCache(self.client, SpiderSubnet, "SpiderSubnet"),
+            WatchCache(self.client, SpiderCoordinator, "SpiderCoordinator"),
         ]
         self.allocator = Allocator(
             self.client,
@@ -102,7 +115,12 @@ class Agent:
             nodes=self.caches[5],
             subnets=self.caches[6],
         )
-        self.coordinator = Coordinator(self.caches[3])
+        self.coordinator = Coordinator(
+            self.caches[3],
+            self.allocator,
+            coordinators=self.caches[7],
+            conflict_quarantine=args.ip_conflict_quarantine,
+        )
         self.stop = asyncio.Event()
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:

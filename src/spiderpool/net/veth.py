@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from spiderpool.net import arp
 from spiderpool.net.vethconf import VethConfig, mac_for
 
 T = TypeVar("T")
@@ -348,3 +349,27 @@ def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, t
                     pod.route("add", dst=default, dst_len=0, gateway=ip.gateway, oif=index)
 
     _in_pod(netns, pod_side)
+
+
+def detect(netns: str, ips: list[PodIP], cfg: VethConfig) -> tuple[str, str, str] | None:
+    """IPv4 conflict and gateway checks on the pod's NIC; (kind, ip, message) of the first problem."""
+
+    def probe(pod: IPRoute) -> tuple[str, str, str] | None:
+        for ip in ips:
+            if ip.family != 4:
+                continue  # NDP probing is not done
+            index = _index(pod, ip.interface)
+            if index is None:
+                continue
+            pod.link("set", index=index, state="up")
+            mac = _mac(pod, index)
+            if cfg.detect_ip_conflict:
+                other = arp.who_has(ip.interface, mac, ip.address)
+                if other is not None:
+                    return "conflict", ip.address, f"IP conflict: {ip.address} is already in use by {other}"
+            gateway = ip.gateway if cfg.detect_gateway else None
+            if gateway and arp.who_has(ip.interface, mac, gateway, sender_ip=ip.address) is None:
+                return "gateway", ip.address, f"gateway {gateway} does not answer ARP on {ip.interface}"
+        return None
+
+    return _in_pod(netns, probe)

@@ -13,7 +13,7 @@ from typing import Any
 #: keys every CNI config may carry
 _CNI_KEYS = {"cniVersion", "name", "type", "prevResult", "runtimeConfig", "capabilities", "args", "cniVersions"}
 #: accepted for compatibility and ignored, as upstream does
-_IGNORED = {"detectGateway", "detectIPConflict", "detectOptions", "logOptions", "txQueueLen", "only_hardware", "mode"}
+_IGNORED = {"detectOptions", "logOptions", "txQueueLen", "only_hardware", "mode"}
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,8 @@ class VethConfig:
     default_route_nic: str | None = None
     host_rule_table: int = 500
     veth_mtu: int = 1500
+    detect_ip_conflict: bool = False
+    detect_gateway: bool = False
 
 
 def _cidrs(key: str, value: Any) -> tuple[str, ...]:
@@ -98,6 +100,10 @@ def parse(conf: dict[str, Any]) -> VethConfig:
             out["default_route_nic"] = value or None
         elif key == "hostRuleTable":
             out["host_rule_table"] = _int(key, value, 1, 2**31 - 1, "500")
+        elif key == "detectIPConflict":
+            out["detect_ip_conflict"] = _bool(key, value)
+        elif key == "detectGateway":
+            out["detect_gateway"] = _bool(key, value)
         elif key == "vethMTU":
             out["veth_mtu"] = _int(key, value, 576, 65535, "1500")
         elif key in ("podDefaultCniNic", "hostRPFilter", "vethLinkAddress", "policyRoutes"):
@@ -106,7 +112,7 @@ def parse(conf: dict[str, Any]) -> VethConfig:
             known = sorted(
                 {"service_cidr", "cluster_cidr", "additional_cidr", "hardware_prefix", "rp_filter", "move_routes"}
                 | {"serviceCIDR", "hijackCIDR", "podMACPrefix", "podRPFilter", "tunePodRoutes", "podDefaultRouteNIC"}
-                | {"hostRuleTable", "vethMTU"}
+                | {"hostRuleTable", "vethMTU", "detectIPConflict", "detectGateway"}
             )
             raise ConfigError(key, "is not a key of the veth plugin", f"one of {', '.join(known)}")
     return VethConfig(hijack=tuple(dict.fromkeys(hijack)), **out)
@@ -116,3 +122,28 @@ def mac_for(prefix: str, ip: str) -> str:
     """``<prefix>:<the IPv4's 4 bytes>`` (IPv6: its last 4 bytes), as upstream makes pod MACs."""
     packed = ipaddress.ip_address(ip).packed[-4:]
     return prefix + ":" + ":".join(f"{b:02x}" for b in packed)
+
+
+#: SpiderCoordinator spec fields that are defaults for the plugin's keys of the same name
+_COORDINATOR_DEFAULTS = (
+    "hijackCIDR",
+    "podMACPrefix",
+    "tunePodRoutes",
+    "podDefaultRouteNIC",
+    "hostRuleTable",
+    "podRPFilter",
+    "vethMTU",
+    "detectGateway",
+    "detectIPConflict",
+)
+
+
+def with_defaults(conf: dict[str, Any], coordinator_spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The network config with the SpiderCoordinator's values under it: a key the config sets wins."""
+    merged: dict[str, Any] = {}
+    for key in _COORDINATOR_DEFAULTS:
+        value = (coordinator_spec or {}).get(key)
+        if value is None or value == "" or (key == "podRPFilter" and value == -1):
+            continue
+        merged[key] = value
+    return {**merged, **conf}

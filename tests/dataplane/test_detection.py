@@ -1,0 +1,96 @@
+"""IP conflict and gateway detection (veth plugin, detectIPConflict / detectGateway): an address another
+host answers for is not used (and is held for nobody a while), and a pool whose gateway does not answer
+fails the pod with an event that says so."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from spiderpool.lab import netns, procs, topology
+from spiderpool.lab.cluster import Lab
+from tests.dataplane.test_veth import conflist
+from tests.helpers import get_json, pods, pool_manifest, wait_gone, wait_running
+from tests.ipam.conftest import records, use_cni, wait_no_records
+from tests.stack import Agents
+
+NS = "det"
+ROGUE = "172.18.77.5"  # another host on the LAN already uses it
+
+
+@pytest.fixture
+def detecting(agents: Agents) -> Iterator[Agents]:
+    conf = conflist()
+    conf["plugins"][1].update({"detectIPConflict": True, "detectGateway": True})
+    use_cni(agents.lab, conf)
+    switch = topology.switch_netns(agents.lab.prefix)
+    netns.ip(switch, ["addr", "replace", f"{ROGUE}/16", "dev", "br0"])
+    yield agents
+    netns.ip(switch, ["addr", "del", f"{ROGUE}/16", "dev", "br0"], check=False)
+    agents.lab.reset_cni_config()
+
+
+def pod(name: str, pool: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "labels": {"app": name},
+                "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [pool]})},
+            },
+            "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
+        }
+    )
+
+
+def events(lab: Lab, name: str) -> list[str]:
+    items: list[dict[str, Any]] = get_json(lab, "events", "-n", NS, "--field-selector", f"involvedObject.name={name}")[
+        "items"
+    ]
+    return [str(e.get("message")) for e in items]
+
+
+def test_conflicting_ip_is_skipped_and_unreachable_gateway_fails(detecting: Agents) -> None:
+    lab = detecting.lab
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("p-det", "172.18.0.0/16", [f"{ROGUE}-172.18.77.6"]))
+    nogw = pool_manifest("p-nogw", "172.18.0.0/16", ["172.18.78.1-172.18.78.2"], gateway="172.18.0.254")
+    lab.kubectl("apply", "-f", "-", input_text=nogw)
+    lab.kubectl("create", "namespace", NS)
+    try:
+        lab.kubectl("apply", "-f", "-", input_text=pod("lucky", "p-det"))
+        (lucky,) = wait_running(lab, NS, "app=lucky", 1)
+        assert lucky["status"]["podIP"] == "172.18.77.6"
+        procs.wait_for(
+            lambda: any(f"IP conflict: {ROGUE} is already in use" in m for m in events(lab, "lucky")),
+            timeout=30,
+            what="the conflict to be reported on the pod",
+        )
+        held = {r["spec"]["ip"]: r["spec"] for r in records(lab)}
+        assert held.get(ROGUE, {}).get("releaseReason") == "ip_conflict" or ROGUE not in held  # quarantined, or over
+
+        lab.kubectl("apply", "-f", "-", input_text=pod("stranded", "p-nogw"))
+        procs.wait_for(
+            lambda: any("gateway 172.18.0.254 does not answer ARP" in m for m in events(lab, "stranded")),
+            timeout=60,
+            what="the unreachable gateway to be reported on the pod",
+        )
+        (stranded,) = pods(lab, NS, "app=stranded")
+        assert not stranded["status"].get("podIP")
+    finally:
+        lab.kubectl("delete", "namespace", NS, "--wait=false")
+    wait_gone(lab, NS, "app=lucky")
+    wait_gone(lab, NS, "app=stranded")
+    wait_no_records(lab, NS, timeout=120)
+    procs.wait_for(
+        lambda: not [r for r in records(lab) if r["spec"]["pool"] in ("p-det", "p-nogw")],
+        timeout=60,
+        what="the quarantined address to be freed",
+    )
+    for pool in ("p-det", "p-nogw"):
+        lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
