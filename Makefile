@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 LAB := $(BIN)/spiderpool-lab
 NODES ?= 2
 
-.PHONY: demo test lint lab-build down clean-venv
+.PHONY: demo demo-down test lint lab-build down clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,11 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-## demo: build (or reuse) the lab, bring it up with $(NODES) nodes and show it
+## demo: build (or reuse) the lab and run the reference walkthrough on it, step by step (DEMO_FLAGS=--teardown)
 demo: $(VENV)/.installed
 	$(LAB) build
-	$(LAB) up --nodes $(NODES)
-	$(LAB) status
+	$(LAB) demo $(DEMO_FLAGS)
+
+## demo-down: stop the demo's lab
+demo-down: $(VENV)/.installed
+	$(LAB) demo down
 
 ## test: lint, type-check, build the lab if needed, run the whole suite against it
 test: lint lab-build

@@ -13,7 +13,7 @@ import pytest
 from spiderpool.lab import netns, procs, topology
 from spiderpool.lab.cluster import Lab
 from tests.dataplane.test_veth import conflist
-from tests.helpers import get_json, pods, pool_manifest, wait_gone, wait_running
+from tests.helpers import get_json, in_netns, pods, pool_manifest, wait_gone, wait_running
 from tests.ipam.conftest import records, use_cni, wait_no_records
 from tests.stack import Agents
 
@@ -24,7 +24,15 @@ ROGUE = "172.18.77.5"  # another host on the LAN already uses it
 @pytest.fixture
 def detecting(agents: Agents) -> Iterator[Agents]:
     conf = conflist()
-    conf["plugins"][1].update({"detectIPConflict": True, "detectGateway": True})
+    conf["plugins"][1].update(
+        {
+            "detectIPConflict": True,
+            "detectGateway": True,
+            # and the walkthrough's other pod-side knobs
+            "hardware_prefix": "0a:1b",
+            "rp_filter": {"enabled": True, "value": 2},
+        }
+    )
     use_cni(agents.lab, conf)
     switch = topology.switch_netns(agents.lab.prefix)
     netns.ip(switch, ["addr", "replace", f"{ROGUE}/16", "dev", "br0"])
@@ -66,6 +74,11 @@ def test_conflicting_ip_is_skipped_and_unreachable_gateway_fails(detecting: Agen
         lab.kubectl("apply", "-f", "-", input_text=pod("lucky", "p-det"))
         (lucky,) = wait_running(lab, NS, "app=lucky", 1)
         assert lucky["status"]["podIP"] == "172.18.77.6"
+        (eth0,) = json.loads(in_netns(lab, f"{NS}/lucky", "ip", "-j", "link", "show", "eth0").stdout)
+        assert eth0["address"] == "0a:1b:ac:12:4d:06"  # the prefix, then 172.18.77.6
+        for nic in ("all", "eth0", "veth0"):
+            value = in_netns(lab, f"{NS}/lucky", "cat", f"/proc/sys/net/ipv4/conf/{nic}/rp_filter").stdout
+            assert value.strip() == "2", nic
         procs.wait_for(
             lambda: any(f"IP conflict: {ROGUE} is already in use" in m for m in events(lab, "lucky")),
             timeout=30,

@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 
-from spiderpool.lab import build, procs
+from spiderpool.lab import build, demo, procs
 from spiderpool.lab.cluster import Lab, LabError
 
 
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         default="macvlan",
         help="CNI config written to nodes that have none (default: macvlan + host-local)",
     )
+    p_demo = sub.add_parser("demo", help="run the reference walkthrough on the lab (or 'demo down')")
+    p_demo.add_argument("action", nargs="?", choices=["run", "down"], default="run")
+    p_demo.add_argument("--teardown", action="store_true", help="bring the lab down when it is done")
     sub.add_parser("status", help="show processes, nodes and pods")
     sub.add_parser("down", help="stop the lab and remove everything it created")
     sub.add_parser("env", help="print shell exports for the lab")
@@ -96,6 +99,18 @@ def main(argv: list[str] | None = None) -> int:
             lab.up(nodes=args.nodes, cni=args.cni)
             print(f'lab is up with {args.nodes} node(s); use it from a shell with: eval "$(spiderpool-lab env)"')
             return 0
+        if args.cmd == "demo":
+            if args.action == "down":
+                lab.down()
+                return 0
+            print("[demo] bringing up the lab with 2 nodes ...", file=sys.stderr, flush=True)
+            lab.up(nodes=2)
+            ok = demo.Demo(lab).run()
+            if args.teardown:
+                lab.down()
+            else:
+                print("\nThe lab keeps running; stop it with: spiderpool-lab demo down")
+            return 0 if ok else 1
         if args.cmd == "status":
             return _cmd_status(lab)
         if args.cmd == "down":

@@ -135,3 +135,12 @@ def tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return f"(no log at {path})"
     return f"--- last {min(lines, len(text))} lines of {path} ---\n" + "\n".join(text[-lines:])
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,33 @@
+"""The README's main command: the reference walkthrough, run by `spiderpool-lab demo` on a lab of its
+own, passes every step and prints what the walkthrough shows."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from spiderpool.lab.cluster import Lab
+from spiderpool.lab.demo import Demo
+
+
+def test_demo_runs_the_walkthrough(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", prefix="splabd")
+    out = io.StringIO()
+    try:
+        lab.up(nodes=2)
+        ok = Demo(lab, out=out).run()
+    finally:
+        lab.down()
+    text = out.getvalue()
+    assert ok, text
+    summary = text.split("=== summary", 1)[1]
+    assert summary.count("PASS") == 8, summary
+    # what the walkthrough shows: pods in its subnet, an auto-created pool, veth0 and the service route,
+    # a clean ping and HTTP 200 from the Service
+    assert len(set(re.findall(r"172\.18\.30\.1(?:3[1-9]|40)\b", text))) >= 2, text
+    assert "auto4-custom-ippool-deploy-eth0-" in text
+    assert "veth0" in text
+    assert "10.96.0.0/16 via" in text
+    assert " 0% packet loss" in text
+    assert "HTTP/1.1 200" in text
