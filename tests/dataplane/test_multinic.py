@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from importlib import resources
 from typing import Any
 
 import pytest
 
 from spiderpool.lab import netns, procs, topology
 from spiderpool.lab.cluster import Lab
+from tests.dataplane.conftest import use_multus
 from tests.dataplane.test_veth import conflist
-from tests.helpers import apply, in_netns, pool_manifest, wait_gone, wait_running
+from tests.helpers import in_netns, pool_manifest, wait_gone, wait_running
 from tests.ipam.conftest import wait_no_records
 from tests.stack import Agents
 
@@ -77,14 +77,7 @@ def _pod(name: str, extra: dict[str, str]) -> dict[str, Any]:
 @pytest.fixture
 def multus(agents: Agents) -> Iterator[Agents]:
     lab = agents.lab
-    crd = resources.files("spiderpool.lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
-    apply(lab, crd)
-    lab.kubectl(
-        "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"
-    )
-    for node in lab.nodes():
-        lab.clear_cni_config(node.name)
-        lab.write_cni_config(node.name, "00-multus.conf", lab.multus_conf(node.name, conflist()))
+    use_multus(lab, conflist())
     switch = topology.switch_netns(lab.prefix)
     netns.ip_batch(switch, [f"addr replace {CLIENT0}/32 dev lo", f"addr replace {CLIENT1}/32 dev lo"])
     yield agents

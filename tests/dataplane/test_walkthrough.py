@@ -9,12 +9,11 @@ import ipaddress
 import json
 import subprocess
 from collections.abc import Iterator
-from importlib import resources
 
 import pytest
 
-from spiderpool.lab import netns, procs, topology
-from tests.dataplane.test_veth import conflist
+from spiderpool.lab import demo, netns, procs, topology
+from tests.dataplane.conftest import use_multus
 from tests.helpers import apply, get_json, in_netns, wait_gone, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.ipam.test_autopool import DEPLOYMENT, SUBNET, auto_pools
@@ -35,29 +34,11 @@ spec:
 """
 
 
-def nad() -> str:
-    return json.dumps(
-        {
-            "apiVersion": "k8s.cni.cncf.io/v1",
-            "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": "macvlan-conf", "namespace": "kube-system"},
-            "spec": {"config": json.dumps(conflist())},
-        }
-    )
-
-
 @pytest.fixture
 def walkthrough(agents: Agents) -> Iterator[Agents]:
     lab = agents.lab
-    crd = resources.files("spiderpool.lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
-    apply(lab, crd)
-    lab.kubectl(
-        "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"
-    )
-    apply(lab, nad())
-    for node in lab.nodes():  # Multus is the nodes' CNI; the pods name macvlan-conf as their default network
-        lab.clear_cni_config(node.name)
-        lab.write_cni_config(node.name, "00-multus.conf", lab.multus_conf(node.name, lab.macvlan_conflist(node.name)))
+    use_multus(lab)
+    apply(lab, json.dumps(demo.NAD))  # the pods name it as their default network; Multus' default is the lab's
     yield agents
     lab.reset_cni_config()
     lab.kubectl("delete", "network-attachment-definition", "-n", "kube-system", "macvlan-conf", check=False)

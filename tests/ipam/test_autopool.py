@@ -7,7 +7,7 @@ import ipaddress
 import json
 from typing import Any
 
-from spiderpool.lab import procs
+from spiderpool.lab import demo, procs
 from spiderpool.lab.cluster import Lab
 from tests.helpers import get_json, pods, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
@@ -18,49 +18,8 @@ NS2 = "apps"
 APP = "custom-ippool-deploy"
 FIRST, LAST = ipaddress.ip_address("172.18.30.131"), ipaddress.ip_address("172.18.30.140")
 
-# The walkthrough's SpiderSubnet and Deployment, verbatim apart from the image (applied in namespace "walk").
-SUBNET = """
-apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderSubnet
-metadata:
-  name: subnet-test
-spec:
-  gateway: 172.18.0.1
-  ips:
-  - "172.18.30.131-172.18.30.140"
-  subnet: 172.18.0.0/16
-"""
-
-DEPLOYMENT = """
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: custom-ippool-deploy
-spec:
-  replicas: 2
-  selector:
-    matchLabels:
-      app: custom-ippool-deploy
-  template:
-    metadata:
-      annotations:
-        ipam.spidernet.io/ippool: |-
-          {
-            "ipv4": ["subnet-test"]
-          }
-        v1.multus-cni.io/default-network: kube-system/macvlan-conf
-      labels:
-        app: custom-ippool-deploy
-    spec:
-      containers:
-      - name: custom-ippool-deploy
-        image: registry.invalid/dao-2048:v1.2.0
-        imagePullPolicy: IfNotPresent
-        ports:
-        - name: http
-          containerPort: 80
-          protocol: TCP
-"""
+# The walkthrough's SpiderSubnet and Deployment, verbatim (applied in namespace "walk"; the lab pulls no image).
+SUBNET, DEPLOYMENT = demo.SUBNET, demo.DEPLOYMENT
 
 
 def auto_pools(lab: Lab) -> list[dict[str, Any]]:
