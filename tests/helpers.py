@@ -99,3 +99,20 @@ def pool_manifest(name: str, subnet: str, ips: list[str], **spec: Any) -> str:
             "spec": body,
         }
     )
+
+
+def pool_pod(name: str, namespace: str, pool: str, node: str) -> str:
+    """A bare pod on ``node`` that takes its IPv4 address from ``pool`` (label app=<name>)."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app": name},
+                "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [pool]})},
+            },
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
+        }
+    )

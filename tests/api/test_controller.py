@@ -7,23 +7,13 @@ import json
 import threading
 import time
 
-from spiderpool.lab import procs
+from spiderpool.lab import demo, procs
 from spiderpool.lab.cluster import Lab
 from tests.helpers import allocation_record, get_json, pool_manifest
 from tests.stack import Controllers
 
 # The walkthrough's SpiderSubnet with its indentation fixed.
-WALKTHROUGH_SUBNET = """
-apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderSubnet
-metadata:
-  name: subnet-test
-spec:
-  gateway: 172.18.0.1
-  ips:
-  - "172.18.30.131-172.18.30.140"
-  subnet: 172.18.0.0/16
-"""
+WALKTHROUGH_SUBNET = demo.SUBNET
 
 # Only the validating webhook can reject this one (two pools sharing IPs).
 OVERLAP = {

@@ -5,6 +5,7 @@ fails the pod with an event that says so."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from spiderpool.lab import netns, procs, topology
 from spiderpool.lab.cluster import Lab
 from tests.dataplane.test_veth import conflist
-from tests.helpers import get_json, in_netns, pods, pool_manifest, wait_gone, wait_running
+from tests.helpers import get_json, in_netns, pods, pool_manifest, pool_pod, wait_gone, wait_running
 from tests.ipam.conftest import records, use_cni, wait_no_records
 from tests.stack import Agents
 
@@ -42,19 +43,7 @@ def detecting(agents: Agents) -> Iterator[Agents]:
 
 
 def pod(name: str, pool: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "labels": {"app": name},
-                "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [pool]})},
-            },
-            "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
-        }
-    )
+    return pool_pod(name, NS, pool, "node1")
 
 
 def events(lab: Lab, name: str) -> list[str]:
@@ -84,8 +73,12 @@ def test_conflicting_ip_is_skipped_and_unreachable_gateway_fails(detecting: Agen
             timeout=30,
             what="the conflict to be reported on the pod",
         )
-        held = {r["spec"]["ip"]: r["spec"] for r in records(lab)}
-        assert held.get(ROGUE, {}).get("releaseReason") == "ip_conflict" or ROGUE not in held  # quarantined, or over
+        # the address was quarantined (not simply freed), as node1's agent counts
+        scraped = in_netns(lab, "node1", "curl", "-s", "http://127.0.0.1:5711/metrics").stdout
+        counter = r'^spiderpool_ipam_released_ip_counts_total\{reason="ip_conflict"\} ([0-9.]+)$'
+        found = re.search(counter, scraped, re.M)
+        assert found, "no ip_conflict release counted"
+        assert float(found.group(1)) >= 1
 
         lab.kubectl("apply", "-f", "-", input_text=pod("stranded", "p-nogw"))
         procs.wait_for(

@@ -8,7 +8,7 @@ import re
 
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
-from tests.helpers import allocation_record, get_json, pods, pool_manifest, wait_running
+from tests.helpers import allocation_record, get_json, pods, pool_manifest, pool_pod, wait_running
 from tests.ipam.conftest import records, wait_no_records
 from tests.stack import Agents, Controllers
 
@@ -18,19 +18,7 @@ IPS = ["172.18.72.1", "172.18.72.2", "172.18.72.3"]
 
 
 def pod(name: str, node: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "labels": {"app": name},
-                "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})},
-            },
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
-        }
-    )
+    return pool_pod(name, NS, POOL, node)
 
 
 def held(lab: Lab) -> dict[str, dict[str, object]]:

@@ -65,12 +65,19 @@ class AppPoolReconciler:
         self.pending.add((kind, key))
         self.wake.set()
 
+    def _owner(self, pool: dict[str, Any] | None) -> tuple[str, str] | None:
+        """(kind, namespace/name) of the application an auto-pool belongs to."""
+        labels = (pool or {}).get("metadata", {}).get("labels") or {}
+        kind = labels.get(ap.L_APP_KIND)
+        if kind not in self.apps:
+            return None
+        return str(kind), f"{labels.get(ap.L_APP_NAMESPACE)}/{labels.get(ap.L_APP_NAME)}"
+
     def _on_pool_or_subnet(self, kind: str, name: str) -> None:
         if kind == "SpiderIPPool":  # also relayed for its allocation records
-            labels = (self.cache.pools.get(name) or {}).get("metadata", {}).get("labels") or {}
-            app_kind = labels.get(ap.L_APP_KIND)
-            if app_kind in self.apps:
-                self.enqueue(app_kind, f"{labels.get(ap.L_APP_NAMESPACE)}/{labels.get(ap.L_APP_NAME)}")
+            owner = self._owner(self.cache.pools.get(name))
+            if owner:
+                self.enqueue(*owner)
         elif kind == "SpiderSubnet":  # rare: look at every application again
             for app_kind, c in self.apps.items():
                 for key in c.items:
@@ -91,9 +98,9 @@ class AppPoolReconciler:
                 for key in c.items:
                     self.enqueue(kind, key)
             for pool in list(self.cache.pools.values()):  # applications deleted while no leader ran
-                labels = pool["metadata"].get("labels") or {}
-                if labels.get(ap.L_APP_KIND) in self.apps:
-                    self.enqueue(labels[ap.L_APP_KIND], f"{labels.get(ap.L_APP_NAMESPACE)}/{labels.get(ap.L_APP_NAME)}")
+                owner = self._owner(pool)
+                if owner:
+                    self.enqueue(*owner)
             while True:
                 await self.wake.wait()
                 self.wake.clear()

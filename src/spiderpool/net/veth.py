@@ -237,6 +237,29 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
     return [{"name": host_name, "mac": host_mac}, {"name": POD_VETH, "mac": pod_mac, "sandbox": netns}]
 
 
+def _copy_routes(pod: IPRoute, oif: int, table: int) -> list[Any]:
+    """Copy the main table's routes through ``oif`` into ``table``; return the routes copied."""
+    copied = []
+    for route in pod.route("dump", table=254):
+        if route.get("RTA_OIF") != oif:
+            continue
+        attrs: dict[str, Any] = {
+            "dst_len": route["dst_len"],
+            "oif": oif,
+            "table": table,
+            "scope": route["scope"],
+            "family": route["family"],
+        }
+        for key, attr in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"), ("prefsrc", "RTA_PREFSRC")):
+            value = route.get(attr)
+            if value:
+                attrs[key] = value
+        with _exists():
+            pod.route("add", **attrs)
+        copied.append(route)
+    return copied
+
+
 def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int) -> None:
     """Policy routing for a further NIC: its routes in a table of its own, chosen by source address."""
 
@@ -244,22 +267,7 @@ def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int) -> No
         index = _index(pod, ifname)
         if index is None:
             raise NetError(f"interface {ifname} is not in the pod")
-        for route in pod.route("dump", table=254):
-            if route.get("RTA_OIF") != index:
-                continue
-            attrs = {
-                "dst_len": route["dst_len"],
-                "oif": index,
-                "table": table,
-                "scope": route["scope"],
-                "family": route["family"],
-            }
-            for key, attr in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"), ("prefsrc", "RTA_PREFSRC")):
-                value = route.get(attr)
-                if value:
-                    attrs[key] = value
-            with _exists():
-                pod.route("add", **attrs)
+        _copy_routes(pod, index, table)
         for ip in ips:
             full = 32 if ip.family == 4 else 128
             if ip.gateway:
@@ -315,20 +323,10 @@ def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, t
         index, old = _index(pod, ifname), _index(pod, previous)
         if index is None or old is None:
             raise NetError(f"interface {ifname if index is None else previous} is not in the pod")
-        for route in pod.route("dump", table=254):
-            if route.get("RTA_OIF") != old:
-                continue
-            attrs: dict[str, Any] = {"dst_len": route["dst_len"], "oif": old, "table": table, "scope": route["scope"]}
-            attrs["family"] = route["family"]
-            for key, attr in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"), ("prefsrc", "RTA_PREFSRC")):
-                value = route.get(attr)
-                if value:
-                    attrs[key] = value
-            with _exists():
-                pod.route("add", **attrs)
+        for route in _copy_routes(pod, old, table):
             if route["dst_len"] == 0:  # the default route leaves the main table
                 with _gone():
-                    pod.route("del", dst=attrs.get("dst", "0.0.0.0"), dst_len=0, oif=old, family=route["family"])
+                    pod.route("del", dst=route.get("RTA_DST") or "0.0.0.0", dst_len=0, oif=old, family=route["family"])
         for addr in pod.addr("dump", index=old):
             if addr["scope"] != 0:
                 continue
