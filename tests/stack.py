@@ -11,11 +11,7 @@ from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
 from tests.helpers import get_json
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = procs.free_port
 
 
 def _http_ok(port: int, path: str) -> bool:

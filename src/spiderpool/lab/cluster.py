@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,21 +37,6 @@ CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-sche
 
 class LabError(RuntimeError):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -273,8 +257,8 @@ class Lab:
                 "controller_manager": "kube-controller-manager",
                 "scheduler": "kube-scheduler",
             }[name]
-            if name not in ports or (not self._running(state, owner) and not _port_free(int(ports[name]))):
-                ports[name] = _free_port()
+            if name not in ports or (not self._running(state, owner) and not procs.port_free(int(ports[name]))):
+                ports[name] = procs.free_port()
         self._save(state)
         self.pki.dir.mkdir(parents=True, exist_ok=True)
         pki.create(self.pki.dir, service_ip=topology.SERVICE_IP)

@@ -137,10 +137,46 @@ def tail(path: Path, lines: int = 30) -> str:
     return f"--- last {min(lines, len(text))} lines of {path} ---\n" + "\n".join(text[-lines:])
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on loopback right now."""
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now, for a server the lab is about to start.
+
+    Picked below the kernel's ephemeral range: a port from ``bind(0)`` lies inside it, and any
+    outgoing connection (the apiserver to etcd, a client to the apiserver) may take it as its
+    source port before the server binds it; that made control-plane starts fail now and then.
+    A port is never handed out twice by one process.
+    """
+    import random
+
+    lo, _ = _ephemeral_range()
+    first, last = 20000, lo - 1
+    if last - first < 1000:  # an unusual range: fall back to the kernel's choice
+        first, last = 10000, 65000
+    for _ in range(200):
+        port = random.randint(first, last)
+        if port not in _handed_out and port_free(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {first}-{last}")
