@@ -19,6 +19,7 @@ from tests.ipam.conftest import wait_no_records
 from tests.stack import Agents
 
 NS = "mn"
+OPT_NS = "mn-opt"  # a namespace of its own: the other test's may still be terminating
 # Clients beyond each subnet's gateway (addresses on the switch's loopback): a reply reaches them only
 # through the gateway of the NIC it leaves by.
 CLIENT0, CLIENT1 = "10.41.0.1", "10.42.0.1"
@@ -151,4 +152,96 @@ def test_replies_leave_by_the_nic_the_request_came_in_on(multus: Agents) -> None
         wait_gone(lab, NS, f"app={name}")
     wait_no_records(lab, NS, timeout=120)
     for pool in ("p-mn0", "p-mn1"):
+        lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
+
+
+def _nad(name: str, master: str, veth: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "cniVersion": "0.3.1",
+        "name": name,
+        "plugins": [
+            {"type": "macvlan", "master": master, "mode": "bridge", "ipam": {"type": "spiderpool"}},
+            {"type": "veth", **veth},
+        ],
+    }
+
+
+def test_policy_routes_tx_queue_and_link_address(agents: Agents) -> None:
+    """``policyRoutes`` (main table for eth0, the NIC's own table for net1), ``txQueueLen`` and
+    ``vethLinkAddress``: pools without a gateway, so a client beyond the router is reached only
+    through the policy routes."""
+    lab = agents.lab
+    eth0 = _nad(
+        "macvlan-conf",
+        "eth0",
+        {
+            "service_cidr": [topology.SERVICE_CIDR],
+            "policyRoutes": [{"dst": "10.41.0.0/16", "gw": "172.18.0.1"}],
+            "txQueueLen": 2000,
+            "vethLinkAddress": "169.254.100.1",
+        },
+    )
+    net1 = _nad(
+        "macvlan-net1", "eth1", {"policyRoutes": [{"dst": "10.42.0.0/16", "gw": "172.19.0.1"}], "txQueueLen": 3000}
+    )
+    use_multus(lab, eth0)
+    switch = topology.switch_netns(lab.prefix)
+    netns.ip_batch(switch, [f"addr replace {CLIENT0}/32 dev lo", f"addr replace {CLIENT1}/32 dev lo"])
+    for name, subnet, ips in (
+        ("p-opt0", "172.18.0.0/16", "172.18.76.1-172.18.76.9"),
+        ("p-opt1", "172.19.0.0/16", "172.19.76.1-172.19.76.9"),
+    ):
+        manifest = json.loads(pool_manifest(name, subnet, [ips]))
+        manifest["spec"].pop("gateway", None)
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+    lab.kubectl("create", "namespace", OPT_NS)
+    try:
+        nad = {
+            "apiVersion": "k8s.cni.cncf.io/v1",
+            "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": "macvlan-net1", "namespace": OPT_NS},
+            "spec": {"config": json.dumps(net1)},
+        }
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(nad))
+        body = _pod("tuned", {})
+        body["metadata"]["namespace"] = OPT_NS
+        body["metadata"]["annotations"]["ipam.spidernet.io/ippools"] = json.dumps(
+            [{"interface": "eth0", "ipv4": ["p-opt0"]}, {"interface": "net1", "ipv4": ["p-opt1"]}]
+        )
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+        wait_running(lab, OPT_NS, "app=tuned", 1)
+        target = f"{OPT_NS}/tuned"
+        links = {str(x["ifname"]): x for x in json.loads(in_netns(lab, target, "ip", "-j", "addr").stdout)}
+        assert (links["eth0"]["txqlen"], links["net1"]["txqlen"]) == (2000, 3000)
+        assert [f"{a['local']}/{a['prefixlen']}" for a in links["veth0"]["addr_info"] if a["family"] == "inet"] == [
+            "169.254.100.1/32"
+        ]
+        (ip1,) = [a["local"] for a in links["net1"]["addr_info"] if a["family"] == "inet"]
+
+        main = json.loads(in_netns(lab, target, "ip", "-j", "route").stdout)
+        assert not [r for r in main if r["dst"] == "default"], main
+        assert [
+            r for r in main if r["dst"] == "10.41.0.0/16" and (r.get("gateway"), r["dev"]) == ("172.18.0.1", "eth0")
+        ]
+        assert not [r for r in main if r["dst"] == "10.42.0.0/16"], "net1's policy route leaked into the main table"
+        table = json.loads(in_netns(lab, target, "ip", "-j", "route", "show", "table", "101").stdout)
+        assert [
+            r for r in table if r["dst"] == "10.42.0.0/16" and (r.get("gateway"), r["dev"]) == ("172.19.0.1", "net1")
+        ]
+
+        # Real packets: beyond the routers only through the policy routes.
+        ping = in_netns(lab, target, "ping", "-c", "2", "-W", "2", CLIENT0)
+        assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+        ping = in_netns(lab, target, "ping", "-c", "2", "-W", "2", "-I", ip1, CLIENT1)
+        assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+        unrouted = in_netns(lab, target, "ping", "-c", "1", "-W", "2", CLIENT1)
+        assert unrouted.returncode != 0, unrouted.stdout
+        assert "unreachable" in unrouted.stderr.lower(), unrouted.stdout + unrouted.stderr
+    finally:
+        lab.kubectl("delete", "namespace", OPT_NS, "--wait=false")
+        netns.ip_batch(switch, [f"addr del {CLIENT0}/32 dev lo", f"addr del {CLIENT1}/32 dev lo"])
+        lab.reset_cni_config()
+    wait_gone(lab, OPT_NS, "app=tuned")
+    wait_no_records(lab, OPT_NS, timeout=120)
+    for pool in ("p-opt0", "p-opt1"):
         lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")

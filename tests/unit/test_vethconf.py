@@ -36,6 +36,12 @@ def test_walkthrough_keys() -> None:
         ({"vethMTU": 100}, "vethMTU", "from 576"),
         ({"service_cidrs": []}, "service_cidrs", "is not a key of the veth plugin"),
         ({"detectGateway": "yes"}, "detectGateway", "true or false"),
+        ({"policyRoutes": {"dst": "10.0.0.0/8"}}, "policyRoutes", "list of {dst, gw}"),
+        ({"policyRoutes": [{"dst": "10.0.0.0/8"}]}, "policyRoutes[0]", "exactly dst and gw"),
+        ({"policyRoutes": [{"dst": "10.0.0.0/33", "gw": "10.0.0.1"}]}, "policyRoutes[0].dst", "is not a CIDR"),
+        ({"policyRoutes": [{"dst": "10.0.0.0/8", "gw": "fd00::1"}]}, "policyRoutes[0].gw", "not of the family"),
+        ({"txQueueLen": -1}, "txQueueLen", "from 0"),
+        ({"vethLinkAddress": "10.0.0.1"}, "vethLinkAddress", "IPv4 link-local"),
     ],
 )
 def test_bad_keys_are_named(conf: dict[str, object], key: str, message: str) -> None:
@@ -52,3 +58,18 @@ def test_spidercoordinator_defaults_sit_under_the_config() -> None:
     assert cfg.host_rule_table == 700  # the config wins
     assert cfg.rp_filter is None  # -1: leave it alone
     assert cfg.detect_gateway
+
+
+def test_policy_routes_tx_queue_and_link_address() -> None:
+    cfg = vethconf.parse(
+        {
+            "policyRoutes": [{"dst": "10.20.0.0/16", "gw": "172.18.0.1"}, {"dst": "fd00:20::5", "gw": "fd00::1"}],
+            "txQueueLen": 2000,
+            "vethLinkAddress": "169.254.100.1",
+        }
+    )
+    assert cfg.policy_routes == (("10.20.0.0/16", "172.18.0.1"), ("fd00:20::5/128", "fd00::1"))
+    assert (cfg.tx_queue_len, cfg.veth_link_address) == (2000, "169.254.100.1")
+    assert vethconf.parse({"vethLinkAddress": ""}).veth_link_address is None
+    spec = {"policyRoutes": [{"dst": "10.9.0.0/16", "gw": "172.18.0.1"}], "txQueueLen": 500}
+    assert vethconf.parse(vethconf.with_defaults({}, spec)).policy_routes == (("10.9.0.0/16", "172.18.0.1"),)

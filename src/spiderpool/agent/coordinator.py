@@ -108,9 +108,9 @@ class Coordinator:
             else:
                 added = []
                 if self._default_nic(body, cfg) == ifname:
-                    await asyncio.to_thread(veth.make_default_nic, netns, ifname, ips, FIRST_NIC, FIRST_TABLE)
+                    await asyncio.to_thread(veth.make_default_nic, netns, ifname, ips, FIRST_NIC, FIRST_TABLE, cfg)
                 elif cfg.tune_pod_routes:
-                    await asyncio.to_thread(veth.setup_extra_nic, netns, ifname, ips, _table_for(ifname))
+                    await asyncio.to_thread(veth.setup_extra_nic, netns, ifname, ips, _table_for(ifname), cfg)
         except Exception as exc:  # netlink refusals and our own checks alike become a CNI error
             CALLS.labels("add", "error").inc()
             log.warning(

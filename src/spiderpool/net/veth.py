@@ -206,6 +206,13 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
                             oif=peer,
                             prefsrc=mine[0].address,
                         )
+            if cfg.veth_link_address:
+                with _exists():
+                    pod.addr("add", index=peer, address=cfg.veth_link_address, prefixlen=32)
+            for name in sorted({ip.interface for ip in ips}):
+                nic = _index(pod, name)
+                if nic is not None:
+                    _tune_nic(pod, nic, ips, cfg, table=254)
             if cfg.rp_filter is not None:
                 for scope in ("all", "default", POD_VETH, *{ip.interface for ip in ips}):
                     with contextlib.suppress(FileNotFoundError):
@@ -237,6 +244,28 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
     return [{"name": host_name, "mac": host_mac}, {"name": POD_VETH, "mac": pod_mac, "sandbox": netns}]
 
 
+def _tune_nic(pod: IPRoute, index: int, ips: list[PodIP], cfg: VethConfig, table: int) -> None:
+    """The NIC's transmit queue length and its ``policyRoutes`` (those of its addresses' families),
+    in ``table``."""
+    if cfg.tx_queue_len:
+        pod.link("set", index=index, txqlen=cfg.tx_queue_len)
+    families = {ip.family for ip in ips if index == _index(pod, ip.interface)}
+    for dst, gw in cfg.policy_routes:
+        net = ipaddress.ip_network(dst)
+        if net.version not in families:
+            continue
+        with _exists():
+            pod.route(
+                "add",
+                family=_af(net.version),
+                dst=str(net.network_address),
+                dst_len=net.prefixlen,
+                gateway=gw,
+                oif=index,
+                table=table,
+            )
+
+
 def _copy_routes(pod: IPRoute, oif: int, table: int) -> list[Any]:
     """Copy the main table's routes through ``oif`` into ``table``; return the routes copied."""
     copied = []
@@ -260,8 +289,9 @@ def _copy_routes(pod: IPRoute, oif: int, table: int) -> list[Any]:
     return copied
 
 
-def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int) -> None:
-    """Policy routing for a further NIC: its routes in a table of its own, chosen by source address."""
+def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int, cfg: VethConfig) -> None:
+    """Policy routing for a further NIC: its routes (and its ``policyRoutes``) in a table of its own,
+    chosen by source address."""
 
     def pod_side(pod: IPRoute) -> None:
         index = _index(pod, ifname)
@@ -276,6 +306,7 @@ def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int) -> No
                     pod.route("add", dst=default, dst_len=0, gateway=ip.gateway, oif=index, table=table)
             with _exists():
                 pod.rule("add", family=_af(ip.family), src=ip.address, src_len=full, table=table, priority=RULE_PREF)
+        _tune_nic(pod, index, ips, cfg, table=table)
 
     _in_pod(netns, pod_side)
 
@@ -315,9 +346,10 @@ def present(netns: str, container_id: str) -> bool:
     return _in_pod(netns, lambda pod: _index(pod, POD_VETH) is not None)
 
 
-def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, table: int) -> None:
-    """``ifname`` takes the main table's default route; the previous default NIC's routes move to
-    ``table``, chosen by its source addresses (upstream's podDefaultRouteNIC)."""
+def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, table: int, cfg: VethConfig) -> None:
+    """``ifname`` takes the main table's default route (its ``policyRoutes`` go in the main table too);
+    the previous default NIC's routes move to ``table``, chosen by its source addresses (upstream's
+    podDefaultRouteNIC)."""
 
     def pod_side(pod: IPRoute) -> None:
         index, old = _index(pod, ifname), _index(pod, previous)
@@ -345,6 +377,7 @@ def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, t
                 default = "0.0.0.0" if ip.family == 4 else "::"
                 with _exists():
                     pod.route("add", dst=default, dst_len=0, gateway=ip.gateway, oif=index)
+        _tune_nic(pod, index, ips, cfg, table=254)
 
     _in_pod(netns, pod_side)
 

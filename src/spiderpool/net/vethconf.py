@@ -13,7 +13,7 @@ from typing import Any
 #: keys every CNI config may carry
 _CNI_KEYS = {"cniVersion", "name", "type", "prevResult", "runtimeConfig", "capabilities", "args", "cniVersions"}
 #: accepted for compatibility and ignored, as upstream does
-_IGNORED = {"detectOptions", "logOptions", "txQueueLen", "only_hardware", "mode"}
+_IGNORED = {"detectOptions", "logOptions", "only_hardware", "mode"}
 
 
 class ConfigError(ValueError):
@@ -35,6 +35,12 @@ class VethConfig:
     veth_mtu: int = 1500
     detect_ip_conflict: bool = False
     detect_gateway: bool = False
+    #: (dst CIDR, gateway): routes for the NIC (main table for eth0, the NIC's own table for the others)
+    policy_routes: tuple[tuple[str, str], ...] = ()
+    #: the pod NIC's transmit queue length; 0 leaves the kernel's
+    tx_queue_len: int = 0
+    #: an IPv4 link-local address for veth0 (for sidecars such as Istio's that need one)
+    veth_link_address: str | None = None
 
 
 def _cidrs(key: str, value: Any) -> tuple[str, ...]:
@@ -50,6 +56,41 @@ def _cidrs(key: str, value: Any) -> tuple[str, ...]:
         except ValueError:
             raise ConfigError(key, f"{item!r} is not a CIDR", example) from None
     return tuple(out)
+
+
+def _policy_routes(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    example = '[{"dst": "10.20.0.0/16", "gw": "172.18.0.1"}]'
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list of {dst, gw} objects", example)
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"dst", "gw"}:
+            raise ConfigError(where, "must be an object with exactly dst and gw", example)
+        try:
+            dst = ipaddress.ip_network(str(item["dst"]), strict=False)  # a bare IP becomes a /32 or /128
+        except ValueError:
+            raise ConfigError(f"{where}.dst", f"{item['dst']!r} is not a CIDR", example) from None
+        try:
+            gw = ipaddress.ip_address(str(item["gw"]))
+        except ValueError:
+            raise ConfigError(f"{where}.gw", f"{item['gw']!r} is not an IP address", example) from None
+        if gw.version != dst.version:
+            raise ConfigError(f"{where}.gw", f"{gw} is not of the family of {dst}", example)
+        out.append((str(dst), str(gw)))
+    return tuple(out)
+
+
+def _link_address(key: str, value: Any) -> str | None:
+    if value in ("", None):
+        return None
+    try:
+        ip = ipaddress.ip_address(str(value))
+    except ValueError:
+        ip = None
+    if ip is None or ip.version != 4 or not ip.is_link_local:
+        raise ConfigError(key, f"{value!r} is not an IPv4 link-local address", '"169.254.100.1"')
+    return str(ip)
 
 
 def _mac_prefix(key: str, value: Any) -> str:
@@ -106,13 +147,20 @@ def parse(conf: dict[str, Any]) -> VethConfig:
             out["detect_gateway"] = _bool(key, value)
         elif key == "vethMTU":
             out["veth_mtu"] = _int(key, value, 576, 65535, "1500")
-        elif key in ("podDefaultCniNic", "hostRPFilter", "vethLinkAddress", "policyRoutes"):
-            continue  # understood by upstream; defaults suit the underlay case here
+        elif key == "policyRoutes":
+            out["policy_routes"] = _policy_routes(key, value)
+        elif key == "txQueueLen":
+            out["tx_queue_len"] = _int(key, value, 0, 2**31 - 1, "1000")
+        elif key == "vethLinkAddress":
+            out["veth_link_address"] = _link_address(key, value)
+        elif key in ("podDefaultCniNic", "hostRPFilter"):
+            continue  # eth0 is the first NIC here; the node's rp_filter is the admin's
         else:
             known = sorted(
                 {"service_cidr", "cluster_cidr", "additional_cidr", "hardware_prefix", "rp_filter", "move_routes"}
                 | {"serviceCIDR", "hijackCIDR", "podMACPrefix", "podRPFilter", "tunePodRoutes", "podDefaultRouteNIC"}
-                | {"hostRuleTable", "vethMTU", "detectIPConflict", "detectGateway"}
+                | {"hostRuleTable", "vethMTU", "detectIPConflict", "detectGateway", "policyRoutes", "txQueueLen"}
+                | {"vethLinkAddress"}
             )
             raise ConfigError(key, "is not a key of the veth plugin", f"one of {', '.join(known)}")
     return VethConfig(hijack=tuple(dict.fromkeys(hijack)), **out)
@@ -135,6 +183,9 @@ _COORDINATOR_DEFAULTS = (
     "vethMTU",
     "detectGateway",
     "detectIPConflict",
+    "policyRoutes",
+    "txQueueLen",
+    "vethLinkAddress",
 )
 
 
