@@ -76,7 +76,7 @@ class Coordinator:
         if self.allocator is not None and uid:
             if kind == "conflict":
                 # Someone else answers for it: hold it for nobody for a while, so the retry gets another.
-                await self.allocator.quarantine(ip, uid, "ip_conflict", self.conflict_quarantine)
+                await self.allocator.quarantine_conflict(ip, uid, ifname, self.conflict_quarantine)
             else:
                 await self.allocator.release_nic(uid, ifname)
         DETECTIONS.labels(kind).inc()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionErro
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.resources import SpiderEndpoint, SpiderIPAllocation
 from spiderpool.k8s.rest import EVENT, JOB, NAMESPACE, NODE, POD, REPLICASET, STATEFULSET, ApiError, Kind, Rest
+from spiderpool.net import veth
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class Settings:
     cluster_network: str = ""
     #: how long an ADD waits for the controller to create or grow a pod's auto-pool
     auto_pool_wait: float = 30.0
+    #: how long an address another host turned out to use is held for nobody
+    conflict_quarantine: float = 600.0
 
 
 @dataclass
@@ -572,10 +576,16 @@ class Allocator:
         RELEASED_IPS.labels(reason).inc()
         log.warning("ip quarantined ip=%s uid=%s reason=%s until=%s", ip, uid, reason, spec["quarantineUntil"])
 
-    async def release_nic(self, uid: str, ifname: str) -> None:
+    async def release_nic(self, uid: str, ifname: str, reason: str = "detect_gateway") -> None:
         for r in self.records_of(uid, ifname):
             if await self._delete_record(r["spec"]["ip"], uid):
-                RELEASED_IPS.labels("detect_gateway").inc()
+                RELEASED_IPS.labels(reason).inc()
+
+    async def quarantine_conflict(self, ip: str, uid: str, ifname: str, seconds: float | None = None) -> None:
+        """``ip`` turned out to be another host's: hold it for nobody, and free the NIC's other
+        addresses, so the runtime's retry gets a whole new set (never a NIC missing a family)."""
+        await self.quarantine(ip, uid, "ip_conflict", self.settings.conflict_quarantine if seconds is None else seconds)
+        await self.release_nic(uid, ifname, reason="ip_conflict_sibling")
 
     async def _delete_record(self, ip: str, uid: str) -> bool:
         """Delete the record of ``ip`` only if pod ``uid`` holds it (never another pod's address)."""
@@ -811,11 +821,14 @@ class Allocator:
             pod = await self._pod(ns, name)
             if pod is None or pod.alive():
                 pod = await self._pod(ns, name, fresh=True)  # only a terminating pod is trusted from the cache
-        if pod is not None and (not uid or pod.uid == uid) and pod.alive():
-            # The pod lives on (a retried ADD, a new sandbox): its addresses stay with it.
-            return {"released": [], "kept": "pod is alive"}
         if pod is not None and not uid:
             uid = pod.uid
+        # An IPv6 address the kernel's duplicate address detection refused is someone else's: it must
+        # not come back to this pod on the runtime's retry, nor go to the next pod.
+        refused = await self._quarantine_refused(req, uid, ifname)
+        if pod is not None and pod.uid == uid and pod.alive():
+            # The pod lives on (a retried ADD, a new sandbox): its addresses stay with it.
+            return {"released": [], "quarantined": refused, "kept": "pod is alive"}
         if not uid:
             return {"released": [], "kept": "nothing recorded for this container"}
         if await self._statefulset_keeps(pod, ns, name, uid):
@@ -829,6 +842,19 @@ class Allocator:
         if released:
             log.info("released pod=%s/%s uid=%s nic=%s ips=%s", ns, name, uid, ifname, ",".join(released))
         return {"released": released}
+
+    async def _quarantine_refused(self, req: dict[str, Any], uid: str, ifname: str) -> list[str]:
+        netns = str(req.get("netNamespace") or "")
+        mine = {str(ipaddress.ip_address(r["spec"]["ip"])): r for r in self.records_of(uid, ifname or None)}
+        if not netns or not ifname or not uid or not any(":" in ip for ip in mine):
+            return []  # only IPv6 addresses go through the kernel's duplicate address detection
+        out = []
+        for ip in await asyncio.to_thread(veth.dad_failed, netns, ifname):
+            record = mine.get(str(ipaddress.ip_address(ip)))
+            if record is not None:
+                await self.quarantine_conflict(record["spec"]["ip"], uid, ifname)
+                out.append(ip)
+        return out
 
     async def _statefulset_keeps(self, pod: PodView | None, ns: str, name: str, uid: str) -> bool:
         owner_kind, owner_name = (pod.owner_kind, pod.owner_name) if pod else ("", "")

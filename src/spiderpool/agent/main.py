@@ -106,6 +106,7 @@ class Agent:
                 ipv6=not args.disable_ipv6,
                 cluster_network=args.cluster_network,
                 auto_pool_wait=args.auto_pool_wait,
+                conflict_quarantine=args.ip_conflict_quarantine,
             ),
             pools=self.caches[0],
             reserved=self.caches[1],

@@ -22,6 +22,7 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from spiderpool.net import arp
+from spiderpool.net import arp, ndp
 from spiderpool.net.vethconf import VethConfig, mac_for
 
 T = TypeVar("T")
@@ -382,25 +383,74 @@ def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, t
     _in_pod(netns, pod_side)
 
 
+IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40
+#: how long the kernel's duplicate address detection may take (1 probe, 1 s retransmit by default)
+DAD_WAIT = 5.0
+
+
+def _v6_flags(pod: IPRoute, index: int) -> dict[str, int]:
+    out = {}
+    for addr in pod.addr("dump", index=index, family=socket.AF_INET6):
+        out[str(addr.get("IFA_ADDRESS"))] = int(addr.get("IFA_FLAGS") or addr["flags"])
+    return out
+
+
+def dad_failed(netns: str, ifname: str) -> list[str]:
+    """The pod NIC's IPv6 addresses the kernel's duplicate address detection refused (someone else on
+    the LAN has them); [] when the namespace or the NIC is gone."""
+
+    def read(pod: IPRoute) -> list[str]:
+        index = _index(pod, ifname)
+        if index is None:
+            return []
+        return [ip for ip, flags in _v6_flags(pod, index).items() if flags & IFA_F_DADFAILED]
+
+    try:
+        return _in_pod(netns, read)
+    except OSError:
+        return []
+
+
+def _settled_v6(pod: IPRoute, index: int, address: str) -> int:
+    """The address's flags once the kernel's DAD is over (or DAD_WAIT has passed)."""
+    deadline = time.monotonic() + DAD_WAIT
+    while True:
+        flags = _v6_flags(pod, index).get(address, 0)
+        if flags & IFA_F_DADFAILED or not flags & IFA_F_TENTATIVE or time.monotonic() > deadline:
+            return flags
+        time.sleep(0.05)  # polling the kernel's own timer: netlink has no "DAD done" event per address
+
+
 def detect(netns: str, ips: list[PodIP], cfg: VethConfig) -> tuple[str, str, str] | None:
-    """IPv4 conflict and gateway checks on the pod's NIC; (kind, ip, message) of the first problem."""
+    """Conflict and gateway checks on the pod's NIC; (kind, ip, message) of the first problem. IPv4:
+    ARP probes (RFC 5227). IPv6: the kernel's duplicate address detection, and a Neighbor
+    Solicitation to the gateway."""
 
     def probe(pod: IPRoute) -> tuple[str, str, str] | None:
         for ip in ips:
-            if ip.family != 4:
-                continue  # NDP probing is not done
             index = _index(pod, ip.interface)
             if index is None:
                 continue
             pod.link("set", index=index, state="up")
             mac = _mac(pod, index)
-            if cfg.detect_ip_conflict:
-                other = arp.who_has(ip.interface, mac, ip.address)
-                if other is not None:
-                    return "conflict", ip.address, f"IP conflict: {ip.address} is already in use by {other}"
+            if ip.family == 4:
+                if cfg.detect_ip_conflict:
+                    other = arp.who_has(ip.interface, mac, ip.address)
+                    if other is not None:
+                        return "conflict", ip.address, f"IP conflict: {ip.address} is already in use by {other}"
+                gateway = ip.gateway if cfg.detect_gateway else None
+                if gateway and arp.who_has(ip.interface, mac, gateway, sender_ip=ip.address) is None:
+                    return "gateway", ip.address, f"gateway {gateway} does not answer ARP on {ip.interface}"
+                continue
+            if cfg.detect_ip_conflict and _settled_v6(pod, index, ip.address) & IFA_F_DADFAILED:
+                other = ndp.who_has(ip.interface, mac, ip.address, source="::")
+                owner = f"in use by {other}" if other else "refused by duplicate address detection"
+                return "conflict", ip.address, f"IP conflict: {ip.address} is already {owner}"
             gateway = ip.gateway if cfg.detect_gateway else None
-            if gateway and arp.who_has(ip.interface, mac, gateway, sender_ip=ip.address) is None:
-                return "gateway", ip.address, f"gateway {gateway} does not answer ARP on {ip.interface}"
+            if gateway:
+                _settled_v6(pod, index, ip.address)  # a tentative address cannot send yet
+                if ndp.who_has(ip.interface, mac, gateway, source=ip.address) is None:
+                    return "gateway", ip.address, f"gateway {gateway} does not answer NDP on {ip.interface}"
         return None
 
     return _in_pod(netns, probe)
