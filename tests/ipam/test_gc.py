@@ -6,23 +6,29 @@ from __future__ import annotations
 import json
 import re
 
+from spiderpool.ipam.allocate import record_name
 from spiderpool.lab import procs
 from spiderpool.lab.cluster import Lab
-from tests.helpers import allocation_record, get_json, pods, pool_manifest, pool_pod, wait_running
+from tests.helpers import allocation_record, get_json, in_netns, pods, pool_manifest, pool_pod, wait_running
 from tests.ipam.conftest import records, wait_no_records
-from tests.stack import Agents, Controllers
+from tests.stack import Agents, Controllers, unix_request
 
 NS = "gc"
 POOL = "p-gc"
 IPS = ["172.18.72.1", "172.18.72.2", "172.18.72.3"]
+LATER = "2099-01-01T00:00:00Z"
 
 
 def pod(name: str, node: str) -> str:
     return pool_pod(name, NS, POOL, node)
 
 
-def held(lab: Lab) -> dict[str, dict[str, object]]:
-    return {r["spec"]["ip"]: r["spec"] for r in records(lab) if r["spec"]["pool"] == POOL}
+def held(lab: Lab, pool: str = POOL) -> dict[str, dict[str, object]]:
+    return {r["spec"]["ip"]: r["spec"] for r in records(lab) if r["spec"]["pool"] == pool}
+
+
+def stack_metrics(lab: Lab, node: str = "node2") -> str:
+    return in_netns(lab, node, "curl", "-s", "http://127.0.0.1:5711/metrics").stdout
 
 
 def metric(text: str, name: str, reason: str) -> float:
@@ -91,3 +97,68 @@ def test_gc_takes_back_ips_and_quarantines_them(stack: Agents, controllers: Cont
     procs.wait_for(lambda: not held(lab), timeout=60, what=f"{POOL} to hold nothing")
     lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=60s")
     assert get_json(lab, "nodes", "node2")["metadata"]["name"] == "node2"
+
+
+def test_del_ends_the_quarantine_of_a_force_deleted_pod(stack: Agents, controllers: Controllers) -> None:
+    """The GC quarantines a force-deleted pod's address because its sandbox may still run; when the
+    runtime's DEL for that sandbox arrives, the address is free at once. An address quarantined because
+    another host uses it stays quarantined."""
+    lab = stack.lab
+    pool, ns = "p-gcq", "gcq"
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest(pool, "172.18.0.0/16", ["172.18.73.1-172.18.73.2"]))
+    lab.kubectl("create", "namespace", ns)
+    stopped, ip = False, ""
+    try:
+        lab.kubectl("apply", "-f", "-", input_text=pool_pod("forced", ns, pool, "node2"))
+        (forced,) = wait_running(lab, ns, "app=forced", 1)
+        ip = forced["status"]["podIP"]
+        (record,) = [r for r in records(lab) if r["spec"]["ip"] == ip]
+        container = record["spec"]["containerID"]
+        # the other address: quarantined for a conflict on the LAN, for the same sandbox
+        other = next(x for x in ("172.18.73.1", "172.18.73.2") if x != ip)
+        conflict = json.loads(allocation_record(other, pool, pod="forced", namespace=ns, uid=""))
+        conflict["spec"].update(containerID=container, quarantineUntil=LATER, releaseReason="ip_conflict")
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(conflict))
+
+        lab.stop_process("node/node2")  # no kubelet: nothing tears the sandbox down for now
+        stopped = True
+        lab.kubectl("delete", "pod", "-n", ns, "forced", "--force", "--grace-period=0")
+        procs.wait_for(
+            lambda: bool(held(lab, pool).get(ip, {}).get("quarantineUntil")),
+            timeout=90,
+            what="the GC to quarantine the force-deleted pod's address",
+        )
+        # make the quarantine long, so only the DEL can end it within this test
+        lab.kubectl(
+            "patch",
+            "spideripallocation",
+            record["metadata"]["name"],
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"quarantineUntil": LATER}}),
+        )
+        before = metric(stack_metrics(lab), "spiderpool_ipam_released_ip_counts_total", "quarantine_ended_by_del")
+        body = {
+            "containerID": container,
+            "ifName": "eth0",
+            "netNamespace": "",
+            "podNamespace": ns,
+            "podName": "forced",
+            "podUID": forced["metadata"]["uid"],
+        }
+        status, reply = unix_request(stack.socket("node2"), "DELETE", "/v1/ipam/ip", body)
+        assert status == 200, reply
+        assert ip not in held(lab, pool), "the DEL did not end the quarantine"
+        assert held(lab, pool)[other]["releaseReason"] == "ip_conflict"
+        after = metric(stack_metrics(lab), "spiderpool_ipam_released_ip_counts_total", "quarantine_ended_by_del")
+        assert after == before + 1
+    finally:
+        if stopped:
+            lab.up(nodes=2)
+        for planted in ("172.18.73.1", "172.18.73.2"):
+            if planted != ip:
+                lab.kubectl("delete", "spideripallocation", record_name(planted), "--ignore-not-found")
+        lab.kubectl("delete", "namespace", ns, "--wait=false")
+    wait_no_records(lab, ns, timeout=120)
+    procs.wait_for(lambda: not held(lab, pool), timeout=60, what=f"{pool} to hold nothing")
+    lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")

@@ -830,7 +830,8 @@ class Allocator:
             # The pod lives on (a retried ADD, a new sandbox): its addresses stay with it.
             return {"released": [], "quarantined": refused, "kept": "pod is alive"}
         if not uid:
-            return {"released": [], "kept": "nothing recorded for this container"}
+            released = await self._end_quarantine(container, ns, name, ifname)
+            return {"released": released, "kept": "" if released else "nothing recorded for this container"}
         if await self._statefulset_keeps(pod, ns, name, uid):
             return {"released": [], "kept": "StatefulSet pod keeps its IPs for its successor"}
         released = []
@@ -838,10 +839,45 @@ class Allocator:
             if await self._delete_record(r["spec"]["ip"], uid):
                 released.append(r["spec"]["ip"])
                 RELEASED_IPS.labels("cni_del").inc()
+        released += await self._end_quarantine(container, ns, name, ifname)
         self._mark_endpoint(f"{ns}/{name}", uid)
         if released:
             log.info("released pod=%s/%s uid=%s nic=%s ips=%s", ns, name, uid, ifname, ",".join(released))
         return {"released": released}
+
+    async def _end_quarantine(self, container: str, ns: str, name: str, ifname: str) -> list[str]:
+        """The controller quarantines the address of a pod that went without its sandbox being torn
+        down (force-deleted, on a lost node), in case that sandbox still runs. This DEL is that sandbox
+        going: its addresses are free now, not when the quarantine ends. (Never an address another host
+        uses: ``ip_conflict``.)"""
+        out = []
+        for key in list(self.by_uid.get("", ())):  # quarantined records hold no pod
+            record = self.records.items.get(key)
+            spec = (record or {}).get("spec", {})
+            if record is None or not container or spec.get("containerID") != container:
+                continue
+            if (spec.get("namespace"), spec.get("pod")) != (ns, name) or (ifname and spec.get("interface") != ifname):
+                continue
+            if not spec.get("quarantineUntil") or spec.get("releaseReason") == "ip_conflict":
+                continue
+            meta = record["metadata"]
+            options = {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}
+            try:
+                API_WRITES.labels("delete_record").inc()
+                await self.client.request(
+                    "DELETE",
+                    RECORD.path(None, key),
+                    {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": options},
+                )
+            except ApiError as exc:
+                if exc.code in (404, 409):  # gone already, or changed meanwhile: leave it to the controller
+                    continue
+                raise
+            self.records.apply_local(None, key=key)
+            RELEASED_IPS.labels("quarantine_ended_by_del").inc()
+            log.info("quarantine ended by DEL ip=%s pod=%s/%s container=%s", spec["ip"], ns, name, container[:12])
+            out.append(str(spec["ip"]))
+        return out
 
     async def _quarantine_refused(self, req: dict[str, Any], uid: str, ifname: str) -> list[str]:
         netns = str(req.get("netNamespace") or "")
