@@ -4,6 +4,7 @@ the pods leaves nothing on the nodes."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from collections.abc import Iterator
@@ -157,3 +158,66 @@ def test_pods_services_nodeports_and_probes(dataplane: Agents) -> None:
     wait_gone(lab, NS, "app=web")
     wait_no_records(lab, NS, timeout=120)
     lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=60s")
+
+
+def test_dual_stack_through_veth(dataplane: Agents) -> None:
+    """IPv6 beside IPv4: the node reaches its own macvlan pods over both families only through the veth
+    (macvlan forbids the parent), pods reach each other over IPv6 on one node and across, and nothing
+    of either family is left on the node afterwards."""
+    lab = dataplane.lab
+    ns = "dp6"
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("p-dp4", "172.18.0.0/16", ["172.18.80.1-172.18.80.9"]))
+    v6 = pool_manifest("p-dp6", "fd00:172:18::/64", ["fd00:172:18::80:1-fd00:172:18::80:9"])
+    lab.kubectl("apply", "-f", "-", input_text=v6)
+    lab.kubectl("create", "namespace", ns)
+    try:
+        for name, node in (("a", "node1"), ("b", "node1"), ("c", "node2")):
+            body = json.loads(pool_pod_manifest(name, ns, node))
+            lab.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+        ips: dict[str, dict[int, str]] = {}
+        for name in ("a", "b", "c"):
+            (p,) = wait_running(lab, ns, f"app={name}", 1)
+            ips[name] = {ipaddress.ip_address(x["ip"]).version: x["ip"] for x in p["status"]["podIPs"]}
+            assert set(ips[name]) == {4, 6}, p["status"]["podIPs"]
+        node1 = lab.node("node1")
+        # the node to its own pod, both families: only possible through veth0 and table 500
+        for family, flag in ((4, "-4"), (6, "-6")):
+            ping = in_netns(lab, "node1", "ping", flag, "-c", "2", "-W", "2", ips["a"][family])
+            assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+        host_v6 = netns.ip_json(node1.netns, ["-6", "route", "show", "table", "500"])
+        assert [r for r in host_v6 if r["dst"] == ips["a"][6]], host_v6
+        pod_v6 = json.loads(in_netns(lab, f"{ns}/a", "ip", "-6", "-j", "route").stdout)
+        assert [r for r in pod_v6 if r["dst"] == node1.ip6 and r["dev"] == "veth0"], pod_v6
+        # pod to pod over IPv6: same node (macvlan bridge) and across nodes (the underlay)
+        for peer in ("b", "c"):
+            ping = in_netns(lab, f"{ns}/a", "ping", "-6", "-c", "2", "-W", "2", ips[peer][6])
+            assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+    finally:
+        lab.kubectl("delete", "namespace", ns, "--wait=false")
+    for name in ("a", "b", "c"):
+        wait_gone(lab, ns, f"app={name}")
+    for node in lab.nodes():
+        for family in ("-4", "-6"):
+            assert netns.ip_json(node.netns, [family, "route", "show", "table", "500"]) == []
+            rules = netns.ip_json(node.netns, [family, "rule", "show"])
+            assert not [r for r in rules if str(r.get("table")) == "500"], rules
+    wait_no_records(lab, ns, timeout=120)
+    for pool in ("p-dp4", "p-dp6"):
+        lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
+
+
+def pool_pod_manifest(name: str, namespace: str, node: str) -> str:
+    annotation = json.dumps({"ipv4": ["p-dp4"], "ipv6": ["p-dp6"]})
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app": name},
+                "annotations": {"ipam.spidernet.io/ippool": annotation},
+            },
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
+        }
+    )
