@@ -191,12 +191,7 @@ def main() -> None:
         lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=120s", check=False)
         lab.kubectl("delete", "spidersubnet", SUBNET, "--wait=true", "--timeout=120s", check=False)
         lab.reset_cni_config()
-        for what in started:
-            key = "spiderpool-controller/demo" if what == "spiderpool-controller" else None
-            if key is None and what.startswith("spiderpool-agent on "):
-                key = f"spiderpool-agent/{what.removeprefix('spiderpool-agent on ')}"
-            if key:
-                lab.stop_process(key)
+        demo.stop_spiderpool(lab, started)
 
     result: dict[str, Any] = {"replicas": n, "rounds": args.rounds}
     for kind in ("baseline", "auto"):

@@ -211,11 +211,7 @@ def main() -> None:
         lab.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=300s", check=False)
         lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=120s", check=False)
         lab.kubectl("delete", "node", NODE, check=False)
-        for what in started:
-            if what == "spiderpool-controller":
-                lab.stop_process("spiderpool-controller/demo")
-            elif what.startswith("spiderpool-agent on "):
-                lab.stop_process(f"spiderpool-agent/{what.removeprefix('spiderpool-agent on ')}")
+        demo.stop_spiderpool(lab, started)
 
     base = CHAINS[0]
     result: dict[str, Any] = {"samples": n, "records_left_after_del": len(left)}

@@ -101,8 +101,10 @@ def pool_manifest(name: str, subnet: str, ips: list[str], **spec: Any) -> str:
     )
 
 
-def pool_pod(name: str, namespace: str, pool: str, node: str) -> str:
-    """A bare pod on ``node`` that takes its IPv4 address from ``pool`` (label app=<name>)."""
+def pool_pod(name: str, namespace: str, pool: str, node: str, ipv6_pool: str | None = None) -> str:
+    """A bare pod on ``node`` that takes its IPv4 address from ``pool`` (and its IPv6 one from
+    ``ipv6_pool``, if given; label app=<name>)."""
+    choice = {"ipv4": [pool], **({"ipv6": [ipv6_pool]} if ipv6_pool else {})}
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -111,7 +113,7 @@ def pool_pod(name: str, namespace: str, pool: str, node: str) -> str:
                 "name": name,
                 "namespace": namespace,
                 "labels": {"app": name},
-                "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [pool]})},
+                "annotations": {"ipam.spidernet.io/ippool": json.dumps(choice)},
             },
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
         }

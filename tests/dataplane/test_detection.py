@@ -84,14 +84,7 @@ def test_conflicting_ip_is_skipped_and_unreachable_gateway_fails(detecting: Agen
         # the address was quarantined (not simply freed), as node1's agent counts
         assert ip_conflicts(lab) >= 1, "no ip_conflict release counted"
 
-        lab.kubectl("apply", "-f", "-", input_text=pod("stranded", "p-nogw"))
-        procs.wait_for(
-            lambda: any("gateway 172.18.0.254 does not answer ARP" in m for m in events(lab, "stranded")),
-            timeout=60,
-            what="the unreachable gateway to be reported on the pod",
-        )
-        (stranded,) = pods(lab, NS, "app=stranded")
-        assert not stranded["status"].get("podIP")
+        assert_stranded(lab, NS, "stranded", pod("stranded", "p-nogw"), "gateway 172.18.0.254 does not answer ARP")
     finally:
         lab.kubectl("delete", "namespace", NS, "--wait=false")
     wait_gone(lab, NS, "app=lucky")
@@ -112,9 +105,19 @@ ROGUE6B = "fd00:172:18::78:5"  # caught by the veth plugin's check (pool without
 
 
 def dual_pod(name: str, v6_pool: str) -> str:
-    body = json.loads(pool_pod(name, NS6, "p-d6v4", "node1"))
-    body["metadata"]["annotations"]["ipam.spidernet.io/ippool"] = json.dumps({"ipv4": ["p-d6v4"], "ipv6": [v6_pool]})
-    return json.dumps(body)
+    return pool_pod(name, NS6, "p-d6v4", "node1", v6_pool)
+
+
+def assert_stranded(lab: Lab, namespace: str, name: str, manifest: str, message: str) -> None:
+    """The pod never gets an address, and its events say why."""
+    lab.kubectl("apply", "-f", "-", input_text=manifest)
+    procs.wait_for(
+        lambda: any(message in m for m in events(lab, name, namespace)),
+        timeout=60,
+        what=f"{message!r} to be reported on pod {name}",
+    )
+    (stranded,) = pods(lab, namespace, f"app={name}")
+    assert not stranded["status"].get("podIP")
 
 
 def test_ipv6_conflicts_and_unreachable_gateway(detecting: Agents) -> None:
@@ -152,14 +155,8 @@ def test_ipv6_conflicts_and_unreachable_gateway(detecting: Agents) -> None:
         assert any("DADFAILED" in m for m in events(lab, "dad", NS6)), events(lab, "dad", NS6)
         assert any(f"IP conflict: {ROGUE6B} is already in use by" in m for m in events(lab, "probe", NS6))
 
-        lab.kubectl("apply", "-f", "-", input_text=dual_pod("stranded6", "p-d6nogw"))
-        procs.wait_for(
-            lambda: any("gateway fd00:172:18::254 does not answer NDP" in m for m in events(lab, "stranded6", NS6)),
-            timeout=60,
-            what="the unreachable IPv6 gateway to be reported on the pod",
-        )
-        (stranded,) = pods(lab, NS6, "app=stranded6")
-        assert not stranded["status"].get("podIP")
+        message = "gateway fd00:172:18::254 does not answer NDP"
+        assert_stranded(lab, NS6, "stranded6", dual_pod("stranded6", "p-d6nogw"), message)
     finally:
         lab.kubectl("delete", "namespace", NS6, "--wait=false")
         netns.ip_batch(switch, [f"addr del {ip}/64 dev br0" for ip in (ROGUE6, ROGUE6B)])

@@ -14,7 +14,7 @@ import pytest
 
 from spiderpool.lab import netns, procs, topology
 from spiderpool.lab.cluster import Lab
-from tests.helpers import get_json, in_netns, pods, pool_manifest, wait_gone, wait_running
+from tests.helpers import get_json, in_netns, pods, pool_manifest, pool_pod, wait_gone, wait_running
 from tests.ipam.conftest import use_cni, wait_no_records
 from tests.stack import Agents
 
@@ -172,8 +172,7 @@ def test_dual_stack_through_veth(dataplane: Agents) -> None:
     lab.kubectl("create", "namespace", ns)
     try:
         for name, node in (("a", "node1"), ("b", "node1"), ("c", "node2")):
-            body = json.loads(pool_pod_manifest(name, ns, node))
-            lab.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+            lab.kubectl("apply", "-f", "-", input_text=pool_pod(name, ns, "p-dp4", node, "p-dp6"))
         ips: dict[str, dict[int, str]] = {}
         for name in ("a", "b", "c"):
             (p,) = wait_running(lab, ns, f"app={name}", 1)
@@ -204,20 +203,3 @@ def test_dual_stack_through_veth(dataplane: Agents) -> None:
     wait_no_records(lab, ns, timeout=120)
     for pool in ("p-dp4", "p-dp6"):
         lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
-
-
-def pool_pod_manifest(name: str, namespace: str, node: str) -> str:
-    annotation = json.dumps({"ipv4": ["p-dp4"], "ipv6": ["p-dp6"]})
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"app": name},
-                "annotations": {"ipam.spidernet.io/ippool": annotation},
-            },
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
-        }
-    )

@@ -330,3 +330,12 @@ def start_spiderpool(lab: Lab) -> list[str]:
         started.append(f"spiderpool-agent on {node.name}")
         procs.wait_for(socket.exists, timeout=60, what=f"spiderpool-agent on {node.name}")
     return started
+
+
+def stop_spiderpool(lab: Lab, started: list[str]) -> None:
+    """Stop what ``start_spiderpool`` returned it had started (what ran before is left alone)."""
+    for what in started:
+        if what == "spiderpool-controller":
+            lab.stop_process("spiderpool-controller/demo")
+        elif what.startswith("spiderpool-agent on "):
+            lab.stop_process(f"spiderpool-agent/{what.removeprefix('spiderpool-agent on ')}")

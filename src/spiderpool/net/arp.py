@@ -2,33 +2,22 @@
 
 Run by the agent for the ``veth`` plugin's ``detectIPConflict`` / ``detectGateway``: 3 tries of 100 ms
 each, as upstream does. A reply to the probe for our own address from another MAC is a conflict; no
-reply for the gateway means it is unreachable. IPv6 (NDP) is not probed.
+reply for the gateway means it is unreachable. IPv6: ``spiderpool.net.ndp``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import select
-import socket
 import struct
-import time
+
+from spiderpool.net import l2probe
 
 ETH_P_ARP = 0x0806
-PACKET_OUTGOING = 4
-TRIES, TIMEOUT = 3, 0.1
-
-
-def _mac_bytes(mac: str) -> bytes:
-    return bytes(int(x, 16) for x in mac.split(":"))
-
-
-def _mac_text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
 
 
 def who_has(ifname: str, mac: str, target: str, sender_ip: str = "0.0.0.0") -> str | None:
     """Ask for ``target`` on ``ifname``; return the MAC that answered (other than ours), or None."""
-    own = _mac_bytes(mac)
+    own = l2probe.mac_bytes(mac)
     frame = (
         b"\xff" * 6
         + own
@@ -40,20 +29,11 @@ def who_has(ifname: str, mac: str, target: str, sender_ip: str = "0.0.0.0") -> s
         + ipaddress.IPv4Address(target).packed
     )
     want = ipaddress.IPv4Address(target).packed
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
-        s.bind((ifname, ETH_P_ARP))
-        for _ in range(TRIES):
-            s.send(frame)
-            deadline = time.monotonic() + TIMEOUT
-            while (left := deadline - time.monotonic()) > 0:
-                ready, _, _ = select.select([s], [], [], left)
-                if not ready:
-                    break
-                data, addr = s.recvfrom(128)
-                if addr[2] == PACKET_OUTGOING or len(data) < 42:
-                    continue
-                op = struct.unpack("!H", data[20:22])[0]
-                sender_mac, sender_ip_raw = data[22:28], data[28:32]
-                if op == 2 and sender_ip_raw == want and sender_mac != own:
-                    return _mac_text(sender_mac)
-    return None
+
+    def answer(data: bytes) -> str | None:
+        if len(data) < 42 or struct.unpack("!H", data[20:22])[0] != 2:  # an ARP reply
+            return None
+        sender_mac, sender_ip = data[22:28], data[28:32]
+        return l2probe.mac_text(sender_mac) if sender_ip == want and sender_mac != own else None
+
+    return l2probe.ask(ifname, ETH_P_ARP, frame, answer)

@@ -10,23 +10,12 @@ gateway check is a Neighbor Solicitation from the pod's address, answered by a N
 from __future__ import annotations
 
 import ipaddress
-import select
-import socket
 import struct
-import time
+
+from spiderpool.net import l2probe
 
 ETH_P_IPV6 = 0x86DD
-PACKET_OUTGOING = 4
 ICMPV6, NS, NA = 58, 135, 136
-TRIES, TIMEOUT = 3, 0.1
-
-
-def _mac_bytes(mac: str) -> bytes:
-    return bytes(int(x, 16) for x in mac.split(":"))
-
-
-def _mac_text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
 
 
 def _checksum(data: bytes) -> int:
@@ -51,11 +40,11 @@ def solicitation(mac: str, source: str, target: str) -> bytes:
     group = solicited_node(target)
     body = struct.pack("!BBHI", NS, 0, 0, 0) + ipaddress.IPv6Address(target).packed
     if not src.is_unspecified:  # RFC 4861 7.1.1: no source link-layer option from ::
-        body += struct.pack("!BB", 1, 1) + _mac_bytes(mac)
+        body += struct.pack("!BB", 1, 1) + l2probe.mac_bytes(mac)
     pseudo = src.packed + group.packed + struct.pack("!I3xB", len(body), ICMPV6)
     body = body[:2] + struct.pack("!H", _checksum(pseudo + body)) + body[4:]
     ip6 = struct.pack("!IHBB", 6 << 28, len(body), ICMPV6, 255) + src.packed + group.packed
-    eth = b"\x33\x33" + group.packed[-4:] + _mac_bytes(mac) + struct.pack("!H", ETH_P_IPV6)
+    eth = b"\x33\x33" + group.packed[-4:] + l2probe.mac_bytes(mac) + struct.pack("!H", ETH_P_IPV6)
     return eth + ip6 + body
 
 
@@ -75,25 +64,10 @@ def advertiser(frame: bytes, target: str, own_mac: str) -> str | None:
             sender = options[2:8]
             break
         options = options[length:]
-    return None if sender == _mac_bytes(own_mac) else _mac_text(sender)
+    return None if sender == l2probe.mac_bytes(own_mac) else l2probe.mac_text(sender)
 
 
 def who_has(ifname: str, mac: str, target: str, source: str) -> str | None:
     """Solicit ``target`` on ``ifname`` from ``source``; return the MAC that answered, or None."""
     frame = solicitation(mac, source, target)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6)) as s:
-        s.bind((ifname, ETH_P_IPV6))
-        for _ in range(TRIES):
-            s.send(frame)
-            deadline = time.monotonic() + TIMEOUT
-            while (left := deadline - time.monotonic()) > 0:
-                ready, _, _ = select.select([s], [], [], left)
-                if not ready:
-                    break
-                data, addr = s.recvfrom(256)
-                if addr[2] == PACKET_OUTGOING:
-                    continue
-                found = advertiser(data, target, mac)
-                if found is not None:
-                    return found
-    return None
+    return l2probe.ask(ifname, ETH_P_IPV6, frame, lambda data: advertiser(data, target, mac))
