@@ -203,6 +203,11 @@ def test_policy_routes_tx_queue_and_link_address(agents: Agents) -> None:
             "spec": {"config": json.dumps(net1)},
         }
         lab.kubectl("apply", "-f", "-", input_text=json.dumps(nad))
+        # the same NIC with tunePodRoutes off: its routes, policy routes included, stay in the main table
+        flat = _nad("macvlan-flat", "eth1", {**net1["plugins"][1], "tunePodRoutes": False, "txQueueLen": 4000})
+        nad_flat = {**nad, "metadata": {"name": "macvlan-flat", "namespace": OPT_NS}}
+        nad_flat["spec"] = {"config": json.dumps(flat)}
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(nad_flat))
         body = _pod("tuned", {})
         body["metadata"]["namespace"] = OPT_NS
         body["metadata"]["annotations"]["ipam.spidernet.io/ippools"] = json.dumps(
@@ -237,11 +242,33 @@ def test_policy_routes_tx_queue_and_link_address(agents: Agents) -> None:
         unrouted = in_netns(lab, target, "ping", "-c", "1", "-W", "2", CLIENT1)
         assert unrouted.returncode != 0, unrouted.stdout
         assert "unreachable" in unrouted.stderr.lower(), unrouted.stdout + unrouted.stderr
+
+        flat_pod = _pod("flat", {})
+        flat_pod["metadata"]["namespace"] = OPT_NS
+        flat_pod["metadata"]["annotations"].update(
+            {
+                "k8s.v1.cni.cncf.io/networks": "macvlan-flat",
+                "ipam.spidernet.io/ippools": json.dumps(
+                    [{"interface": "eth0", "ipv4": ["p-opt0"]}, {"interface": "net1", "ipv4": ["p-opt1"]}]
+                ),
+            }
+        )
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(flat_pod))
+        wait_running(lab, OPT_NS, "app=flat", 1)
+        flat_links = json.loads(in_netns(lab, f"{OPT_NS}/flat", "ip", "-j", "addr").stdout)
+        assert [x["txqlen"] for x in flat_links if x["ifname"] == "net1"] == [4000]
+        flat_main = json.loads(in_netns(lab, f"{OPT_NS}/flat", "ip", "-j", "route").stdout)
+        assert [r for r in flat_main if r["dst"] == "10.42.0.0/16" and r["dev"] == "net1"], flat_main
+        # no table of its own: nothing routed there (a table that was never filled does not even exist)
+        assert in_netns(lab, f"{OPT_NS}/flat", "ip", "route", "show", "table", "101").stdout.strip() == ""
+        ping = in_netns(lab, f"{OPT_NS}/flat", "ping", "-c", "2", "-W", "2", CLIENT1)  # no -I: the main table
+        assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
     finally:
         lab.kubectl("delete", "namespace", OPT_NS, "--wait=false")
         netns.ip_batch(switch, [f"addr del {CLIENT0}/32 dev lo", f"addr del {CLIENT1}/32 dev lo"])
         lab.reset_cni_config()
     wait_gone(lab, OPT_NS, "app=tuned")
+    wait_gone(lab, OPT_NS, "app=flat")
     wait_no_records(lab, OPT_NS, timeout=120)
     for pool in ("p-opt0", "p-opt1"):
         lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")

@@ -111,6 +111,8 @@ class Coordinator:
                     await asyncio.to_thread(veth.make_default_nic, netns, ifname, ips, FIRST_NIC, FIRST_TABLE, cfg)
                 elif cfg.tune_pod_routes:
                     await asyncio.to_thread(veth.setup_extra_nic, netns, ifname, ips, _table_for(ifname), cfg)
+                else:  # its routes stay in the main table, and so do its policyRoutes
+                    await asyncio.to_thread(veth.tune_nic, netns, ifname, ips, cfg)
         except Exception as exc:  # netlink refusals and our own checks alike become a CNI error
             CALLS.labels("add", "error").inc()
             log.warning(

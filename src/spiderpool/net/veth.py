@@ -271,6 +271,18 @@ def _tune_nic(pod: IPRoute, index: int, ips: list[PodIP], cfg: VethConfig, table
             )
 
 
+def tune_nic(netns: str, ifname: str, ips: list[PodIP], cfg: VethConfig) -> None:
+    """Only ``txQueueLen`` and ``policyRoutes`` (main table) for a NIC whose routes are not tuned."""
+
+    def pod_side(pod: IPRoute) -> None:
+        index = _index(ifname)
+        if index is None:
+            raise NetError(f"interface {ifname} is not in the pod")
+        _tune_nic(pod, index, ips, cfg, table=254)
+
+    _in_pod(netns, pod_side)
+
+
 def _copy_routes(pod: IPRoute, oif: int, table: int) -> list[Any]:
     """Copy the main table's routes through ``oif`` into ``table``; return the routes copied."""
     copied = []
