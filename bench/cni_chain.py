@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import secrets
 import statistics
 import subprocess
@@ -188,9 +189,27 @@ def main() -> None:
         timings: dict[str, list[float]] = json.loads((work / "out.json").read_text())
         return timings
 
+    def agent_seconds() -> dict[str, float]:
+        """node1's agent: total seconds and count of allocations and releases (to split the plugin's
+        time between the agent and the rest)."""
+        argv = lab.exec_argv("node1", ["curl", "-s", "http://127.0.0.1:5711/metrics"])
+        text = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+        out = {}
+        for what in ("allocation", "release"):
+            for part in ("sum", "count"):
+                m = re.search(rf"^spiderpool_ipam_{what}_duration_seconds_{part} ([0-9.e+-]+)$", text, re.M)
+                out[f"{what}_{part}"] = float(m.group(1)) if m else 0.0
+        return out
+
+    def agent_ms(before: dict[str, float], after: dict[str, float], what: str) -> float:
+        count = after[f"{what}_count"] - before[f"{what}_count"]
+        return round((after[f"{what}_sum"] - before[f"{what}_sum"]) / max(1.0, count) * 1000, 1)
+
     try:
         say(f"ADD: {n} samples of each chain, interleaved")
+        m0 = agent_seconds()
         adds = phase("add")
+        m1 = agent_seconds()
         say("deleting the pods, then DEL for every sandbox")
         lab.kubectl("delete", "pods", "--all", "-n", NS, "--grace-period=0", "--force", check=False)
         procs.wait_for(
@@ -198,7 +217,9 @@ def main() -> None:
             timeout=120,
             what="the pods gone",
         )
+        m2 = agent_seconds()
         dels = phase("del")
+        m3 = agent_seconds()
         left = [
             r
             for r in json.loads(lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
@@ -214,7 +235,11 @@ def main() -> None:
         demo.stop_spiderpool(lab, started)
 
     base = CHAINS[0]
-    result: dict[str, Any] = {"samples": n, "records_left_after_del": len(left)}
+    result: dict[str, Any] = {
+        "samples": n,
+        "records_left_after_del": len(left),
+        "agent_mean_ms": {"allocation": agent_ms(m0, m1, "allocation"), "release": agent_ms(m2, m3, "release")},
+    }
     for label in CHAINS:
         result[label] = {
             "add_ms": {"p50": round(pct(adds[label], 0.5) * 1000, 1), "p99": round(pct(adds[label], 0.99) * 1000, 1)},

@@ -49,6 +49,12 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3, 10),
 )
 
+RELEASE_LATENCY = Histogram(
+    "spiderpool_ipam_release_duration_seconds",
+    "Release latency at the agent",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3, 10),
+)
+
 RECORD, ENDPOINT = Kind.of(SpiderIPAllocation), Kind.of(SpiderEndpoint)
 
 MAX_TRIES_PER_POOL = 64
@@ -805,8 +811,9 @@ class Allocator:
     async def release(self, req: dict[str, Any]) -> dict[str, Any]:
         RELEASES.inc()
         ns, name, ifname = str(req.get("podNamespace", "")), str(req.get("podName", "")), str(req.get("ifName", ""))
-        async with self._pod_lock(f"{ns}/{name}"):
-            return await self._release(req, ns, name, ifname)
+        with RELEASE_LATENCY.time():
+            async with self._pod_lock(f"{ns}/{name}"):
+                return await self._release(req, ns, name, ifname)
 
     async def _release(self, req: dict[str, Any], ns: str, name: str, ifname: str) -> dict[str, Any]:
         uid = str(req.get("podUID") or "")
