@@ -26,16 +26,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spiderpool.api import crds  # noqa: E402
+from bench.common import lab_with_crds, say, wait_absent  # noqa: E402
+
 from spiderpool.lab import demo, procs, topology  # noqa: E402
 from spiderpool.lab.cluster import Lab  # noqa: E402
 
 NS = "bench-apps"
 POOL, SUBNET = "bench-manual", "bench-subnet"
-
-
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def get(lab: Lab, *args: str) -> Any:
@@ -127,11 +124,8 @@ def main() -> None:
     args = ap.parse_args()
     n = args.replicas
 
-    lab = Lab()
-    lab.up(nodes=2)
     say("installing CRDs, the CNI chain and spiderpool")
-    for text in crds.render_all().values():
-        lab.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=text)
+    lab = lab_with_crds()
     conflist = {
         "cniVersion": "0.3.1",
         "name": "macvlan-conf",
@@ -165,12 +159,7 @@ def main() -> None:
             "gateway": "172.18.0.1",
         },
     }
-    for kind, name in (("namespace", NS), ("spiderippool", POOL), ("spidersubnet", SUBNET)):
-        procs.wait_for(  # an earlier run's, still terminating
-            lambda kind=kind, name=name: lab.kubectl("get", kind, name, check=False).returncode != 0,
-            timeout=300,
-            what=f"{kind} {name} of an earlier run to go",
-        )
+    wait_absent(lab, ("namespace", NS), ("spiderippool", POOL), ("spidersubnet", SUBNET))
     rounds: list[dict[str, dict[str, float]]] = []
     try:
         for manifest in (subnet, pool):  # the webhook may need a moment after the controller starts

@@ -32,24 +32,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spiderpool.api import crds  # noqa: E402
+from bench.common import lab_with_crds, pct, say, wait_absent  # noqa: E402
+
 from spiderpool.lab import demo, netns, procs, topology  # noqa: E402
-from spiderpool.lab.cluster import Lab  # noqa: E402
 from spiderpool.lab.node import cni  # noqa: E402
 
 NS = "bench-chain"
 NODE = "bench-chain"  # pods bound to a node without a kubelet: only this script runs their sandboxes
 POOL = "bench-chain-pool"
 CHAINS = ("macvlan + host-local", "macvlan + spiderpool", "macvlan + spiderpool + veth")
-
-
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def chains(work: Path) -> dict[str, dict[str, Any]]:
@@ -117,18 +108,10 @@ def main() -> None:
         return
     n = args.samples
 
-    lab = Lab()
-    lab.up(nodes=2)
     say("installing CRDs and spiderpool")
-    for text in crds.render_all().values():
-        lab.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=text)
+    lab = lab_with_crds()
     started = demo.start_spiderpool(lab)
-    for kind, name in (("namespace", NS), ("spiderippool", POOL)):
-        procs.wait_for(  # an earlier run's, still terminating
-            lambda kind=kind, name=name: lab.kubectl("get", kind, name, check=False).returncode != 0,
-            timeout=300,
-            what=f"{kind} {name} of an earlier run to go",
-        )
+    wait_absent(lab, ("namespace", NS), ("spiderippool", POOL))
     pool = {
         "apiVersion": "spiderpool.spidernet.io/v2beta1",
         "kind": "SpiderIPPool",

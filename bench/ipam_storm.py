@@ -29,11 +29,10 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import lab_with_crds, pct, say, wait_absent  # noqa: E402
 from tests.stack import free_port, unix_request  # noqa: E402
 
-from spiderpool.api import crds  # noqa: E402
 from spiderpool.lab import build, paths, procs  # noqa: E402
-from spiderpool.lab.cluster import Lab  # noqa: E402
 
 T = TypeVar("T")
 
@@ -41,15 +40,6 @@ NS = "bench"
 POOL = "bench-pool"
 PLUGIN_POOL = "bench-plugin-pool"
 FIRST = ipaddress.ip_address("172.18.200.1")
-
-
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def metric_sum(text: str, name: str) -> float:
@@ -64,10 +54,7 @@ def main() -> None:
     ap.add_argument("--plugin-samples", type=int, default=100)
     args = ap.parse_args()
 
-    lab = Lab()
-    lab.up(nodes=2)
-    for text in crds.render_all().values():
-        lab.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=text)
+    lab = lab_with_crds()
     last = ipaddress.ip_address(int(FIRST) + args.ips - 1)
     pool = {
         "apiVersion": "spiderpool.spidernet.io/v2beta1",
@@ -85,12 +72,7 @@ def main() -> None:
     nodes = [f"bench-{i + 1}" for i in range(args.agents)]
     per_node = args.ips // args.agents
     say(f"creating {args.agents} nodes and {per_node * args.agents} pods")
-    # a previous run's namespace may still be terminating
-    procs.wait_for(
-        lambda: lab.kubectl("get", "namespace", NS, check=False).returncode != 0,
-        timeout=300,
-        what=f"namespace {NS} of an earlier run to go",
-    )
+    wait_absent(lab, ("namespace", NS))
     lab.kubectl("create", "namespace", NS)
     items: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in nodes]
     ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})}

@@ -25,6 +25,7 @@ from prometheus_client import Counter
 from spiderpool.api import annotations as ann
 from spiderpool.controller.admission import pool_sets
 from spiderpool.controller.cache import ObjectCache
+from spiderpool.controller.workqueue import BatchQueue
 from spiderpool.ipam import autopool as ap
 from spiderpool.ipam.ranges import IPSet, RangeError, cidr_label, parse_cidr
 from spiderpool.k8s.cache import WatchCache
@@ -49,8 +50,7 @@ class AppPoolReconciler:
         for c in self.apps.values():
             c.listeners.append(lambda kind, key, _obj: self.enqueue(kind, key))
         cache.listeners.append(self._on_pool_or_subnet)
-        self.pending: set[tuple[str, str]] = set()
-        self.wake = asyncio.Event()
+        self.queue = BatchQueue("auto-pool", BATCH_SECONDS, retry_on=(ApiError,), retry_pause=0.5)
         self._said: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # (app uid, reason) -> last message, for one event each
 
@@ -62,8 +62,7 @@ class AppPoolReconciler:
 
     # ------------------------------------------------------------ queue
     def enqueue(self, kind: str, key: str) -> None:
-        self.pending.add((kind, key))
-        self.wake.set()
+        self.queue.add((kind, key))
 
     def _owner(self, pool: dict[str, Any] | None) -> tuple[str, str] | None:
         """(kind, namespace/name) of the application an auto-pool belongs to."""
@@ -101,21 +100,7 @@ class AppPoolReconciler:
                 owner = self._owner(pool)
                 if owner:
                     self.enqueue(*owner)
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                await asyncio.sleep(BATCH_SECONDS)  # coalesce a burst of events into one pass
-                batch, self.pending = self.pending, set()
-                for kind, key in sorted(batch):
-                    try:
-                        await self.reconcile(kind, key)
-                    except ApiError as exc:
-                        log.warning("auto-pool reconcile failed app=%s/%s error=%s", kind, key, exc)
-                        self.pending.add((kind, key))
-                        self.wake.set()
-                        await asyncio.sleep(0.5)
-                    except Exception:
-                        log.exception("auto-pool reconcile crashed app=%s/%s", kind, key)
+            await self.queue.run(self.reconcile)
         finally:
             for t in tasks:
                 t.cancel()

@@ -13,7 +13,6 @@ one object costs one status write.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -25,6 +24,7 @@ from prometheus_client import Counter
 from spiderpool.api import constants as c
 from spiderpool.controller.admission import pool_sets
 from spiderpool.controller.cache import ObjectCache
+from spiderpool.controller.workqueue import BatchQueue
 from spiderpool.ipam.autopool import L_APP_GV, L_APP_KIND, L_APP_NAME, L_APP_NAMESPACE
 from spiderpool.ipam.ranges import IPSet, RangeError, parse_cidr
 from spiderpool.k8s.resources import SpiderIPPool, SpiderSubnet
@@ -95,45 +95,35 @@ class StatusReconciler:
     def __init__(self, client: AsyncClient, cache: ObjectCache) -> None:
         self.client = client
         self.cache = cache
-        self.pending: set[tuple[str, str]] = set()
-        self.wake = asyncio.Event()
+        self.queue = BatchQueue("status", BATCH_SECONDS, retry_on=(ApiError,))
         cache.listeners.append(self.enqueue)
 
     def enqueue(self, kind: str, name: str) -> None:
-        self.pending.add((kind, name))
+        self.queue.add((kind, name))
         if kind == "SpiderIPPool":
             # a pool change moves its subnet's ledger
             pool = self.cache.pools.get(name)
             cidr = _cidr(pool) if pool else None
             for sub_name, sub in self.cache.subnets.items():
                 if cidr is None or _cidr(sub) == cidr:
-                    self.pending.add(("SpiderSubnet", sub_name))
-        self.wake.set()
+                    self.queue.add(("SpiderSubnet", sub_name))
 
     async def run(self) -> None:
         for name in list(self.cache.pools):
             self.enqueue("SpiderIPPool", name)
         for name in list(self.cache.subnets):
             self.enqueue("SpiderSubnet", name)
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            await asyncio.sleep(BATCH_SECONDS)  # coalesce a burst of events into one pass
-            batch, self.pending = self.pending, set()
-            for kind, name in sorted(batch):
-                try:
-                    if kind == "SpiderIPPool":
-                        await self.reconcile_pool(name)
-                    else:
-                        await self.reconcile_subnet(name)
-                except ApiError as exc:
-                    if exc.status.code in (404,):
-                        continue
-                    log.warning("reconcile failed kind=%s name=%s error=%s", kind, name, exc)
-                    self.pending.add((kind, name))
-                    self.wake.set()
-                except Exception:
-                    log.exception("reconcile crashed kind=%s name=%s", kind, name)
+        await self.queue.run(self._reconcile)
+
+    async def _reconcile(self, kind: str, name: str) -> None:
+        try:
+            if kind == "SpiderIPPool":
+                await self.reconcile_pool(name)
+            else:
+                await self.reconcile_subnet(name)
+        except ApiError as exc:
+            if exc.status.code != 404:  # gone meanwhile: nothing to do
+                raise
 
     async def _finalize(self, res: Any, obj: dict[str, Any], releasable: bool) -> None:
         meta = obj["metadata"]

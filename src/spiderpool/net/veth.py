@@ -95,15 +95,6 @@ def _sysctl(key: str, value: int) -> None:
         f.write(str(value))
 
 
-def _index(name: str) -> int | None:
-    """The interface's index in the calling thread's namespace (an ioctl: no netlink decode)."""
-    return fastnl.index(name)
-
-
-def _mac(name: str) -> str:
-    return fastnl.hwaddr(name)
-
-
 def node_ips() -> list[str]:
     """The node's global addresses, except those of upstream's list of virtual interfaces."""
     out = []
@@ -152,9 +143,9 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
     host_name = host_veth_name(container_id)
     tmp = f"tmp{container_id[:11]}"
     with IPRoute() as host:
-        host_index = _index(host_name)
+        host_index = fastnl.index(host_name)
         # A pair's ends live and die together, so only a repeated ADD needs to look inside the pod.
-        if host_index is not None and not run_in_netns(netns, lambda: _index(POD_VETH) is not None):
+        if host_index is not None and not run_in_netns(netns, lambda: fastnl.index(POD_VETH) is not None):
             host.link("del", index=host_index)
             host_index = None
         if host_index is None:
@@ -165,24 +156,24 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
                 host.link("add", ifname=host_name, kind="veth", peer={"ifname": tmp, "net_ns_fd": fd})
             finally:
                 os.close(fd)
-            host_index = _index(host_name)
+            host_index = fastnl.index(host_name)
             assert host_index is not None
             host.link("set", index=host_index, mtu=cfg.veth_mtu)
         host.link("set", index=host_index, state="up")
-        host_mac = _mac(host_name)
+        host_mac = fastnl.hwaddr(host_name)
         nodes = node_ips()
 
         def pod_side(pod: IPRoute) -> str:
-            peer = _index(POD_VETH)
+            peer = fastnl.index(POD_VETH)
             if peer is None:
-                peer = _index(tmp)
+                peer = fastnl.index(tmp)
                 if peer is None:
                     raise NetError(f"the pod end of {host_name} did not arrive in {netns}")
                 pod.link("set", index=peer, ifname=POD_VETH, mtu=cfg.veth_mtu)
             pod.link("set", index=peer, state="up")
             if cfg.mac_prefix:
                 first = next((ip for ip in ips if ip.family == 4), ips[0] if ips else None)
-                eth = _index(first.interface) if first else None
+                eth = fastnl.index(first.interface) if first else None
                 if first and eth is not None:
                     pod.link("set", index=eth, state="down")
                     pod.link("set", index=eth, address=mac_for(cfg.mac_prefix, first.address))
@@ -215,14 +206,14 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
                 with _exists():
                     pod.addr("add", index=peer, address=cfg.veth_link_address, prefixlen=32)
             for name in sorted({ip.interface for ip in ips}):
-                nic = _index(name)
+                nic = fastnl.index(name)
                 if nic is not None:
                     _tune_nic(pod, nic, ips, cfg, table=254)
             if cfg.rp_filter is not None:
                 for scope in ("all", "default", POD_VETH, *{ip.interface for ip in ips}):
                     with contextlib.suppress(FileNotFoundError):
                         _sysctl(f"net.ipv4.conf.{scope}.rp_filter", cfg.rp_filter)
-            return _mac(POD_VETH)
+            return fastnl.hwaddr(POD_VETH)
 
         pod_mac = _in_pod(netns, pod_side)
         for family in (4, 6):
@@ -254,7 +245,7 @@ def _tune_nic(pod: IPRoute, index: int, ips: list[PodIP], cfg: VethConfig, table
     in ``table``."""
     if cfg.tx_queue_len:
         pod.link("set", index=index, txqlen=cfg.tx_queue_len)
-    families = {ip.family for ip in ips if index == _index(ip.interface)}
+    families = {ip.family for ip in ips if index == fastnl.index(ip.interface)}
     for dst, gw in cfg.policy_routes:
         net = ipaddress.ip_network(dst)
         if net.version not in families:
@@ -275,7 +266,7 @@ def tune_nic(netns: str, ifname: str, ips: list[PodIP], cfg: VethConfig) -> None
     """Only ``txQueueLen`` and ``policyRoutes`` (main table) for a NIC whose routes are not tuned."""
 
     def pod_side(pod: IPRoute) -> None:
-        index = _index(ifname)
+        index = fastnl.index(ifname)
         if index is None:
             raise NetError(f"interface {ifname} is not in the pod")
         _tune_nic(pod, index, ips, cfg, table=254)
@@ -311,7 +302,7 @@ def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int, cfg: 
     chosen by source address."""
 
     def pod_side(pod: IPRoute) -> None:
-        index = _index(ifname)
+        index = fastnl.index(ifname)
         if index is None:
             raise NetError(f"interface {ifname} is not in the pod")
         _copy_routes(pod, index, table)
@@ -331,7 +322,7 @@ def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int, cfg: 
 def teardown(container_id: str, host_rule_table: int) -> None:
     """Remove the host end (its routes and neighbours go with it); drop the shared rule with the last pod."""
     with IPRoute() as host:
-        index = _index(host_veth_name(container_id))
+        index = fastnl.index(host_veth_name(container_id))
         if index is not None:
             with _gone():
                 host.link("del", index=index)
@@ -356,9 +347,9 @@ def _has_rule(host: IPRoute, family: int, table: int) -> bool:
 
 def present(netns: str, container_id: str) -> bool:
     """Both ends of the pod's veth pair exist (for CHECK)."""
-    if _index(host_veth_name(container_id)) is None:
+    if fastnl.index(host_veth_name(container_id)) is None:
         return False
-    return run_in_netns(netns, lambda: _index(POD_VETH) is not None)
+    return run_in_netns(netns, lambda: fastnl.index(POD_VETH) is not None)
 
 
 def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, table: int, cfg: VethConfig) -> None:
@@ -367,7 +358,7 @@ def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, t
     podDefaultRouteNIC)."""
 
     def pod_side(pod: IPRoute) -> None:
-        index, old = _index(ifname), _index(previous)
+        index, old = fastnl.index(ifname), fastnl.index(previous)
         if index is None or old is None:
             raise NetError(f"interface {ifname if index is None else previous} is not in the pod")
         for route in _copy_routes(pod, old, table):
@@ -414,7 +405,7 @@ def dad_failed(netns: str, ifname: str) -> list[str]:
     the LAN has them); [] when the namespace or the NIC is gone."""
 
     def read(pod: IPRoute) -> list[str]:
-        index = _index(ifname)
+        index = fastnl.index(ifname)
         if index is None:
             return []
         return [ip for ip, flags in _v6_flags(pod, index).items() if flags & IFA_F_DADFAILED]
@@ -442,11 +433,11 @@ def detect(netns: str, ips: list[PodIP], cfg: VethConfig) -> tuple[str, str, str
 
     def probe(pod: IPRoute) -> tuple[str, str, str] | None:
         for ip in ips:
-            index = _index(ip.interface)
+            index = fastnl.index(ip.interface)
             if index is None:
                 continue
             pod.link("set", index=index, state="up")
-            mac = _mac(ip.interface)
+            mac = fastnl.hwaddr(ip.interface)
             if ip.family == 4:
                 if cfg.detect_ip_conflict:
                     other = arp.who_has(ip.interface, mac, ip.address)
