@@ -49,7 +49,7 @@ class Controllers:
                 "-m",
                 "spiderpool",
                 "controller",
-                f"--kubeconfig={self.lab.kubeconfig}",
+                f"--kubeconfig={self.lab.controller_kubeconfig}",
                 f"--identity={name}",
                 "--webhook-bind=127.0.0.1",
                 f"--webhook-port={self.webhook_port}",

@@ -10,7 +10,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from spiderpool.agent.ipam import Allocator, IPAMError
+from spiderpool.agent.errors import IPAMError
+from spiderpool.agent.ipam import Allocator
 from spiderpool.api.annotations import DEFAULT_ROUTE_NIC
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.net import veth, vethconf

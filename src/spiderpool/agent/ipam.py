@@ -19,19 +19,33 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 
+from spiderpool.agent.errors import USED_OUT, IPAMError, explain_api_error
 from spiderpool.api import annotations as ann
+from spiderpool.api.constants import LABEL_RECORD_POD_UID, LABEL_RECORD_POOL, name_label
 from spiderpool.api.v2beta1 import API_VERSION
-from spiderpool.ipam.allocate import FREE, MINE, OTHER, Walker, eligible_nodes, prefix_of, record_name, usable
+from spiderpool.ipam.allocate import (
+    FREE,
+    MINE,
+    OTHER,
+    Walker,
+    eligible_nodes,
+    held_back,
+    prefix_of,
+    record_name,
+    usable,
+)
 from spiderpool.ipam.autopool import APP_KINDS, L_APP_UID, App, owned_by
 from spiderpool.ipam.gc import statefulset_wants
 from spiderpool.ipam.ranges import IPSet
 from spiderpool.ipam.result import Assigned, routes_for
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
 from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.events import EventRecorder
 from spiderpool.k8s.resources import SpiderEndpoint, SpiderIPAllocation
-from spiderpool.k8s.rest import EVENT, JOB, NAMESPACE, NODE, POD, REPLICASET, STATEFULSET, ApiError, Kind, Rest
+from spiderpool.k8s.rest import JOB, NAMESPACE, NODE, POD, REPLICASET, STATEFULSET, ApiError, Kind, Rest
 from spiderpool.net import veth
 
 log = logging.getLogger(__name__)
@@ -62,14 +76,6 @@ MAX_TRIES_PER_POOL = 64
 ENDPOINT_WORKERS = 4
 #: how long an endpoint write may wait for a burst of allocations to pass
 ENDPOINT_MAX_DELAY = 5.0
-
-
-class IPAMError(Exception):
-    """An allocation error for the plugin: a CNI code, a message naming the pod, and a reason label."""
-
-    def __init__(self, code: int, msg: str, *, reason: str, details: str = "", http: int = 500) -> None:
-        super().__init__(msg)
-        self.code, self.msg, self.reason, self.details, self.http = code, msg, reason, details, http
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class Allocator:
     _endpoint_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self.recorder = EventRecorder(self.client, "spiderpool-agent", self.settings.node)
         self.records.listeners.append(self._on_record)
         self._walker = Walker(self.settings.node)
         self._top_owners: dict[str, tuple[str, str, str]] = {}
@@ -221,17 +228,20 @@ class Allocator:
                 obj = {"metadata": {"name": name}}
         return obj
 
-    def _reserved_sets(self) -> list[IPSet]:
-        out = []
-        for r in self.reserved.items.values():
+    def _reserved_by_name(self) -> dict[str, IPSet]:
+        out = {}
+        for name, r in self.reserved.items.items():
             spec = r.get("spec", {})
             ips = spec.get("ips") or []
             family = spec.get("ipVersion") or (6 if ips and ":" in str(ips[0]) else 4)
             try:
-                out.append(IPSet.parse(int(family), ips))
+                out[name] = IPSet.parse(int(family), ips)
             except ValueError:
                 continue
         return out
+
+    def _reserved_sets(self) -> list[IPSet]:
+        return list(self._reserved_by_name().values())
 
     def records_of(self, uid: str, ifname: str | None = None) -> list[dict[str, Any]]:
         out = []
@@ -253,11 +263,12 @@ class Allocator:
                 reply = await self._allocate(req, ns, name, ifname)
             LATENCY.observe(time.monotonic() - started)
             return reply
-        except IPAMError as err:
+        except (IPAMError, ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            err = _as_ipam_error(exc, f"pod {ns}/{name}", self.settings.node).prefixed()
             ALLOCATION_FAILURES.labels(err.reason).inc()
             if err.reason not in ("pod_gone",):
-                await self._event(ns, name, req.get("podUID", ""), "IPAllocationFailed", err.msg)
-            raise
+                await self._event(ns, name, str(req.get("podUID", "")), "IPAllocationFailed", err.msg)
+            raise err from None
         finally:
             self._allocating -= 1
             if not self._allocating:
@@ -280,6 +291,8 @@ class Allocator:
             pod_ann = ann.parse_pod(pod.meta.get("annotations"))
         except ann.AnnotationError as exc:
             raise IPAMError(7, f"pod {ns}/{name}: {exc}", reason="bad_annotation", http=400) from None
+        for warning in pod_ann.warnings:  # upstream ignores unknown keys silently; we allocate, and say so
+            await self._event(ns, name, pod.uid, "UnknownAnnotationKey", warning)
 
         # What the pod already holds for this NIC (a repeated ADD, a new sandbox, an ADD whose reply was
         # lost, a StatefulSet pod re-created under its name) is returned, never allocated twice.
@@ -460,7 +473,8 @@ class Allocator:
         clean: bool,
     ) -> Assigned:
         reasons = [f"{n}: {r}" for n, r in rejected]
-        reserved = self._reserved_sets()
+        reserved_by_name = self._reserved_by_name()
+        reserved = list(reserved_by_name.values())
         for pool_name in pool_names:
             pool = self.pools.get(pool_name)
             if pool is None:
@@ -482,7 +496,10 @@ class Allocator:
                     self.inflight.discard(ip)
             if tries == 0 or all(str(ip) in self.used for ip in space):
                 # (all() stops at the first free address: it costs at most the number of used ones)
-                reasons.append(f"{pool_name}: all {space.count()} usable IPs are allocated (the pool is used up)")
+                reasons.append(
+                    f"{pool_name}: {USED_OUT}: all {space.count()} usable IPs are allocated (the pool is used up)"
+                    + held_back(pool, reserved_by_name)
+                )
             else:
                 reasons.append(f"{pool_name}: every free IP was taken concurrently; retry")
         who = f"pod {pod.meta['namespace']}/{pod.meta['name']}"
@@ -537,7 +554,7 @@ class Allocator:
             "kind": "SpiderIPAllocation",
             "metadata": {
                 "name": record_name(ip),
-                "labels": {"ipam.spidernet.io/ippool": pool, "ipam.spidernet.io/pod-uid": pod.uid},
+                "labels": {LABEL_RECORD_POOL: name_label(pool), LABEL_RECORD_POD_UID: pod.uid},
             },
             "spec": {
                 "ip": ip,
@@ -575,7 +592,7 @@ class Allocator:
         until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
         spec = {**record["spec"], "podUID": "", "quarantineUntil": until.strftime("%Y-%m-%dT%H:%M:%SZ")}
         spec["releaseReason"] = reason
-        labels = {**(record["metadata"].get("labels") or {}), "ipam.spidernet.io/pod-uid": ""}
+        labels = {**(record["metadata"].get("labels") or {}), LABEL_RECORD_POD_UID: ""}
         body = {**record, "metadata": {**record["metadata"], "labels": labels}, "spec": spec}
         API_WRITES.labels("update_record").inc()
         self.records.apply_local(await self.client.replace(RECORD, body))
@@ -629,7 +646,7 @@ class Allocator:
                 "node": self.settings.node,
                 "containerID": str(req.get("containerID", "")),
             }
-            labels = {**record["metadata"].get("labels", {}), "ipam.spidernet.io/pod-uid": pod.uid}
+            labels = {**record["metadata"].get("labels", {}), LABEL_RECORD_POD_UID: pod.uid}
             record["metadata"] = {**record["metadata"], "labels": labels}
             API_WRITES.labels("update_record").inc()
             updated = await self.client.replace(RECORD, record)
@@ -954,24 +971,21 @@ class Allocator:
 
     # -------------------------------------------------------------- events
     async def _event(self, ns: str, name: str, uid: str, reason: str, message: str) -> None:
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ev = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{name}.", "namespace": ns},
-            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid},
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning",
-            "source": {"component": "spiderpool-agent", "host": self.settings.node},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.client.create(EVENT, ev)
-        except ApiError as exc:
-            log.warning("event not recorded reason=%s error=%s", reason, exc)
+        involved = {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid}
+        await self.recorder.emit(involved, "Warning", reason, message)
+
+
+def _as_ipam_error(exc: Exception, who: str, node: str) -> IPAMError:
+    if isinstance(exc, IPAMError):
+        return exc
+    if isinstance(exc, ApiError):
+        return explain_api_error(exc, who)
+    return IPAMError(
+        11,
+        f"{who}: spiderpool-agent on node {node} cannot reach the Kubernetes API ({exc!r}); the runtime retries",
+        reason="api_unreachable",
+        http=503,
+    )
 
 
 def _reply(assigned: list[Assigned], routes: list[ann.Route], ifname: str) -> dict[str, Any]:

@@ -24,8 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spiderpool import logs
 from spiderpool.agent.coordinator import Coordinator
+from spiderpool.agent.errors import IPAMError
 from spiderpool.agent.install import install_plugins
-from spiderpool.agent.ipam import Allocator, IPAMError, Settings
+from spiderpool.agent.ipam import Allocator, Settings
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.resources import (
     SpiderCoordinator,

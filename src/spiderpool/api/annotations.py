@@ -6,10 +6,17 @@ Shapes follow upstream:
   (per NIC; either every item names its interface or none does, then order maps to eth0, net1, ...)
 - ``ipam.spidernet.io/routes``: ``[{"dst": "10.0.0.0/16", "gw": "192.168.1.1"}]``
 - namespace ``ipam.spidernet.io/default-ipv4-ippool`` / ``default-ipv6-ippool``: ``["a", "b"]``
+
+Keys inside these objects are matched the way upstream's Go decoder matches them: the exact
+spelling first, else ignoring case (``cleanGateway`` is ``cleangateway``, ``IPv4`` is ``ipv4``), so
+manifests written for upstream work unchanged. A key that matches nothing is ignored, as upstream
+ignores it, but not silently: it is returned in ``PodAnnotations.warnings`` (with the closest known
+key), and the agent posts it as a Warning event on the pod.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +71,8 @@ class PodAnnotations:
     #: the auto-pools the agent resolved those to (set by the agent, not parsed)
     auto_pools: tuple[PoolChoice, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    #: keys that matched nothing and were ignored: "annotation <key>: <where> has unknown key ..."
+    warnings: tuple[str, ...] = ()
 
 
 def _load(key: str, raw: str, example: str) -> Any:
@@ -84,15 +93,31 @@ def _names(key: str, value: Any, where: str, example: str) -> tuple[str, ...]:
 _IPPOOL_EXAMPLE = '{"ipv4": ["pool-v4"], "ipv6": ["pool-v6"]}'
 _IPPOOLS_EXAMPLE = '[{"interface": "eth0", "ipv4": ["pool-a"]}, {"interface": "net1", "ipv4": ["pool-b"]}]'
 _ROUTES_EXAMPLE = '[{"dst": "10.20.0.0/16", "gw": "172.18.0.1"}]'
-_KNOWN_ITEM_KEYS = {"interface", "ipv4", "ipv6", "cleangateway"}
+_KNOWN_ITEM_KEYS = ("interface", "ipv4", "ipv6", "cleangateway")
+_ROUTE_KEYS = ("dst", "gw")
 
 
-def _choice(key: str, item: Any, where: str, example: str) -> PoolChoice:
+def _fold(key: str, item: dict[str, Any], known: tuple[str, ...], where: str, warnings: list[str]) -> dict[str, Any]:
+    """The object with its keys spelled as ``known`` spells them, matched as Go's encoding/json does
+    (exact, else case-insensitive; a later key wins over an earlier one for the same field). Keys
+    that match nothing are left out, each with a warning naming the closest known key."""
+    out: dict[str, Any] = {}
+    folded = {k.casefold(): k for k in known}
+    for name, value in item.items():
+        canonical = name if name in known else folded.get(name.casefold())
+        if canonical is not None:
+            out[canonical] = value
+            continue
+        close = difflib.get_close_matches(name.casefold(), list(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+        warnings.append(f"annotation {key}: {where} has unknown key {name!r}, which is ignored{hint}")
+    return out
+
+
+def _choice(key: str, item: Any, where: str, example: str, warnings: list[str] | None = None) -> PoolChoice:
     if not isinstance(item, dict):
         raise AnnotationError(key, f"{where} must be an object", example)
-    unknown = set(item) - _KNOWN_ITEM_KEYS
-    if unknown:
-        raise AnnotationError(key, f"{where} has unknown key(s) {sorted(unknown)}", example)
+    item = _fold(key, item, _KNOWN_ITEM_KEYS, where, [] if warnings is None else warnings)
     iface = item.get("interface")
     if iface is not None and (not isinstance(iface, str) or not iface):
         raise AnnotationError(key, f"{where}.interface must be a non-empty string", example)
@@ -110,15 +135,15 @@ def _choice(key: str, item: Any, where: str, example: str) -> PoolChoice:
     return choice
 
 
-def parse_ippool(raw: str) -> PoolChoice:
-    return _choice(IPPOOL, _load(IPPOOL, raw, _IPPOOL_EXAMPLE), "the value", _IPPOOL_EXAMPLE)
+def parse_ippool(raw: str, warnings: list[str] | None = None) -> PoolChoice:
+    return _choice(IPPOOL, _load(IPPOOL, raw, _IPPOOL_EXAMPLE), "the value", _IPPOOL_EXAMPLE, warnings)
 
 
-def parse_ippools(raw: str) -> tuple[PoolChoice, ...]:
+def parse_ippools(raw: str, warnings: list[str] | None = None) -> tuple[PoolChoice, ...]:
     data = _load(IPPOOLS, raw, _IPPOOLS_EXAMPLE)
     if not isinstance(data, list) or not data:
         raise AnnotationError(IPPOOLS, "must be a non-empty list, one item per interface", _IPPOOLS_EXAMPLE)
-    items = tuple(_choice(IPPOOLS, item, f"item {i}", _IPPOOLS_EXAMPLE) for i, item in enumerate(data))
+    items = tuple(_choice(IPPOOLS, item, f"item {i}", _IPPOOLS_EXAMPLE, warnings) for i, item in enumerate(data))
     named = [c.interface is not None for c in items]
     if any(named) and not all(named):
         raise AnnotationError(
@@ -156,20 +181,20 @@ def _one_subnet(key: str, choice: PoolChoice, default_iface: str | None) -> Pool
     return PoolChoice(choice.interface or default_iface, choice.ipv4, choice.ipv6)
 
 
-def parse_subnet(raw: str) -> PoolChoice:
+def parse_subnet(raw: str, warnings: list[str] | None = None) -> PoolChoice:
     """``ipam.spidernet.io/subnet``: one NIC (``eth0`` unless it names one), one subnet per family."""
-    choice = _choice(SUBNET, _load(SUBNET, raw, _SUBNET_EXAMPLE), "the value", _SUBNET_EXAMPLE)
+    choice = _choice(SUBNET, _load(SUBNET, raw, _SUBNET_EXAMPLE), "the value", _SUBNET_EXAMPLE, warnings)
     return _one_subnet(SUBNET, choice, "eth0")
 
 
-def parse_subnets(raw: str) -> tuple[PoolChoice, ...]:
+def parse_subnets(raw: str, warnings: list[str] | None = None) -> tuple[PoolChoice, ...]:
     """``ipam.spidernet.io/subnets``: one item per NIC, each naming its interface."""
     data = _load(SUBNETS, raw, _SUBNETS_EXAMPLE)
     if not isinstance(data, list) or not data:
         raise AnnotationError(SUBNETS, "must be a non-empty list, one item per interface", _SUBNETS_EXAMPLE)
     items = []
     for i, item in enumerate(data):
-        choice = _choice(SUBNETS, item, f"item {i}", _SUBNETS_EXAMPLE)
+        choice = _choice(SUBNETS, item, f"item {i}", _SUBNETS_EXAMPLE, warnings)
         if choice.interface is None:
             raise AnnotationError(SUBNETS, f"item {i} must name its interface", _SUBNETS_EXAMPLE)
         items.append(_one_subnet(SUBNETS, choice, None))
@@ -206,14 +231,16 @@ def parse_reclaim(raw: str) -> bool:
     return text == "true"
 
 
-def parse_routes(raw: str) -> tuple[Route, ...]:
+def parse_routes(raw: str, warnings: list[str] | None = None) -> tuple[Route, ...]:
     data = _load(ROUTES, raw, _ROUTES_EXAMPLE)
     if not isinstance(data, list):
         raise AnnotationError(ROUTES, "must be a list of routes", _ROUTES_EXAMPLE)
     out = []
     for i, item in enumerate(data):
+        if isinstance(item, dict):
+            item = _fold(ROUTES, item, _ROUTE_KEYS, f"item {i}", [] if warnings is None else warnings)
         if not isinstance(item, dict) or set(item) != {"dst", "gw"}:
-            raise AnnotationError(ROUTES, f"item {i} must have exactly 'dst' and 'gw'", _ROUTES_EXAMPLE)
+            raise AnnotationError(ROUTES, f"item {i} must have both 'dst' and 'gw'", _ROUTES_EXAMPLE)
         try:
             dst = parse_cidr(str(item["dst"]), strict=False)
             gw = parse_ip(str(item["gw"]))
@@ -232,18 +259,20 @@ def parse_routes(raw: str) -> tuple[Route, ...]:
 def parse_pod(annotations: dict[str, str] | None) -> PodAnnotations:
     """All IPAM annotations of a pod; raises :class:`AnnotationError` on the first malformed one."""
     ann = annotations or {}
+    warnings: list[str] = []
     return PodAnnotations(
-        ippool=parse_ippool(ann[IPPOOL]) if IPPOOL in ann else None,
-        ippools=parse_ippools(ann[IPPOOLS]) if IPPOOLS in ann else (),
-        routes=parse_routes(ann[ROUTES]) if ROUTES in ann else (),
-        subnets=_subnets(ann),
+        ippool=parse_ippool(ann[IPPOOL], warnings) if IPPOOL in ann else None,
+        ippools=parse_ippools(ann[IPPOOLS], warnings) if IPPOOLS in ann else (),
+        routes=parse_routes(ann[ROUTES], warnings) if ROUTES in ann else (),
+        subnets=_subnets(ann, warnings),
+        warnings=tuple(warnings),
     )
 
 
-def _subnets(ann: dict[str, str]) -> tuple[PoolChoice, ...]:
+def _subnets(ann: dict[str, str], warnings: list[str]) -> tuple[PoolChoice, ...]:
     if SUBNETS in ann:  # upstream: subnets wins over subnet
-        return parse_subnets(ann[SUBNETS])
-    return (parse_subnet(ann[SUBNET]),) if SUBNET in ann else ()
+        return parse_subnets(ann[SUBNETS], warnings)
+    return (parse_subnet(ann[SUBNET], warnings),) if SUBNET in ann else ()
 
 
 def parse_namespace_defaults(annotations: dict[str, str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:

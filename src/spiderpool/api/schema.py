@@ -9,6 +9,7 @@ for the CRD manifests.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -17,20 +18,40 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 @dataclass(frozen=True)
 class Rule:
-    """A CEL ``x-kubernetes-validations`` entry."""
+    """A CEL ``x-kubernetes-validations`` entry. ``values`` are CEL expressions (strings) shown in
+    the message at its ``{}`` places (a ``messageExpression``); the apiserver itself reports a CEL
+    failure with the value's type only, so without them the user never sees what was wrong. The
+    plain ``message`` (``{}`` left out) stays for the apiserver to fall back on."""
 
     rule: str
     message: str
     field_path: str | None = None
     reason: str | None = None
+    values: tuple[str, ...] = ()
 
     def render(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rule": self.rule, "message": self.message}
+        full = self.message.replace("[", "").replace("]", "")
+        parts = full.split("{}")
+        if len(parts) != len(self.values) + 1:
+            raise ValueError(f"rule message {self.message!r} has {len(parts) - 1} places for {len(self.values)} values")
+        # The plain message is the template without its places (each written " {}") and without the
+        # text in [brackets] (which only reads well with the values).
+        plain = re.sub(r"\[[^\]]*\]", "", self.message).replace(" {}", "").replace("{}", "").strip()
+        out: dict[str, Any] = {"rule": self.rule, "message": plain}
+        if self.values:
+            pieces = [_cel_string(parts[0])]
+            for value, text in zip(self.values, parts[1:], strict=True):
+                pieces += [value, _cel_string(text)]
+            out["messageExpression"] = " + ".join(p for p in pieces if p != "''")
         if self.field_path:
             out["fieldPath"] = self.field_path
         if self.reason:
             out["reason"] = self.reason
         return out
+
+
+def _cel_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)

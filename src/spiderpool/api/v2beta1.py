@@ -21,7 +21,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 _IP_RANGE_RULE = Rule(
     "isIP(self) || (self.split('-').size() == 2 && isIP(self.split('-')[0]) && isIP(self.split('-')[1])"
     " && ip(self.split('-')[0]).family() == ip(self.split('-')[1]).family())",
-    "must be an IP address or a range 'first-last' of one family, e.g. 172.18.30.131-172.18.30.140",
+    "{} must be an IP address or a range 'first-last' of one family, e.g. 172.18.30.131-172.18.30.140",
+    values=("self",),
 )
 IPRanges = Annotated[
     list[str],
@@ -32,18 +33,25 @@ CIDR = Annotated[
     F(
         max_length=64,
         rules=(
-            Rule("isCIDR(self)", "must be a CIDR with a prefix length, e.g. 172.18.0.0/16"),
+            Rule("isCIDR(self)", "{} must be a CIDR with a prefix length, e.g. 172.18.0.0/16", values=("self",)),
             Rule(
                 "!isCIDR(self) || cidr(self) == cidr(self).masked()",
-                "must be a network address (host bits zero), e.g. 172.18.0.0/16 rather than 172.18.1.0/16",
+                "{} must be a network address (host bits zero)[: {} here]",
+                values=("self", "string(cidr(self).masked())"),
             ),
         ),
     ),
 ]
-IP = Annotated[str, F(max_length=64, rules=(Rule("isIP(self)", "must be an IP address, e.g. 172.18.0.1"),))]
+IP = Annotated[
+    str, F(max_length=64, rules=(Rule("isIP(self)", "{} must be an IP address, e.g. 172.18.0.1", values=("self",)),))
+]
 IPVersion = Annotated[int, F(enum=(4, 6), description="IP family: 4 or 6. Defaulted from subnet.")]
 Names = Annotated[list[str], F(max_items=256, items=F(max_length=253))]
-_IMMUTABLE = Rule("self == oldSelf", "is immutable: delete and re-create the object to change it")
+_IMMUTABLE = Rule(
+    "self == oldSelf",
+    "is immutable[ (it was {}, now {})]: delete and re-create the object to change it",
+    values=("string(oldSelf)", "string(self)"),
+)
 
 
 @dataclass
@@ -76,7 +84,7 @@ class Route:
         F(
             max_length=64,
             rules=(
-                Rule("isCIDR(self)", "must be a destination CIDR, e.g. 10.10.0.0/16"),
+                Rule("isCIDR(self)", "{} must be a destination CIDR, e.g. 10.10.0.0/16", values=("self",)),
                 Rule(
                     "!isCIDR(self) || cidr(self).prefixLength() != 0",
                     "a default route is not allowed in routes: set the gateway field instead",
@@ -91,41 +99,56 @@ Routes = Annotated[
     list[Route],
     F(
         max_items=64,
-        rules=(Rule("self.all(r, self.exists_one(o, o.dst == r.dst))", "must not repeat a dst: one route per dst"),),
+        rules=(
+            Rule(
+                "self.all(r, self.exists_one(o, o.dst == r.dst))",
+                "must not repeat a dst[ (such as {})]: one route per dst",
+                values=("self.filter(r, !self.exists_one(o, o.dst == r.dst))[0].dst",),
+            ),
+        ),
     ),
 ]
 
 
 def _family_rules(kind: str) -> tuple[Rule, ...]:
     """Rules tying ipVersion, gateway, ips and routes to the subnet (IPPool and Subnet share them)."""
-    inside = "!isCIDR(self.subnet) || self.{f}.all(r, r.split('-').all(a, !isIP(a) || cidr(self.subnet).containsIP(a)))"
+    outside = "!r.split('-').all(a, !isIP(a) || cidr(self.subnet).containsIP(a))"
+    inside = "!isCIDR(self.subnet) || !self.{f}.exists(r, " + outside + ")"
     return (
         Rule(
             "!has(self.ipVersion) || !isCIDR(self.subnet) || cidr(self.subnet).ip().family() == self.ipVersion",
-            f"{kind}: spec.ipVersion does not match the family of spec.subnet; fix ipVersion or omit it",
+            f"{kind}: spec.ipVersion {{}} does not match the family of spec.subnet {{}}; fix ipVersion or omit it",
             field_path=".ipVersion",
+            values=("string(self.ipVersion)", "self.subnet"),
         ),
         Rule(
             "!has(self.gateway) || !isCIDR(self.subnet) || !isIP(self.gateway)"
             " || cidr(self.subnet).containsIP(self.gateway)",
-            f"{kind}: spec.gateway is outside spec.subnet; use an address inside the subnet",
+            f"{kind}: spec.gateway {{}} is outside spec.subnet {{}}; use an address inside the subnet",
             field_path=".gateway",
+            values=("self.gateway", "self.subnet"),
         ),
         Rule(
             "!has(self.ips) || " + inside.format(f="ips"),
-            f"{kind}: spec.ips has addresses outside spec.subnet; keep every range inside the subnet",
+            f"{kind}: spec.ips has addresses outside spec.subnet {{}}[ (such as {{}})]; keep every range inside"
+            " the subnet",
             field_path=".ips",
+            values=("self.subnet", f"self.ips.filter(r, {outside})[0]"),
         ),
         Rule(
             "!has(self.excludeIPs) || " + inside.format(f="excludeIPs"),
-            f"{kind}: spec.excludeIPs has addresses outside spec.subnet; keep every range inside the subnet",
+            f"{kind}: spec.excludeIPs has addresses outside spec.subnet {{}}[ (such as {{}})]; keep every range"
+            " inside the subnet",
             field_path=".excludeIPs",
+            values=("self.subnet", f"self.excludeIPs.filter(r, {outside})[0]"),
         ),
         Rule(
             "!has(self.routes) || !isCIDR(self.subnet) ||"
             " self.routes.all(r, !isIP(r.gw) || cidr(self.subnet).containsIP(r.gw))",
-            f"{kind}: a route gw is outside spec.subnet; routes must go via a next hop inside the subnet",
+            f"{kind}: a route gw is outside spec.subnet {{}}[ (gw {{}})]; routes must go via a next hop inside"
+            " the subnet",
             field_path=".routes",
+            values=("self.subnet", "self.routes.filter(r, isIP(r.gw) && !cidr(self.subnet).containsIP(r.gw))[0].gw"),
         ),
     )
 
@@ -202,8 +225,12 @@ class ReservedIPSpec:
         Rule(
             "!has(self.ipVersion) ||"
             " self.ips.all(r, r.split('-').all(a, !isIP(a) || ip(a).family() == self.ipVersion))",
-            "SpiderReservedIP: spec.ips must all be of the family given by spec.ipVersion",
+            "SpiderReservedIP: spec.ips must all be of the family given by spec.ipVersion {}[ (not {})]",
             field_path=".ips",
+            values=(
+                "string(self.ipVersion)",
+                "self.ips.filter(r, !r.split('-').all(a, !isIP(a) || ip(a).family() == self.ipVersion))[0]",
+            ),
         ),
         Rule(
             "!isIP(self.ips[0].split('-')[0]) || self.ips.all(r, r.split('-').all(a, !isIP(a)"
@@ -281,7 +308,9 @@ class IPAllocationSpec:
 
 
 # ------------------------------------------------------------- Coordinator
-_CIDR_OR_IP = Rule("isCIDR(self) || isIP(self)", "must be a CIDR or an IP address, e.g. 169.254.0.0/16")
+_CIDR_OR_IP = Rule(
+    "isCIDR(self) || isIP(self)", "{} must be a CIDR or an IP address, e.g. 169.254.0.0/16", values=("self",)
+)
 
 
 @dataclass
@@ -331,7 +360,8 @@ class CoordinatorSpec:
                 rules=(
                     Rule(
                         "!(self in [253, 254, 255])",
-                        "must not be a kernel table (253 default, 254 main, 255 local); e.g. 500",
+                        "must not be a kernel table (253 default, 254 main, 255 local)[, as {} is]; e.g. 500",
+                        values=("string(self)",),
                     ),
                 ),
             ),
@@ -348,7 +378,8 @@ class CoordinatorSpec:
                 rules=(
                     Rule(
                         "self == '' || (isIP(self) && ip(self).family() == 4 && ip(self).isLinkLocalUnicast())",
-                        "must be an IPv4 link-local address (169.254.0.0/16) or empty",
+                        "{} must be an IPv4 link-local address (169.254.0.0/16) or empty",
+                        values=("self",),
                     ),
                 ),
             ),

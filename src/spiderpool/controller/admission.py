@@ -18,6 +18,7 @@ from typing import Any
 
 from spiderpool.api import constants as c
 from spiderpool.api.v2beta1 import API_VERSION
+from spiderpool.ipam.autopool import owner_of
 from spiderpool.ipam.ranges import IPSet, RangeError, cidr_label, parse_cidr, parse_ip, parse_range
 
 Obj = dict[str, Any]
@@ -37,6 +38,9 @@ class Snapshot:
 class Settings:
     enable_ipv4: bool = True
     enable_ipv6: bool = True
+    #: the users spiderpool-controller writes as (its own identity): the only ones that may change an
+    #: auto-pool's addressing. Empty: not known, so nobody is refused.
+    controller_users: frozenset[str] = frozenset()
 
 
 # ------------------------------------------------------------------ helpers
@@ -152,7 +156,7 @@ def mutate(kind: str, obj: Obj, snapshot: Snapshot) -> Obj:
     if kind == "SpiderIPPool":
         owner = _owning_subnet(spec, snapshot)
         if owner is not None:
-            _link_to_subnet(out, spec, owner)
+            link_to_subnet(out, spec, owner)
     elif kind == "SpiderReservedIP":
         ips = spec.get("ips")
         if isinstance(ips, list) and ips:
@@ -184,10 +188,10 @@ def _as_cidr(text: str) -> str:
         return text
 
 
-def _link_to_subnet(pool: Obj, spec: Obj, subnet: Obj) -> None:
+def link_to_subnet(pool: Obj, spec: Obj, subnet: Obj) -> None:
     meta = pool["metadata"]
     sub_name = _name(subnet)
-    meta.setdefault("labels", {})[c.LABEL_OWNER_SUBNET] = sub_name
+    meta.setdefault("labels", {})[c.LABEL_OWNER_SUBNET] = c.name_label(sub_name)
     uid = subnet.get("metadata", {}).get("uid")
     if uid:
         refs = [r for r in meta.get("ownerReferences", []) if r.get("kind") != "SpiderSubnet"]
@@ -211,15 +215,25 @@ def _link_to_subnet(pool: Obj, spec: Obj, subnet: Obj) -> None:
 
 
 # ----------------------------------------------------------------- validate
-def validate(kind: str, operation: str, obj: Obj, old: Obj | None, snapshot: Snapshot, settings: Settings) -> list[str]:
-    """Errors as ``"<field>: <problem>; <fix>"``; empty when the object is acceptable."""
+def validate(
+    kind: str,
+    operation: str,
+    obj: Obj,
+    old: Obj | None,
+    snapshot: Snapshot,
+    settings: Settings,
+    user: str = "",
+) -> list[str]:
+    """Errors as ``"<field>: <problem>; <fix>"``; empty when the object is acceptable. ``user`` is
+    who writes (the admission request's userInfo.username)."""
     if operation not in ("CREATE", "UPDATE"):
         return []
     if obj.get("metadata", {}).get("deletionTimestamp"):
         return []  # only finalizer removal is left to do; never block it
     spec = _spec(obj)
     if kind == "SpiderIPPool":
-        return _validate_pool(obj, spec, old, snapshot, settings)
+        hand_edit = _hand_edit_of_auto_pool(obj, old, settings, user)
+        return hand_edit or _validate_pool(obj, spec, old, snapshot, settings)
     if kind == "SpiderSubnet":
         return _validate_subnet(obj, spec, old, snapshot, settings)
     if kind == "SpiderReservedIP":
@@ -227,6 +241,31 @@ def validate(kind: str, operation: str, obj: Obj, old: Obj | None, snapshot: Sna
     if kind == "SpiderMultusConfig":
         return _validate_multus(spec)
     return []
+
+
+#: what spiderpool-controller decides for an auto-pool (it sizes and places it for the application)
+_AUTO_POOL_FIELDS = ("ips", "excludeIPs", "subnet", "podAffinity")
+
+
+def _hand_edit_of_auto_pool(obj: Obj, old: Obj | None, settings: Settings, user: str) -> list[str]:
+    """An auto-pool's addresses belong to spiderpool-controller: anyone else changing them would
+    shrink the application's pool under its pods, and the controller would undo it (upstream refuses
+    it too)."""
+    if old is None or not settings.controller_users or user in settings.controller_users:
+        return []
+    owner = owner_of(old)
+    if owner is None:
+        return []
+    changed = [f for f in _AUTO_POOL_FIELDS if _spec(obj).get(f) != _spec(old).get(f)]
+    if not changed:
+        return []
+    kind, ns, name = owner
+    return [
+        f"spec.{changed[0]}: SpiderIPPool {_name(obj)!r} is the auto-pool of {kind} {ns}/{name}, and"
+        " spiderpool-controller sizes it to the application, so its addresses cannot be edited by hand"
+        f" (by {user or 'an unknown user'}); change the application's replicas or its"
+        " ipam.spidernet.io/ippool-ip-number annotation instead, or give the application a pool of its own"
+    ]
 
 
 def _validate_family_enabled(version: Any, settings: Settings) -> list[str]:

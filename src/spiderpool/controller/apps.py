@@ -15,7 +15,6 @@ carved out of the SpiderSubnet its pod template names, sized to it, and deleted 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -23,14 +22,16 @@ from typing import Any
 from prometheus_client import Counter
 
 from spiderpool.api import annotations as ann
+from spiderpool.api.constants import name_label
 from spiderpool.controller.admission import pool_sets
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.workqueue import BatchQueue
 from spiderpool.ipam import autopool as ap
 from spiderpool.ipam.ranges import IPSet, RangeError, cidr_label, parse_cidr
 from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.events import EventRecorder
 from spiderpool.k8s.resources import SpiderIPPool, SpiderReservedIP
-from spiderpool.k8s.rest import EVENT, ApiError, Kind, Rest
+from spiderpool.k8s.rest import ApiError, Kind, Rest
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class AppPoolReconciler:
         for c in self.apps.values():
             c.listeners.append(lambda kind, key, _obj: self.enqueue(kind, key))
         cache.listeners.append(self._on_pool_or_subnet)
+        # Reserved IPs come and go rarely: every application is sized again (a pool waiting for
+        # addresses gets them as soon as a reservation that held them goes).
+        self.reserved.listeners.append(lambda *_: self._enqueue_all())
+        self.recorder = EventRecorder(rest, "spiderpool-controller")
         self.queue = BatchQueue("auto-pool", BATCH_SECONDS, retry_on=(ApiError,), retry_pause=0.5)
         self._said: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # (app uid, reason) -> last message, for one event each
@@ -66,11 +71,10 @@ class AppPoolReconciler:
 
     def _owner(self, pool: dict[str, Any] | None) -> tuple[str, str] | None:
         """(kind, namespace/name) of the application an auto-pool belongs to."""
-        labels = (pool or {}).get("metadata", {}).get("labels") or {}
-        kind = labels.get(ap.L_APP_KIND)
-        if kind not in self.apps:
+        owner = ap.owner_of(pool or {})
+        if owner is None or owner[0] not in self.apps:
             return None
-        return str(kind), f"{labels.get(ap.L_APP_NAMESPACE)}/{labels.get(ap.L_APP_NAME)}"
+        return owner[0], f"{owner[1]}/{owner[2]}"
 
     def _on_pool_or_subnet(self, kind: str, name: str) -> None:
         if kind == "SpiderIPPool":  # also relayed for its allocation records
@@ -78,9 +82,12 @@ class AppPoolReconciler:
             if owner:
                 self.enqueue(*owner)
         elif kind == "SpiderSubnet":  # rare: look at every application again
-            for app_kind, c in self.apps.items():
-                for key in c.items:
-                    self.enqueue(app_kind, key)
+            self._enqueue_all()
+
+    def _enqueue_all(self) -> None:
+        for app_kind, c in self.apps.items():
+            for key in c.items:
+                self.enqueue(app_kind, key)
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(c.run()) for c in (*self.apps.values(), self.reserved)]
@@ -134,6 +141,8 @@ class AppPoolReconciler:
 
     def _subnets_of(self, app: ap.App, template: dict[str, str]) -> tuple[ann.PoolChoice, ...]:
         parsed = ann.parse_pod(template)
+        for warning in parsed.warnings:
+            self._later(self._event(app, "UnknownAnnotationKey", f"the pod template's {warning}"))
         if parsed.subnets:
             if parsed.ippool is not None or parsed.ippools:
                 self._later(
@@ -184,11 +193,11 @@ class AppPoolReconciler:
             pool = next((p for p in mine if _label(p, ap.L_RECLAIM) == "false"), None)
         if pool is not None and pool["metadata"].get("deletionTimestamp"):
             return  # wait for it to go; its deletion event brings us back
-        if pool is not None and _label(pool, ap.L_OWNER_SUBNET) != subnet_name:
+        if pool is not None and ap.subnet_of(pool) not in (subnet_name, name_label(subnet_name)):
             await self._event(
                 app,
                 "ApplicationSubnetChanged",
-                f"auto-pool {pool['metadata']['name']} comes from SpiderSubnet {_label(pool, ap.L_OWNER_SUBNET)}; "
+                f"auto-pool {pool['metadata']['name']} comes from SpiderSubnet {ap.subnet_of(pool)}; "
                 f"an application's subnet cannot change to {subnet_name}: delete and re-create the application",
             )
             return
@@ -212,6 +221,17 @@ class AppPoolReconciler:
                 spec[k] = subnet["spec"][k]
         labels = ap.pool_labels(app, subnet_name, iface, family, reclaim, cidr_label(cidr))
         annotations = {ap.A_DESIRED: str(size)}
+        if pool is None and not plan.ips.count():
+            # Upstream makes no empty pool either: there is nothing to hand out. The application is
+            # looked at again when the subnet, a reservation or another pool changes.
+            await self._event(
+                app,
+                "SubnetExhausted",
+                f"SpiderSubnet {subnet_name} has no free IP for the auto-pool of {iface} (IPv{family}): "
+                + self._why_no_free(offered, taken, family)
+                + "; the pool is created as soon as IPs are free. Add IPs to the subnet or free some.",
+            )
+            return
         if pool is None:
             body = {
                 "apiVersion": POOL.api_version,
@@ -297,35 +317,33 @@ class AppPoolReconciler:
             out = out.union(_ips(r, family))
         return out
 
+    def _why_no_free(self, offered: IPSet, taken: IPSet, family: int) -> str:
+        """Where a subnet's IPs went: other pools, and which SpiderReservedIPs."""
+        parts = [f"{offered.intersection(taken).count()} of its {offered.count()} usable IPs belong to other pools"]
+        rest = offered.difference(taken)
+        for name in sorted(self.reserved.items):
+            held = rest.intersection(_ips(self.reserved.items[name], family))
+            if held.count():
+                parts.append(
+                    f"{held.count()} are reserved by SpiderReservedIP {name} ({', '.join(held.to_ranges()[:3])})"
+                )
+                rest = rest.difference(held)
+        return ", ".join(parts)
+
     async def _event(self, app: ap.App, reason: str, message: str, *, warning: bool = True) -> None:
+        # A reconcile runs again on every change to the application's pools: say a thing once.
         if self._said.get((app.uid, reason)) == message:
             return
         self._said[(app.uid, reason)] = message
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{app.name}.", "namespace": app.namespace},
-            "involvedObject": {
-                "apiVersion": f"{app.group}/{app.version}",
-                "kind": app.kind,
-                "namespace": app.namespace,
-                "name": app.name,
-                "uid": app.uid,
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": "spiderpool-controller"},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+        involved = {
+            "apiVersion": f"{app.group}/{app.version}",
+            "kind": app.kind,
+            "namespace": app.namespace,
+            "name": app.name,
+            "uid": app.uid,
         }
         log.info("event app=%s reason=%s message=%s", app.describe(), reason, message)
-        try:
-            await self.rest.create(EVENT, event)
-        except ApiError as exc:
-            log.warning("event not recorded reason=%s error=%s", reason, exc)
+        await self.recorder.emit(involved, "Warning" if warning else "Normal", reason, message)
 
 
 def _label(pool: dict[str, Any], key: str) -> str | None:

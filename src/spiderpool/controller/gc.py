@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from spiderpool.api.constants import LABEL_RECORD_POD_UID
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.ipam import gc
 from spiderpool.k8s.cache import WatchCache
@@ -111,7 +112,7 @@ class GarbageCollector:
             until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.settings.quarantine)
             updated = {
                 **record,
-                "metadata": {**meta, "labels": {**(meta.get("labels") or {}), "ipam.spidernet.io/pod-uid": ""}},
+                "metadata": {**meta, "labels": {**(meta.get("labels") or {}), LABEL_RECORD_POD_UID: ""}},
                 "spec": {
                     **spec,
                     "podUID": "",

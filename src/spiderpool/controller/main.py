@@ -14,8 +14,10 @@ import os
 import signal
 import socket
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -28,7 +30,7 @@ from spiderpool.controller.leader import LeaderElector
 from spiderpool.controller.status import StatusReconciler
 from spiderpool.ipam import gc
 from spiderpool.k8s.client import async_client
-from spiderpool.k8s.rest import Rest
+from spiderpool.k8s.rest import ApiError, Rest
 
 log = logging.getLogger("spiderpool.controller")
 
@@ -84,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="extra seconds after a terminating pod's deletion time before its stopped containers free its IPs",
     )
+    p.add_argument(
+        "--controller-user",
+        action="append",
+        default=[],
+        help="user name(s) this controller writes as (default: asked of the apiserver); only they may"
+        " change an auto-pool's IPs",
+    )
     p.add_argument("--log-level", default=None)
     return p.parse_args(argv)
 
@@ -123,6 +132,19 @@ class Controller:
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _own_users(self) -> frozenset[str]:
+        """Who this controller writes as: the webhook lets only that user change an auto-pool's IPs."""
+        if self.args.controller_user:
+            return frozenset(self.args.controller_user)
+        try:
+            user = await self.rest.whoami()
+        except (ApiError, OSError, aiohttp.ClientError) as exc:
+            user = ""
+            log.warning("cannot tell this controller's user; auto-pools are not protected error=%s", exc)
+        if user:
+            log.info("writing as user=%s (only it may change auto-pools' IPs)", user)
+        return frozenset([user]) if user else frozenset()
 
     async def leading(self) -> None:
         status = StatusReconciler(self.client, self.cache)
@@ -164,6 +186,7 @@ class Controller:
         crt, key = cert.write(cert_dir)
         cache_task = asyncio.create_task(self.cache.run())
 
+        self.settings = replace(self.settings, controller_users=await self._own_users())
         hook = web.Application()
         hook.add_routes(webhook.Webhook(self.cache, self.settings).routes())
         runner = web.AppRunner(hook, access_log=None)

@@ -13,6 +13,7 @@ one object costs one status write.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from typing import Any
@@ -22,16 +23,19 @@ from lightkube.types import PatchType
 from prometheus_client import Counter
 
 from spiderpool.api import constants as c
-from spiderpool.controller.admission import pool_sets
+from spiderpool.controller.admission import link_to_subnet, pool_sets
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.workqueue import BatchQueue
-from spiderpool.ipam.autopool import L_APP_GV, L_APP_KIND, L_APP_NAME, L_APP_NAMESPACE
+from spiderpool.ipam.autopool import L_APP_GV, owner_of, subnet_of
 from spiderpool.ipam.ranges import IPSet, RangeError, parse_cidr
 from spiderpool.k8s.resources import SpiderIPPool, SpiderSubnet
 
 log = logging.getLogger(__name__)
 
 STATUS_WRITES = Counter("spiderpool_controller_status_writes_total", "Status updates written", ["kind"])
+ADOPTIONS = Counter(
+    "spiderpool_controller_subnet_adoptions_total", "Pools linked to their SpiderSubnet by the controller"
+)
 BATCH_SECONDS = 0.2
 
 
@@ -73,11 +77,10 @@ def subnet_status(subnet: dict[str, Any], pools: list[dict[str, Any]]) -> dict[s
         name = str(pool["metadata"]["name"])
         entry: dict[str, Any] = {"ips": mine.to_ranges()}
         labels = pool["metadata"].get("labels") or {}
-        if labels.get(L_APP_KIND):  # an auto-pool: whose it is, in upstream's form
-            entry["application"] = (
-                f"{labels.get(L_APP_GV, '')}_{labels[L_APP_KIND]}_{labels.get(L_APP_NAMESPACE, '')}"
-                f"_{labels.get(L_APP_NAME, '')}"
-            )
+        owner = owner_of(pool)
+        if owner is not None:  # an auto-pool: whose it is, in upstream's form
+            kind, app_ns, app_name = owner
+            entry["application"] = f"{labels.get(L_APP_GV, '')}_{kind}_{app_ns}_{app_name}"
         else:
             app = previous.get(name, {}).get("application") if isinstance(previous.get(name), dict) else None
             if app:
@@ -158,6 +161,36 @@ class StatusReconciler:
         pool = await self._write_status(SpiderIPPool, pool, pool_status(pool, allocated), "SpiderIPPool")
         await self._finalize(SpiderIPPool, pool, releasable=not allocated)
 
+    async def _adopt(self, subnet: dict[str, Any], pool: dict[str, Any]) -> None:
+        """A pool of the subnet's CIDR belongs to it (owner reference and label) and inherits its
+        gateway and routes, as the webhook does on a write: also for a pool made before the subnet,
+        or written while no webhook answered."""
+        if pool["metadata"].get("deletionTimestamp"):
+            return
+        linked = copy.deepcopy(pool)
+        link_to_subnet(linked, linked.setdefault("spec", {}), subnet)
+        meta, new_meta = pool["metadata"], linked["metadata"]
+        changes: dict[str, Any] = {}
+        if new_meta.get("labels") != meta.get("labels"):
+            changes["labels"] = new_meta["labels"]
+        if new_meta.get("ownerReferences") != meta.get("ownerReferences"):
+            changes["ownerReferences"] = new_meta["ownerReferences"]
+        spec = {k: linked["spec"][k] for k in ("gateway", "routes") if linked["spec"].get(k) != pool["spec"].get(k)}
+        if not changes and not spec:
+            return
+        patch: dict[str, Any] = {"metadata": {**changes, "resourceVersion": meta["resourceVersion"]}}
+        if spec:
+            patch["spec"] = spec
+        # (the resourceVersion makes it a compare-and-swap: a pool changed meanwhile is looked at again)
+        await self.client.patch(SpiderIPPool, meta["name"], patch, patch_type=PatchType.MERGE)
+        ADOPTIONS.inc()
+        log.info(
+            "pool adopted by its subnet pool=%s subnet=%s inherited=%s",
+            meta["name"],
+            subnet["metadata"]["name"],
+            ",".join(sorted(spec)) or "-",
+        )
+
     async def reconcile_subnet(self, name: str) -> None:
         subnet = self.cache.subnets.get(name)
         if subnet is None:
@@ -165,10 +198,13 @@ class StatusReconciler:
         cidr = _cidr(subnet)
         pools = [p for p in self.cache.pools.values() if cidr is not None and _cidr(p) == cidr]
         subnet = await self._write_status(SpiderSubnet, subnet, subnet_status(subnet, pools), "SpiderSubnet")
+        if not subnet["metadata"].get("deletionTimestamp"):
+            for pool in pools:
+                await self._adopt(subnet, pool)
         if subnet["metadata"].get("deletionTimestamp"):
             # Deleting a subnet deletes the pools it owns; each of them waits for its own IPs.
             for pool in pools:
-                owned = pool["metadata"].get("labels", {}).get(c.LABEL_OWNER_SUBNET) == name
+                owned = subnet_of(pool) == name
                 if owned and not pool["metadata"].get("deletionTimestamp"):
                     await self.client.delete(SpiderIPPool, pool["metadata"]["name"])
         await self._finalize(SpiderSubnet, subnet, releasable=not pools)

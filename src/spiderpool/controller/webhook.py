@@ -108,7 +108,8 @@ class Webhook:
                 out["patchType"] = "JSONPatch"
                 out["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
             return out
-        errors = admission.validate(kind, req.get("operation", ""), obj, old, snapshot, self.settings)
+        user = str((req.get("userInfo") or {}).get("username", ""))
+        errors = admission.validate(kind, req.get("operation", ""), obj, old, snapshot, self.settings, user)
         if not errors:
             return {"uid": uid, "allowed": True}
         name = obj.get("metadata", {}).get("name", "")

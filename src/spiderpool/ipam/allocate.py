@@ -43,6 +43,44 @@ def usable(pool: Mapping[str, Any], reserved: Iterable[IPSet] = ()) -> IPSet:
     return out
 
 
+def held_back(pool: Mapping[str, Any], reserved: Mapping[str, IPSet]) -> str:
+    """Why some of a pool's IPs can never be handed out, for an "used out" message: which
+    SpiderReservedIPs hold them, how many ``excludeIPs`` takes, and the gateway ("" if none)."""
+    spec = pool.get("spec", {})
+    try:
+        family = parse_cidr(str(spec["subnet"])).version
+        ips = IPSet.parse(family, spec.get("ips") or [])
+        rest = ips.difference(IPSet.parse(family, spec.get("excludeIPs") or []))
+    except (KeyError, RangeError):
+        return ""
+    parts: list[tuple[int, str]] = []
+    excluded = ips.count() - rest.count()
+    if excluded:
+        parts.append((excluded, f"{excluded} by its excludeIPs"))
+    for name in sorted(reserved):
+        taken = rest.intersection(reserved[name]) if reserved[name].family == family else IPSet(family)
+        if taken.count():
+            parts.append((taken.count(), f"{taken.count()} by SpiderReservedIP {name} ({_short(taken)})"))
+            rest = rest.difference(taken)
+    gw = spec.get("gateway")
+    if gw:
+        try:
+            g = int(parse_ip(str(gw)))
+            if rest.intersection(IPSet(family, [Interval(g, g)])).count():
+                parts.append((1, "1 is its gateway"))
+        except RangeError:
+            pass
+    if not parts:
+        return ""
+    held = sum(n for n, _ in parts)
+    return f"; of its {ips.count()} IPs, {held} are held back: " + ", ".join(text for _, text in parts)
+
+
+def _short(ips: IPSet, limit: int = 3) -> str:
+    ranges = ips.to_ranges()
+    return ", ".join(ranges[:limit]) + (f" and {len(ranges) - limit} more" if len(ranges) > limit else "")
+
+
 #: what ``held_by`` says about an address
 FREE, MINE, OTHER = 0, 1, 2
 #: new stretches tried by one request before a plain scan of everything that is left

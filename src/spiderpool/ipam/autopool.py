@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spiderpool.api.constants import name_label
 from spiderpool.ipam.ranges import Interval, IPSet
 
 #: kind -> (API group, version, plural)
@@ -77,19 +78,31 @@ class App:
         }
 
 
+#: the longest object name
+NAME_MAX = 253
+
+
 def pool_name(family: int, app: App, iface: str) -> str:
-    """Upstream's name: ``auto4-<app>-<nic>-<first 5 of the uid's last part>`` (max 253 characters)."""
+    """Upstream's name: ``auto4-<app>-<nic>-<first 5 of the uid's last part>``.
+
+    Upstream cuts the whole name at 253 characters, which for the longest application names cuts
+    off the NIC and the uid part, so two NICs (or two incarnations) of one application would get
+    the same name. Here the application's part is shortened instead."""
     suffix = app.uid.split("-")[-1][:5]
-    return f"auto{family}-{app.name.lower()}-{iface.lower()}-{suffix}"[:253]
+    head, tail = f"auto{family}-", f"-{iface.lower()}-{suffix}"
+    room = NAME_MAX - len(head) - len(tail)
+    return head + app.name.lower()[:room].rstrip("-.") + tail
 
 
 def pool_labels(app: App, subnet: str, iface: str, family: int, reclaim: bool, cidr_label: str) -> dict[str, str]:
+    """The auto-pool's labels. Names go through :func:`name_label` (a label value holds at most 63
+    characters; the full names are in the pool's podAffinity and owner reference)."""
     return {
-        L_OWNER_SUBNET: subnet,
+        L_OWNER_SUBNET: name_label(subnet),
         L_APP_GV: f"{app.group}_{app.version}",
         L_APP_KIND: app.kind,
         L_APP_NAMESPACE: app.namespace,
-        L_APP_NAME: app.name,
+        L_APP_NAME: name_label(app.name),
         L_APP_UID: app.uid,
         L_RECLAIM: "true" if reclaim else "false",
         L_INTERFACE: iface,
@@ -98,13 +111,42 @@ def pool_labels(app: App, subnet: str, iface: str, family: int, reclaim: bool, c
     }
 
 
+def is_auto_pool(pool: Mapping[str, Any]) -> bool:
+    """Whether spiderpool-controller made ``pool`` for an application (and so owns its IPs)."""
+    labels = pool.get("metadata", {}).get("labels") or {}
+    return bool(labels.get(L_APP_KIND)) and labels.get(L_APP_KIND) in APP_KINDS
+
+
+def owner_of(pool: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) of the application an auto-pool belongs to, with the full name: from
+    its podAffinity, which holds the name whatever its length (the label may be shortened)."""
+    if not is_auto_pool(pool):
+        return None
+    labels = pool.get("metadata", {}).get("labels") or {}
+    match = ((pool.get("spec") or {}).get("podAffinity") or {}).get("matchLabels") or {}
+    name = match.get(P_NAME) or labels.get(L_APP_NAME)
+    namespace = match.get(P_NAMESPACE) or labels.get(L_APP_NAMESPACE)
+    if not name or not namespace:
+        return None
+    return str(labels[L_APP_KIND]), str(namespace), str(name)
+
+
+def subnet_of(pool: Mapping[str, Any]) -> str | None:
+    """The SpiderSubnet a pool belongs to, by its full name: from the controller owner reference,
+    else from the label (which holds a shortened name when the name is long)."""
+    meta = pool.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "SpiderSubnet" and ref.get("controller"):
+            return str(ref.get("name"))
+    value = (meta.get("labels") or {}).get(L_OWNER_SUBNET)
+    return None if value is None else str(value)
+
+
 def owned_by(pool: Mapping[str, Any], app: App, iface: str | None = None, family: int | None = None) -> bool:
     """Whether ``pool`` is an auto-pool of the application kind/namespace/name (any incarnation)."""
     labels = pool.get("metadata", {}).get("labels") or {}
     return (
-        labels.get(L_APP_KIND) == app.kind
-        and labels.get(L_APP_NAMESPACE) == app.namespace
-        and labels.get(L_APP_NAME) == app.name
+        owner_of(pool) == (app.kind, app.namespace, app.name)
         and (iface is None or labels.get(L_INTERFACE) == iface)
         and (family is None or labels.get(L_IP_VERSION) == f"IPv{family}")
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spiderpool.api.annotations import PodAnnotations, PoolChoice
+from spiderpool.ipam.autopool import owner_of
 from spiderpool.ipam.ranges import RangeError, parse_cidr
 
 Pool = Mapping[str, Any]
@@ -128,7 +129,7 @@ def _sources(ctx: PodContext, ifname: str, netconf: NetconfDefaults) -> tuple[st
     return None
 
 
-def _reject_reason(pool: Pool | None, family: int, ctx: PodContext, ifname: str) -> str | None:
+def _reject_reason(name: str, pool: Pool | None, family: int, ctx: PodContext, ifname: str) -> str | None:
     if pool is None:
         return "no such SpiderIPPool"
     meta, spec = pool.get("metadata", {}), pool.get("spec", {})
@@ -139,10 +140,11 @@ def _reject_reason(pool: Pool | None, family: int, ctx: PodContext, ifname: str)
     if pool_family(pool) != family:
         return f"not an IPv{family} pool"
     nodes = spec.get("nodeName") or []
+    # (upstream's words first, for the scripts that grep them; then which rule and which node)
     if nodes and ctx.node not in nodes:
-        return f"nodeName does not include node {ctx.node}"
+        return f"unmatched Node name of IPPool {name}: its nodeName does not include node {ctx.node}"
     if not nodes and spec.get("nodeAffinity") and not matches(spec["nodeAffinity"], ctx.node_labels):
-        return f"nodeAffinity does not match node {ctx.node}"
+        return f"unmatched Node name of IPPool {name}: its nodeAffinity does not match node {ctx.node}"
     namespaces = spec.get("namespaceName") or []
     if namespaces and ctx.namespace not in namespaces:
         return f"namespaceName does not include namespace {ctx.namespace}"
@@ -153,6 +155,13 @@ def _reject_reason(pool: Pool | None, family: int, ctx: PodContext, ifname: str)
     ):
         return f"namespaceAffinity does not match namespace {ctx.namespace}"
     if spec.get("podAffinity") and not matches(spec["podAffinity"], ctx.labels):
+        owner = owner_of(pool)
+        if owner is not None:
+            kind, app_ns, app_name = owner
+            return (
+                f"it is the auto-pool of application {kind}/{app_ns}/{app_name}, and only that application's pods"
+                " may use it; give this pod a pool of its own, or a SpiderSubnet (ipam.spidernet.io/subnet)"
+            )
         return "podAffinity does not match the pod's labels"
     multus = spec.get("multusName") or []
     if multus:
@@ -206,7 +215,7 @@ def plan_nic(
         ok: list[str] = []
         rejected: list[tuple[str, str]] = []
         for name in names:
-            reason = _reject_reason(pools.get(name), family, ctx, ifname)
+            reason = _reject_reason(name, pools.get(name), family, ctx, ifname)
             if reason is None:
                 ok.append(name)
             else:

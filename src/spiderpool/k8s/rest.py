@@ -27,11 +27,13 @@ from spiderpool.k8s.client import load_config
 
 
 class ApiError(Exception):
-    """The apiserver refused a request: ``code`` is the HTTP status, ``reason`` its Status reason."""
+    """The apiserver refused a request: ``code`` is the HTTP status, ``reason`` its Status reason;
+    ``method`` and ``path`` say which request (when known)."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, *, method: str = "", path: str = "") -> None:
         super().__init__(f"{code} {reason}: {message}")
         self.code, self.reason, self.message = code, reason, message
+        self.method, self.path = method, path
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,9 @@ class Rest:
                     self._token = _read_token(self._token_file)  # rotated by the kubelet
                     continue
                 if resp.status >= 400:
-                    raise _error(resp.status, raw)
+                    error = _error(resp.status, raw)
+                    error.method, error.path = method, path
+                    raise error
                 return json.loads(raw) if raw else None
         raise AssertionError("unreachable")
 
@@ -149,6 +153,14 @@ class Rest:
         meta = obj["metadata"]
         path = kind.path(meta.get("namespace"), meta["name"]) + (f"/{subresource}" if subresource else "")
         return dict(await self.request("PUT", path, obj, params={"fieldManager": self.field_manager}))
+
+    async def patch(
+        self, kind: Kind, name: str, body: dict[str, Any], namespace: str | None = None, *, subresource: str = ""
+    ) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386)."""
+        path = kind.path(namespace, name) + (f"/{subresource}" if subresource else "")
+        params = {"fieldManager": self.field_manager}
+        return dict(await self.request("PATCH", path, body, params=params, content_type="application/merge-patch+json"))
 
     async def delete(self, kind: Kind, name: str, namespace: str | None = None, **params: str) -> None:
         await self.request("DELETE", kind.path(namespace, name), params=params or None)
@@ -202,6 +214,12 @@ class Rest:
                         code = int(status.get("code") or 500)
                         raise ApiError(code, str(status.get("reason")), str(status.get("message")))
                     yield str(event["type"]), event["object"]
+
+    async def whoami(self) -> str:
+        """The user name the apiserver knows these credentials by (a SelfSubjectReview)."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        answer = await self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+        return str(((answer or {}).get("status") or {}).get("userInfo", {}).get("username", ""))
 
     async def close(self) -> None:
         if self._session is not None:

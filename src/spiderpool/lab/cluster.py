@@ -99,6 +99,11 @@ class Lab:
     def kubeconfig(self) -> Path:
         return self.dir / "admin.kubeconfig"
 
+    @property
+    def controller_kubeconfig(self) -> Path:
+        """spiderpool-controller's own credentials (user ``spiderpool-controller``)."""
+        return self.dir / "spiderpool-controller.kubeconfig"
+
     def node(self, name: str) -> NodeInfo:
         index = int(name.removeprefix("node"))
         return NodeInfo(name, index, topology.node_netns(self.prefix, name), self.dir / "nodes" / name)
@@ -263,7 +268,7 @@ class Lab:
         self.pki.dir.mkdir(parents=True, exist_ok=True)
         pki.create(self.pki.dir, service_ip=topology.SERVICE_IP)
         api = int(ports["apiserver"])
-        for identity in ("admin", "controller-manager", "scheduler", "kube-proxy"):
+        for identity in ("admin", "controller-manager", "scheduler", "kube-proxy", "spiderpool-controller"):
             self._write_kubeconfig(self.dir / f"{identity}.kubeconfig", identity, api)
 
         if not self._running(state, "etcd"):

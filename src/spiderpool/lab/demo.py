@@ -294,7 +294,7 @@ def start_spiderpool(lab: Lab) -> list[str]:
                 "-m",
                 "spiderpool",
                 "controller",
-                f"--kubeconfig={lab.kubeconfig}",
+                f"--kubeconfig={lab.controller_kubeconfig}",
                 "--identity=demo",
                 "--webhook-bind=127.0.0.1",
                 f"--webhook-port={ports[0]}",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from spiderpool.certs import new_key, sign, write_cert, write_key, x509_name
@@ -33,6 +33,8 @@ CLIENT_IDENTITIES = (
     Identity("controller-manager", "system:kube-controller-manager"),
     Identity("scheduler", "system:kube-scheduler"),
     Identity("kube-proxy", "system:kube-proxy", "system:node-proxier"),
+    # its own user, so that the webhook can tell the controller's writes from an admin's
+    Identity("spiderpool-controller", "spiderpool-controller", "system:masters"),
 )
 
 
@@ -77,11 +79,15 @@ class Pki:
 def create(directory: Path, *, service_ip: str) -> Pki:
     """Create (or keep, if complete) the lab PKI in ``directory``."""
     pki = Pki(directory)
+    ca_name = x509_name("spiderpool-lab-ca")
     if pki.exists():
+        # A lab made by an older version may lack an identity added since: sign it with the same CA.
+        loaded = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        _client_certs(pki, ca_name, loaded, only_missing=True)
         return pki
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = new_key()
-    ca_name = x509_name("spiderpool-lab-ca")
     ca = sign(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, issuer_key=ca_key, ca=True)
     write_key(pki.ca_key, ca_key)
     write_cert(pki.ca_cert, ca)
@@ -107,7 +113,20 @@ def create(directory: Path, *, service_ip: str) -> Pki:
     write_key(pki.apiserver_key, server_key)
     write_cert(pki.apiserver_cert, server)
 
+    _client_certs(pki, ca_name, ca_key, only_missing=False)
+
+    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write_key(pki.sa_key, sa)
+    pki.sa_pub.write_bytes(
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return pki
+
+
+def _client_certs(pki: Pki, ca_name: x509.Name, ca_key: ec.EllipticCurvePrivateKey, *, only_missing: bool) -> None:
     for ident in CLIENT_IDENTITIES:
+        if only_missing and pki.client_cert(ident.name).exists():
+            continue
         key = new_key()
         cert = sign(
             subject=x509_name(ident.cn, ident.org),
@@ -118,10 +137,3 @@ def create(directory: Path, *, service_ip: str) -> Pki:
         )
         write_key(pki.client_key(ident.name), key)
         write_cert(pki.client_cert(ident.name), cert)
-
-    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    write_key(pki.sa_key, sa)
-    pki.sa_pub.write_bytes(
-        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return pki

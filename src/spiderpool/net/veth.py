@@ -297,6 +297,17 @@ def _copy_routes(pod: IPRoute, oif: int, table: int) -> list[Any]:
     return copied
 
 
+def _del_default(pod: IPRoute, route: Any, oif: int) -> None:
+    """Delete one default route through ``oif`` from the main table (as dumped: its gateway too)."""
+    family = route["family"]
+    default = "0.0.0.0" if family == socket.AF_INET else "::"
+    attrs: dict[str, Any] = {"dst": default, "dst_len": 0, "oif": oif, "family": family, "table": 254}
+    if route.get("RTA_GATEWAY"):
+        attrs["gateway"] = route.get("RTA_GATEWAY")
+    with _gone():
+        pod.route("del", **attrs)
+
+
 def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int, cfg: VethConfig) -> None:
     """Policy routing for a further NIC: its routes (and its ``policyRoutes``) in a table of its own,
     chosen by source address."""
@@ -305,7 +316,11 @@ def setup_extra_nic(netns: str, ifname: str, ips: list[PodIP], table: int, cfg: 
         index = fastnl.index(ifname)
         if index is None:
             raise NetError(f"interface {ifname} is not in the pod")
-        _copy_routes(pod, index, table)
+        for route in _copy_routes(pod, index, table):
+            if route["dst_len"] == 0:
+                # The main table's default route stays on the pod's default NIC (eth0, unless
+                # default-route-nic says otherwise): this NIC's default is in its own table only.
+                _del_default(pod, route, index)
         for ip in ips:
             full = 32 if ip.family == 4 else 128
             if ip.gateway:
@@ -363,8 +378,7 @@ def make_default_nic(netns: str, ifname: str, ips: list[PodIP], previous: str, t
             raise NetError(f"interface {ifname if index is None else previous} is not in the pod")
         for route in _copy_routes(pod, old, table):
             if route["dst_len"] == 0:  # the default route leaves the main table
-                with _gone():
-                    pod.route("del", dst=route.get("RTA_DST") or "0.0.0.0", dst_len=0, oif=old, family=route["family"])
+                _del_default(pod, route, old)
         for addr in pod.addr("dump", index=old):
             if addr["scope"] != 0:
                 continue
