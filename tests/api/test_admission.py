@@ -63,31 +63,41 @@ class Case:
 
 CASES = [
     # ------------------------------------------------------------- schema
-    Case("pool-subnet-not-cidr", pool("r01", "10.1.0.0"), "must be a CIDR with a prefix length", "schema"),
-    Case("pool-subnet-host-bits", pool("r02", "10.2.1.0/16"), "must be a network address (host bits zero)", "schema"),
+    Case("pool-subnet-not-cidr", pool("r01", "10.1.0.0"), "10.1.0.0 must be a CIDR with a prefix length", "schema"),
+    Case(
+        "pool-subnet-host-bits",
+        pool("r02", "10.2.1.0/16"),
+        "10.2.1.0/16 must be a network address (host bits zero)",
+        "schema",
+    ),
     Case(
         "pool-ips-malformed",
         pool("r03", "10.3.0.0/16", ips=["10.3.0.10-10.3.0"]),
-        "must be an IP address or a range 'first-last'",
+        "10.3.0.10-10.3.0 must be an IP address or a range 'first-last'",
         "schema",
     ),
     Case(
         "pool-ips-outside-subnet",
-        pool("r04", "10.4.0.0/16", ips=["10.5.0.1"]),
-        "spec.ips has addresses outside spec.subnet",
+        pool("r04", "10.4.0.0/16", ips=["10.4.0.1", "10.5.0.1"]),
+        "spec.ips has addresses outside spec.subnet 10.4.0.0/16 (such as 10.5.0.1)",
         "schema",
     ),
     Case(
         "pool-gateway-outside-subnet",
         pool("r05", "10.5.0.0/16", gateway="10.99.0.1"),
-        "spec.gateway is outside spec.subnet",
+        "spec.gateway 10.99.0.1 is outside spec.subnet 10.5.0.0/16",
         "schema",
     ),
-    Case("pool-gateway-not-ip", pool("r06", "10.6.0.0/16", gateway="10.6.0.x"), "must be an IP address", "schema"),
+    Case(
+        "pool-gateway-not-ip",
+        pool("r06", "10.6.0.0/16", gateway="10.6.0.x"),
+        "10.6.0.x must be an IP address",
+        "schema",
+    ),
     Case(
         "pool-version-mismatch",
         pool("r07", "10.7.0.0/16", ipVersion=6),
-        "spec.ipVersion does not match the family of spec.subnet",
+        "spec.ipVersion 6 does not match the family of spec.subnet 10.7.0.0/16",
         "schema",
     ),
     Case("pool-version-enum", pool("r08", "10.8.0.0/16", ipVersion=5), "Unsupported value: 5", "schema"),
@@ -100,7 +110,7 @@ CASES = [
     Case(
         "pool-route-gw-outside",
         pool("r10", "10.10.0.0/16", routes=[{"dst": "10.200.0.0/16", "gw": "10.11.0.1"}]),
-        "a route gw is outside spec.subnet",
+        "a route gw is outside spec.subnet 10.10.0.0/16",
         "schema",
     ),
     Case(
@@ -123,7 +133,7 @@ CASES = [
     Case(
         "subnet-exclude-outside",
         subnet("r14", "10.14.0.0/16", excludeIPs=["10.15.0.1"]),
-        "spec.excludeIPs has addresses outside spec.subnet",
+        "spec.excludeIPs has addresses outside spec.subnet 10.14.0.0/16 (such as 10.15.0.1)",
         "schema",
     ),
     Case("reserved-empty", reserved("r15", ips=[]), "should have at least 1 items", "schema"),
@@ -136,7 +146,7 @@ CASES = [
     Case(
         "reserved-version-mismatch",
         reserved("r17", ipVersion=6, ips=["10.17.0.1"]),
-        "must all be of the family given by spec.ipVersion",
+        "must all be of the family given by spec.ipVersion 6 (not 10.17.0.1)",
         "schema",
     ),
     Case("coordinator-mode", coordinator("r18", mode="fast"), 'Unsupported value: "fast"', "schema"),
@@ -145,7 +155,7 @@ CASES = [
     Case(
         "coordinator-veth-address",
         coordinator("r21", vethLinkAddress="10.0.0.1"),
-        "must be an IPv4 link-local address",
+        "10.0.0.1 must be an IPv4 link-local address",
         "schema",
     ),
     Case(
@@ -181,7 +191,7 @@ CASES = [
     Case(
         "pool-subnet-immutable",
         pool("r27", "10.28.0.0/16"),
-        "is immutable",
+        "is immutable (it was 10.27.0.0/16, now 10.28.0.0/16)",
         "schema",
         setup=[pool("r27", "10.27.0.0/16")],
     ),

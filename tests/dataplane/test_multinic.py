@@ -155,6 +155,50 @@ def test_replies_leave_by_the_nic_the_request_came_in_on(multus: Agents) -> None
         lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
 
 
+def test_a_second_nic_does_not_take_the_default_route(multus: Agents) -> None:
+    """Upstream's multi-NIC layout as its users write it: a NAD on the second underlay (macvlan on
+    eth1 + spiderpool + veth), ``ipam.spidernet.io/ippools`` in its order-based form and no
+    cleangateway. The main table's default route stays on eth0; net1's is in net1's table."""
+    lab = multus.lab
+    ns = "mn-order"
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("p-ord0", "172.18.0.0/16", ["172.18.89.1-172.18.89.9"]))
+    pool1 = pool_manifest("p-ord1", "172.19.0.0/16", ["172.19.89.1-172.19.89.9"], gateway="172.19.0.1")
+    lab.kubectl("apply", "-f", "-", input_text=pool1)
+    lab.kubectl("create", "namespace", ns)
+    try:
+        nad = json.loads(net1_nad())
+        nad["metadata"]["namespace"] = ns
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(nad))
+        body = _pod("ordered", {})
+        body["metadata"]["namespace"] = ns
+        body["metadata"]["annotations"]["ipam.spidernet.io/ippools"] = json.dumps(
+            [{"ipv4": ["p-ord0"]}, {"ipv4": ["p-ord1"]}]
+        )
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+        wait_running(lab, ns, "app=ordered", 1)
+        target = f"{ns}/ordered"
+        main = json.loads(in_netns(lab, target, "ip", "-j", "route").stdout)
+        assert [(r.get("gateway"), r["dev"]) for r in main if r["dst"] == "default"] == [("172.18.0.1", "eth0")], main
+        assert " dev eth0 " in in_netns(lab, target, "ip", "route", "get", "8.8.8.8").stdout
+        table = json.loads(in_netns(lab, target, "ip", "-j", "route", "show", "table", "101").stdout)
+        assert [(r.get("gateway"), r["dev"]) for r in table if r["dst"] == "default"] == [("172.19.0.1", "net1")]
+        links = json.loads(in_netns(lab, target, "ip", "-j", "addr", "show", "net1").stdout)
+        (ip1,) = [a["local"] for a in links[0]["addr_info"] if a["family"] == "inet"]
+        assert ip1.startswith("172.19.89.")
+        # a reply from net1's address still leaves by net1 (net1's table), to a client beyond its gateway
+        assert " dev net1 " in in_netns(lab, target, "ip", "route", "get", CLIENT1, "from", ip1).stdout
+        ping = in_netns(lab, target, "ping", "-c", "2", "-W", "2", "-I", ip1, CLIENT1)
+        assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+        ping = in_netns(lab, target, "ping", "-c", "2", "-W", "2", CLIENT0)  # the default route: eth0
+        assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+    finally:
+        lab.kubectl("delete", "namespace", ns, "--wait=false")
+    wait_gone(lab, ns, "app=ordered")
+    wait_no_records(lab, ns, timeout=120)
+    for pool in ("p-ord0", "p-ord1"):
+        lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
+
+
 def _nad(name: str, master: str, veth: dict[str, Any]) -> dict[str, Any]:
     return {
         "cniVersion": "0.3.1",

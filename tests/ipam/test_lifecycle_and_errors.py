@@ -95,13 +95,86 @@ def test_exhausted_pool_fails_the_pod_with_an_event(stack: Agents) -> None:
         waiting = next(p for p in pods(lab, "tiny", "app=big") if not p["status"].get("podIP"))
         messages = _events(lab, "tiny", waiting["metadata"]["name"], "IPAllocationFailed")
         assert all(f"pod tiny/{waiting['metadata']['name']}" in m for m in messages)
-        assert any("p-tiny: all 2 usable IPs are allocated (the pool is used up)" in m for m in messages), messages
+        # upstream's words first (scripts grep them), then ours
+        assert all(m.startswith("spiderpool IP allocation error: ") for m in messages), messages
+        assert any(
+            "p-tiny: all IP addresses used out: all 2 usable IPs are allocated (the pool is used up)" in m
+            for m in messages
+        ), messages
         sandbox = _events(lab, "tiny", waiting["metadata"]["name"], "FailedCreatePodSandBox")
         assert any("the pool is used up" in m for m in sandbox), "the runtime's event carries the plugin's message"
     finally:
         lab.kubectl("delete", "namespace", "tiny", "--wait=false")
     wait_no_records(lab, "tiny", timeout=120)
     lab.kubectl("delete", "spiderippool", "p-tiny", "--wait=true", "--timeout=60s")
+
+
+def test_messages_name_reserved_ips_node_rules_and_the_owning_application(stack: Agents) -> None:
+    """What a user reads when no IP comes: which SpiderReservedIP holds the pool's only address,
+    and upstream's "unmatched Node name" for a pool of another node."""
+    lab = stack.lab
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("p-rsv", "172.18.0.0/16", ["172.18.71.9"]))
+    lab.kubectl(
+        "apply", "-f", "-", input_text=pool_manifest("p-n1", "172.18.0.0/16", ["172.18.71.10"], nodeName=["node1"])
+    )
+    reserved = {
+        "apiVersion": "spiderpool.spidernet.io/v2beta1",
+        "kind": "SpiderReservedIP",
+        "metadata": {"name": "r-rsv"},
+        "spec": {"ips": ["172.18.71.9"]},
+    }
+    lab.kubectl("apply", "-f", "-", input_text=json.dumps(reserved))
+    lab.kubectl("create", "namespace", "msgs")
+    expected = {
+        "held": (
+            "p-rsv",
+            None,
+            "p-rsv: all IP addresses used out: all 0 usable IPs are allocated (the pool is used up); of its 1 IPs,"
+            " 1 is held back: 1 by SpiderReservedIP r-rsv (172.18.71.9)",
+        ),
+        "elsewhere": (
+            "p-n1",
+            "node2",
+            "p-n1: unmatched Node name of IPPool p-n1: its nodeName does not include node node2",
+        ),
+    }
+    try:
+        for name, (pool, node, _) in expected.items():
+            spec: dict[str, Any] = {"containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
+            if node:
+                spec["nodeName"] = node
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": "msgs",
+                    "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [pool]})},
+                },
+                "spec": spec,
+            }
+            lab.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+
+        def reported() -> bool:
+            return all(
+                any(
+                    m.startswith("spiderpool IP allocation error: ") and text in m
+                    for m in _events(lab, "msgs", name, "IPAllocationFailed")
+                )
+                for name, (_, _, text) in expected.items()
+            )
+
+        procs.wait_for(
+            reported,
+            timeout=90,
+            what="both failures explained",
+            detail=lambda: lab.kubectl("get", "events", "-n", "msgs").stdout,
+        )
+    finally:
+        lab.kubectl("delete", "namespace", "msgs", "--wait=false")
+    wait_no_records(lab, "msgs", timeout=120)
+    lab.kubectl("delete", "spiderreservedip", "r-rsv", "--wait=true", "--timeout=60s")
+    lab.kubectl("delete", "spiderippool", "p-rsv", "p-n1", "--wait=true", "--timeout=60s")
 
 
 BAD_ANNOTATIONS = [
@@ -125,7 +198,7 @@ BAD_ANNOTATIONS = [
     (
         "ipam.spidernet.io/routes",
         '[{"dst": "10.1.0.0/16"}]',
-        "annotation ipam.spidernet.io/routes: item 0 must have exactly 'dst' and 'gw'",
+        "annotation ipam.spidernet.io/routes: item 0 must have both 'dst' and 'gw'",
     ),
 ]
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from spiderpool.agent.errors import explain_api_error
 from spiderpool.api import annotations as ann
 from spiderpool.api.constants import name_label
 from spiderpool.api.schema import Rule
@@ -16,6 +17,7 @@ from spiderpool.ipam import autopool as ap
 from spiderpool.ipam.allocate import held_back
 from spiderpool.ipam.ranges import IPSet
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
+from spiderpool.k8s.rest import ApiError
 
 #: Kubernetes' label value syntax (apimachinery's validation.IsValidLabelValue)
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -168,3 +170,25 @@ def test_only_the_controller_edits_an_auto_pools_ips() -> None:
     relabelled = _auto_pool(["172.18.70.100-172.18.70.102"])
     relabelled["metadata"]["labels"]["team"] = "blue"  # type: ignore[index]
     assert not admission.validate("SpiderIPPool", "UPDATE", relabelled, old, Snapshot(), settings, "kubernetes-admin")
+
+
+@pytest.mark.parametrize(
+    ("code", "cni", "phrase"),
+    [
+        (422, 100, "the apiserver refused to create spideripallocations as invalid; the installed CRDs may not match"),
+        (403, 100, "spiderpool-agent is not allowed to create spideripallocations: give its ServiceAccount"),
+        (404, 100, "are the chart's CRDs installed"),
+        (429, 11, "the apiserver is throttling spiderpool-agent; the runtime retries by itself"),
+        (503, 11, "the apiserver failed; the runtime retries by itself"),
+    ],
+)
+def test_api_errors_are_translated_into_what_to_do(code: int, cni: int, phrase: str) -> None:
+    exc = ApiError(
+        code, "Reason", "details", method="POST", path="/apis/spiderpool.spidernet.io/v2beta1/spideripallocations"
+    )
+    err = explain_api_error(exc, "pod ns/p").prefixed()
+    assert err.code == cni
+    assert err.msg.startswith("spiderpool IP allocation error: pod ns/p: ")
+    assert phrase in err.msg
+    assert err.msg.endswith(f"[{code} Reason: details]")
+    assert err.prefixed().msg == err.msg  # the prefix comes once

@@ -36,8 +36,8 @@ CIDR = Annotated[
             Rule("isCIDR(self)", "{} must be a CIDR with a prefix length, e.g. 172.18.0.0/16", values=("self",)),
             Rule(
                 "!isCIDR(self) || cidr(self) == cidr(self).masked()",
-                "{} must be a network address (host bits zero)[: {} here]",
-                values=("self", "string(cidr(self).masked())"),
+                "{} must be a network address (host bits zero), e.g. 172.18.0.0/16 rather than 172.18.1.0/16",
+                values=("self",),
             ),
         ),
     ),
@@ -47,10 +47,17 @@ IP = Annotated[
 ]
 IPVersion = Annotated[int, F(enum=(4, 6), description="IP family: 4 or 6. Defaulted from subnet.")]
 Names = Annotated[list[str], F(max_items=256, items=F(max_length=253))]
+# (values are shown as written: CEL's string() has no size bound, and the apiserver's cost estimate
+# refuses a messageExpression whose output it cannot bound)
 _IMMUTABLE = Rule(
     "self == oldSelf",
     "is immutable[ (it was {}, now {})]: delete and re-create the object to change it",
-    values=("string(oldSelf)", "string(self)"),
+    values=("oldSelf", "self"),
+)
+_IMMUTABLE_VERSION = Rule(
+    "self == oldSelf",
+    "is immutable[ (it was IPv{}, now IPv{})]: delete and re-create the object to change it",
+    values=("(oldSelf == 4 ? '4' : '6')", "(self == 4 ? '4' : '6')"),
 )
 
 
@@ -102,8 +109,7 @@ Routes = Annotated[
         rules=(
             Rule(
                 "self.all(r, self.exists_one(o, o.dst == r.dst))",
-                "must not repeat a dst[ (such as {})]: one route per dst",
-                values=("self.filter(r, !self.exists_one(o, o.dst == r.dst))[0].dst",),
+                "must not repeat a dst: one route per dst",
             ),
         ),
     ),
@@ -119,7 +125,7 @@ def _family_rules(kind: str) -> tuple[Rule, ...]:
             "!has(self.ipVersion) || !isCIDR(self.subnet) || cidr(self.subnet).ip().family() == self.ipVersion",
             f"{kind}: spec.ipVersion {{}} does not match the family of spec.subnet {{}}; fix ipVersion or omit it",
             field_path=".ipVersion",
-            values=("string(self.ipVersion)", "self.subnet"),
+            values=("(self.ipVersion == 4 ? '4' : '6')", "self.subnet"),
         ),
         Rule(
             "!has(self.gateway) || !isCIDR(self.subnet) || !isIP(self.gateway)"
@@ -145,10 +151,9 @@ def _family_rules(kind: str) -> tuple[Rule, ...]:
         Rule(
             "!has(self.routes) || !isCIDR(self.subnet) ||"
             " self.routes.all(r, !isIP(r.gw) || cidr(self.subnet).containsIP(r.gw))",
-            f"{kind}: a route gw is outside spec.subnet {{}}[ (gw {{}})]; routes must go via a next hop inside"
-            " the subnet",
+            f"{kind}: a route gw is outside spec.subnet {{}}; routes must go via a next hop inside the subnet",
             field_path=".routes",
-            values=("self.subnet", "self.routes.filter(r, isIP(r.gw) && !cidr(self.subnet).containsIP(r.gw))[0].gw"),
+            values=("self.subnet",),
         ),
     )
 
@@ -159,7 +164,7 @@ class AddressingSpec:
     """The addressing fields SpiderIPPool and SpiderSubnet share."""
 
     subnet: Annotated[CIDR, F(rules=(_IMMUTABLE,))]
-    ipVersion: Annotated[IPVersion, F(rules=(_IMMUTABLE,))] | None = None
+    ipVersion: Annotated[IPVersion, F(rules=(_IMMUTABLE_VERSION,))] | None = None
     ips: IPRanges | None = None
     excludeIPs: IPRanges | None = None
     gateway: IP | None = None
@@ -228,7 +233,7 @@ class ReservedIPSpec:
             "SpiderReservedIP: spec.ips must all be of the family given by spec.ipVersion {}[ (not {})]",
             field_path=".ips",
             values=(
-                "string(self.ipVersion)",
+                "(self.ipVersion == 4 ? '4' : '6')",
                 "self.ips.filter(r, !r.split('-').all(a, !isIP(a) || ip(a).family() == self.ipVersion))[0]",
             ),
         ),
@@ -241,7 +246,7 @@ class ReservedIPSpec:
     )
 
     ips: Annotated[IPRanges, F(min_items=1, max_items=128)]
-    ipVersion: Annotated[IPVersion, F(rules=(_IMMUTABLE,))] | None = None
+    ipVersion: Annotated[IPVersion, F(rules=(_IMMUTABLE_VERSION,))] | None = None
 
 
 # ---------------------------------------------------------------- Endpoint
@@ -313,6 +318,12 @@ _CIDR_OR_IP = Rule(
 )
 
 
+_SAME_FAMILY = (
+    "!isIP(r.gw) || !(isCIDR(r.dst) || isIP(r.dst))"
+    " || ip(r.gw).family() == (isCIDR(r.dst) ? cidr(r.dst).ip().family() : ip(r.dst).family())"
+)
+
+
 @dataclass
 class PolicyRoute:
     dst: Annotated[str, F(max_length=64, rules=(_CIDR_OR_IP,))]
@@ -325,8 +336,8 @@ class CoordinatorSpec:
 
     __rules__ = (
         Rule(
-            "!has(self.policyRoutes) || self.policyRoutes.all(r, !isIP(r.gw) || !(isCIDR(r.dst) || isIP(r.dst))"
-            " || ip(r.gw).family() == (isCIDR(r.dst) ? cidr(r.dst).ip().family() : ip(r.dst).family()))",
+            "!has(self.policyRoutes) || self.policyRoutes.all(r, " + _SAME_FAMILY + ")",
+            # (no values: the cost the apiserver estimates for picking the offending route out is too high)
             "SpiderCoordinator: a policyRoutes gw must be of the same family as its dst",
             field_path=".policyRoutes",
         ),
@@ -360,8 +371,7 @@ class CoordinatorSpec:
                 rules=(
                     Rule(
                         "!(self in [253, 254, 255])",
-                        "must not be a kernel table (253 default, 254 main, 255 local)[, as {} is]; e.g. 500",
-                        values=("string(self)",),
+                        "must not be a kernel table (253 default, 254 main, 255 local); e.g. 500",
                     ),
                 ),
             ),

@@ -73,7 +73,8 @@ def held_back(pool: Mapping[str, Any], reserved: Mapping[str, IPSet]) -> str:
     if not parts:
         return ""
     held = sum(n for n, _ in parts)
-    return f"; of its {ips.count()} IPs, {held} are held back: " + ", ".join(text for _, text in parts)
+    verb = "is" if held == 1 else "are"
+    return f"; of its {ips.count()} IPs, {held} {verb} held back: " + ", ".join(text for _, text in parts)
 
 
 def _short(ips: IPSet, limit: int = 3) -> str:
