@@ -143,13 +143,32 @@ def test_an_auto_pools_ips_cannot_be_edited_by_hand(stack: Agents) -> None:
         wait_running(lab, "hand", "app=upstream", 2, timeout=120)
         (pool,) = _auto_pools(lab, "web")
         name, before = pool["metadata"]["name"], pool["spec"]["ips"]
-        out = lab.kubectl(
-            "patch", "spiderippool", name, "--type", "merge", "-p", '{"spec":{"ips":["172.18.87.100"]}}', check=False
-        )
+        assert before == ["172.18.87.100-172.18.87.102"]
+        # Only the spare IP goes (the pods hold the two lowest): nothing else would refuse this edit.
+        held = sorted(r["spec"]["ip"] for r in records(lab) if r["spec"]["namespace"] == "hand")
+        assert held == ["172.18.87.100", "172.18.87.101"]
+        shrink = json.dumps({"spec": {"ips": ["172.18.87.100-172.18.87.101"]}})
+        out = lab.kubectl("patch", "spiderippool", name, "--type", "merge", "-p", shrink, check=False)
         assert out.returncode != 0
         assert f"SpiderIPPool '{name}' is the auto-pool of Deployment hand/web" in out.stderr, out.stderr
         assert "cannot be edited by hand (by kubernetes-admin)" in out.stderr
         assert get_json(lab, "spiderippool", name)["spec"]["ips"] == before
+        # A pod of no application that names the auto-pool is told whose pool it is.
+        lab.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input_text=_pod("stray", "hand", {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [name]})}),
+        )
+        procs.wait_for(
+            lambda: any(
+                "it is the auto-pool of application Deployment/hand/web, and only that application's pods may use it"
+                in e["message"]
+                for e in _events(lab, "hand", "stray", "IPAllocationFailed")
+            ),
+            timeout=60,
+            what="the stray pod told whose pool it named",
+        )
         # What the user may still do: label it, and resize it through the application.
         lab.kubectl("label", "spiderippool", name, "team=blue")
         lab.kubectl("scale", "-n", "hand", "deployment/web", "--replicas=4")
