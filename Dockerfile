@@ -1,17 +1,29 @@
 # spiderpool (Python): one image for spiderpool-controller and spiderpool-agent.
 # The CNI plugins are also built as self-contained bundles (PyInstaller), because they run in the
 # node's filesystem, where this image's Python is not: the agent installs them with --plugin-bundle.
-FROM python:3.11-slim AS build
+#
+# BASE is any Debian-like image with Python 3.11 and `python3 -m venv` (python:3.11-slim for a
+# registry build; the lab passes one it made from Debian packages). Everything is installed into
+# one virtual environment, /opt/spiderpool/venv, so the layout does not depend on the base.
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
+# PyInstaller reads the interpreter's shared libraries with objdump
+RUN command -v objdump >/dev/null || (apt-get update && apt-get install -y --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*)
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir . pyinstaller==6.22.3 \
- && python -m spiderpool.cni.bundle --out /opt/spiderpool/cni
+RUN python3 -m venv /opt/spiderpool/venv \
+ && /opt/spiderpool/venv/bin/pip install --no-cache-dir . pyinstaller==6.22.3 \
+ && /opt/spiderpool/venv/bin/python -m spiderpool.cni.bundle --out /opt/spiderpool/cni \
+ && /opt/spiderpool/venv/bin/pip uninstall -y -q pyinstaller pyinstaller-hooks-contrib
 
-FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends iproute2 && rm -rf /var/lib/apt/lists/*
-COPY --from=build /usr/local/lib/python3.11/site-packages /usr/local/lib/python3.11/site-packages
-COPY --from=build /usr/local/bin/spiderpool-* /usr/local/bin/
-COPY --from=build /opt/spiderpool/cni /opt/spiderpool/cni
+FROM ${BASE}
+# iproute2 for the admin's `kubectl exec` into the agent; the agent itself speaks netlink
+RUN command -v ip >/dev/null || (apt-get update && apt-get install -y --no-install-recommends iproute2 \
+    && rm -rf /var/lib/apt/lists/*)
+COPY --from=build /opt/spiderpool /opt/spiderpool
 COPY charts/spiderpool/crds /opt/spiderpool/crds
-ENV SPIDERPOOL_PLUGIN_BUNDLE=/opt/spiderpool/cni
+ENV PATH=/opt/spiderpool/venv/bin:$PATH \
+    SPIDERPOOL_PLUGIN_BUNDLE=/opt/spiderpool/cni

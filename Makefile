@@ -6,10 +6,11 @@ NODES ?= 2
 
 .PHONY: demo demo-down test lint lab-build down clean-venv
 
-$(VENV)/.installed: pyproject.toml
+# The product with its dev tools, and the lab (test tooling, a package of its own: never in the product).
+$(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -e ./lab
 	touch $@
 
 ## demo: build (or reuse) the lab and run the reference walkthrough on it, step by step (DEMO_FLAGS=--teardown)
@@ -26,9 +27,9 @@ test: lint lab-build
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src lab bench tests
+	$(BIN)/ruff format --check src lab bench tests
+	$(BIN)/mypy src lab/spiderpool_lab
 
 lab-build: $(VENV)/.installed
 	$(LAB) build

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import lab_with_crds, say, wait_absent  # noqa: E402
 
-from spiderpool.lab import demo, procs, topology  # noqa: E402
-from spiderpool.lab.cluster import Lab  # noqa: E402
+from spiderpool_lab import demo, procs, topology  # noqa: E402
+from spiderpool_lab.cluster import Lab  # noqa: E402
 
 NS = "bench-apps"
 POOL, SUBNET = "bench-manual", "bench-subnet"

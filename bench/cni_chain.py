@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import lab_with_crds, pct, say, wait_absent  # noqa: E402
 
-from spiderpool.lab import demo, netns, procs, topology  # noqa: E402
-from spiderpool.lab.node import cni  # noqa: E402
+from spiderpool_lab import demo, netns, procs, topology  # noqa: E402
+from spiderpool_lab.node import cni  # noqa: E402
 
 NS = "bench-chain"
 NODE = "bench-chain"  # pods bound to a node without a kubelet: only this script runs their sandboxes

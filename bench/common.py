@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 from spiderpool.api import crds
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 
 
 def say(msg: str) -> None:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import lab_with_crds, pct, say, wait_absent  # noqa: E402
 from tests.stack import free_port, unix_request  # noqa: E402
 
-from spiderpool.lab import build, paths, procs  # noqa: E402
+from spiderpool_lab import build, paths, procs  # noqa: E402
 
 T = TypeVar("T")
 
@@ -248,7 +248,7 @@ def cpu_seconds() -> dict[str, float]:
         "etcd": "/etcd ",
         "agents": "-m spiderpool agent",
         "other lab processes": f"{paths.cache_dir()}/",
-        "lab node stand-ins": "-m spiderpool.lab.",
+        "lab node stand-ins": "-m spiderpool_lab.",
     }
     tick = os.sysconf("SC_CLK_TCK")
     out = dict.fromkeys([*groups, "bench client (this script)"], 0.0)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from spiderpool.api import crds
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.stack import Agents, Controllers, free_port
 
 LAB_NODES = 2

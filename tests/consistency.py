@@ -9,7 +9,7 @@ from typing import Any
 
 from spiderpool.ipam.gc import statefulset_wants
 from spiderpool.ipam.ranges import IPSet, RangeError
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json
 
 

@@ -6,8 +6,8 @@ import json
 import subprocess
 from typing import Any
 
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 
 
 def get_json(lab: Lab, *args: str) -> Any:

@@ -7,8 +7,8 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json
 
 free_port = procs.free_port

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spiderpool.ipam.allocate import record_name
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import allocation_record, get_json
 from tests.stack import Controllers
 

@@ -7,8 +7,8 @@ import json
 import threading
 import time
 
-from spiderpool.lab import demo, procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import demo, procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import allocation_record, get_json, pool_manifest
 from tests.stack import Controllers
 

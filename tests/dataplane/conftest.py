@@ -5,14 +5,14 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab.cluster import Lab
 from tests.helpers import apply
 
 
 def use_multus(lab: Lab, cluster_network: dict[str, Any] | None = None) -> None:
     """The NetworkAttachmentDefinition CRD, and Multus on every node with ``cluster_network`` (default:
     the lab's macvlan) as the cluster default network."""
-    crd = resources.files("spiderpool.lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
+    crd = resources.files("spiderpool_lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
     apply(lab, crd)
     lab.kubectl(
         "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from spiderpool.lab import netns, procs, topology
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import netns, procs, topology
+from spiderpool_lab.cluster import Lab
 from tests.dataplane.test_veth import conflist
 from tests.helpers import get_json, in_netns, pods, pool_manifest, pool_pod, wait_gone, wait_running
 from tests.ipam.conftest import records, use_cni, wait_no_records

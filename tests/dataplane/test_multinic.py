@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from spiderpool.lab import netns, procs, topology
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import netns, procs, topology
+from spiderpool_lab.cluster import Lab
 from tests.dataplane.conftest import use_multus
 from tests.dataplane.test_veth import conflist
 from tests.helpers import in_netns, pool_manifest, wait_gone, wait_running

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spiderpool.lab import demo, netns, procs, topology
+from spiderpool_lab import demo, netns, procs, topology
 from tests.dataplane.conftest import use_multus
 from tests.helpers import apply, get_json, in_netns, wait_gone, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records

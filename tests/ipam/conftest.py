@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.consistency import problems
 from tests.helpers import get_json
 from tests.stack import Agents

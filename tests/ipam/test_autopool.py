@@ -7,8 +7,8 @@ import ipaddress
 import json
 from typing import Any
 
-from spiderpool.lab import demo, procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import demo, procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json, pods, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.stack import Agents

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json, pool_manifest
 from tests.ipam.conftest import records, wait_no_records
 from tests.stack import Agents, free_port, unix_request

@@ -7,8 +7,8 @@ import json
 import re
 
 from spiderpool.ipam.allocate import record_name
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import allocation_record, get_json, in_netns, pods, pool_manifest, pool_pod, wait_running
 from tests.ipam.conftest import records, wait_no_records
 from tests.stack import Agents, Controllers, unix_request

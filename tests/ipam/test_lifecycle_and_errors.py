@@ -8,8 +8,8 @@ import os
 import subprocess
 from typing import Any
 
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json, pods, pool_manifest, wait_gone, wait_running
 from tests.ipam.conftest import pool_counts, records, wait_no_records
 from tests.stack import Agents

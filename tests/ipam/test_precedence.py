@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab.cluster import Lab
 from tests.helpers import in_netns, pool_manifest, wait_gone, wait_running
 from tests.ipam.conftest import endpoint, macvlan_spiderpool, use_cni, wait_no_records
 from tests.stack import Agents
@@ -180,7 +180,7 @@ def test_two_nic_pod_through_multus(pools: Lab, stack: Agents) -> None:
     from importlib import resources
 
     lab = pools
-    crd = resources.files("spiderpool.lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
+    crd = resources.files("spiderpool_lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
     lab.kubectl("apply", "-f", "-", input_text=crd)
     lab.kubectl(
         "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from spiderpool.api.constants import name_label
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json, in_netns, pool_manifest, wait_running
 from tests.ipam.conftest import assert_consistent, records, wait_no_records
 from tests.stack import Agents

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from spiderpool.lab import build, procs, topology
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import build, procs, topology
+from spiderpool_lab.cluster import Lab
 from tests.helpers import apply, in_netns
 
 CRD = """

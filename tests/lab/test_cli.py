@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab.cluster import Lab
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spiderpool.lab", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "spiderpool_lab", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_exec_in_node_shows_its_underlay_address(lab: Lab) -> None:

@@ -7,8 +7,8 @@ import io
 import re
 from pathlib import Path
 
-from spiderpool.lab.cluster import Lab
-from spiderpool.lab.demo import Demo
+from spiderpool_lab.cluster import Lab
+from spiderpool_lab.demo import Demo
 
 
 def test_demo_runs_the_walkthrough(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab.cluster import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 

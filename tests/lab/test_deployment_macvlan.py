@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from spiderpool.lab import netns, procs, topology
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import netns, procs, topology
+from spiderpool_lab.cluster import Lab
 from tests.helpers import apply, get_json, in_netns, wait_gone, wait_running
 
 NS = "lab-macvlan"

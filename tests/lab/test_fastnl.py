@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from spiderpool.lab import netns
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import netns
+from spiderpool_lab.cluster import Lab
 
 PROBE = """
 import json, socket

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from spiderpool.lab import netns, procs, topology
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import netns, procs, topology
+from spiderpool_lab.cluster import Lab
 from tests.helpers import apply, get_json, wait_running
 
 PODS = """

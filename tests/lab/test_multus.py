@@ -6,8 +6,8 @@ import ipaddress
 import json
 from importlib import resources
 
-from spiderpool.lab import procs
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import apply, get_json, in_netns, wait_gone, wait_running
 
 NS = "lab-multus"
@@ -62,7 +62,7 @@ spec:
 
 
 def test_multus_adds_second_interface(lab: Lab) -> None:
-    crd = resources.files("spiderpool.lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
+    crd = resources.files("spiderpool_lab").joinpath("manifests/network-attachment-definition-crd.yaml").read_text()
     apply(lab, crd)
     lab.kubectl(
         "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"

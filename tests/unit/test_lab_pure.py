@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from spiderpool.lab import build
-from spiderpool.lab.node import cni
-from spiderpool.lab.node.probes import Probe
+from spiderpool_lab import build
+from spiderpool_lab.node import cni
+from spiderpool_lab.node.probes import Probe
 
 
 def test_single_plugin_conf_becomes_a_list_of_one() -> None:

@@ -1,4 +1,4 @@
 """The lab: a real Kubernetes control plane and network-namespace nodes on one machine.
 
-Front door: the ``spiderpool-lab`` command (``spiderpool.lab.cli``).
+Front door: the ``spiderpool-lab`` command (``spiderpool_lab.cli``).
 """

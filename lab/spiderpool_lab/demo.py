@@ -24,8 +24,8 @@ from importlib import resources
 from typing import Any, TextIO
 
 from spiderpool.api import crds
-from spiderpool.lab import procs, topology
-from spiderpool.lab.cluster import Lab
+from spiderpool_lab import procs, topology
+from spiderpool_lab.cluster import Lab
 
 NS = "default"
 APP = "custom-ippool-deploy"
@@ -158,7 +158,7 @@ class Demo:
         """What the walkthrough installs, as lab processes (no container runtime here)."""
         for text in crds.render_all().values():
             self.lab.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=text)
-        nad_crd = resources.files("spiderpool.lab").joinpath("manifests/network-attachment-definition-crd.yaml")
+        nad_crd = resources.files("spiderpool_lab").joinpath("manifests/network-attachment-definition-crd.yaml")
         self.lab.kubectl("apply", "-f", "-", input_text=nad_crd.read_text())
         self.lab.kubectl(
             "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"

@@ -9,6 +9,7 @@ not build, the neighbouring versions are tried in order and the one that built i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spiderpool.lab import paths
-from spiderpool.lab.progress import say, step
+from spiderpool_lab import paths
+from spiderpool_lab.progress import say, step
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,27 @@ class Component:
     binaries: dict[str, str] = field(default_factory=dict)
     #: k8s.io/kubernetes needs every k8s.io/* staging module replaced by its published v0.x twin
     staging_replace: bool = False
+    #: Go build tags
+    tags: str = ""
+    #: -X settings stamping the version into the binaries ("{version}", "{major}", "{minor}" filled in)
+    stamps: tuple[str, ...] = ()
 
 
-K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl")
+K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "kubelet")
+#: without these every binary reports v0.0.0-master+$Format:%H$, which `kubectl version` cannot parse
+#: and a Helm chart's kubeVersion constraint refuses
+_K8S_STAMPS = tuple(
+    f"-X {pkg}.{key}={value}"
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+    for key, value in (
+        ("gitVersion", "{version}"),
+        ("gitMajor", "{major}"),
+        ("gitMinor", "{minor}"),
+        ("gitTreeState", "clean"),
+        ("gitCommit", "0000000000000000000000000000000000000000"),
+        ("buildDate", "1970-01-01T00:00:00Z"),
+    )
+)
 CNI_PLUGINS = {
     "macvlan": "plugins/main/macvlan",
     "bridge": "plugins/main/bridge",
@@ -64,6 +83,18 @@ COMPONENTS: tuple[Component, ...] = (
         versions=("v1.37.2", "v1.36.3", "v1.35.4"),
         binaries={b: f"k8s.io/kubernetes/cmd/{b}" for b in K8S_BINARIES},
         staging_replace=True,
+        stamps=_K8S_STAMPS,
+    ),
+    Component(
+        name="containerd",
+        module_dir="containerd",
+        module="github.com/containerd/containerd/v2",
+        versions=("v2.4.2", "v2.4.1", "v2.3.7"),
+        binaries={
+            b: f"github.com/containerd/containerd/v2/cmd/{b}" for b in ("containerd", "containerd-shim-runc-v2", "ctr")
+        },
+        tags="no_btrfs,no_devmapper,no_zfs",
+        stamps=("-X github.com/containerd/containerd/v2/version.Version={version}",),
     ),
     Component(
         name="cni-plugins",
@@ -119,7 +150,7 @@ def _run_go(args: list[str], cwd: Path, log: Path) -> None:
         raise BuildError(f"go {' '.join(args[:2])} failed in {cwd.name}:\n" + "\n".join(tail))
 
 
-def _fingerprint(src: Path, version: str, gover: str) -> str:
+def _fingerprint(comp: Component, src: Path, version: str, gover: str) -> str:
     h = hashlib.sha256()
     for name in ("go.mod", "go.sum", "tools.go"):
         p = src / name
@@ -127,6 +158,7 @@ def _fingerprint(src: Path, version: str, gover: str) -> str:
             h.update(p.read_bytes())
     h.update(version.encode())
     h.update(gover.encode())
+    h.update(f"{comp.tags}|{comp.stamps}".encode())
     return h.hexdigest()[:16]
 
 
@@ -162,7 +194,7 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     out = cache / "bin" / comp.name / version
     stamp = out / ".built.json"
     src = paths.repo_root() / "lab" / "go" / comp.module_dir
-    fp = _fingerprint(src, version, gover)
+    fp = _fingerprint(comp, src, version, gover)
     if stamp.exists():
         try:
             if json.loads(stamp.read_text()).get("fingerprint") == fp and all(
@@ -176,7 +208,13 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     log = work / "build.log"
     tmp_out = work / "out"
     tmp_out.mkdir(exist_ok=True)
-    _run_go(["build", "-ldflags=-s -w", "-o", str(tmp_out) + "/", *comp.binaries.values()], work, log)
+    major, minor = [*version.removeprefix("v").split("."), "0"][:2]
+    stamps = " ".join(x.format(version=version, major=major, minor=minor) for x in comp.stamps)
+    flags = [f"-ldflags=-s -w {stamps}".strip()]
+    if comp.tags:
+        flags.append(f"-tags={comp.tags}")
+    # -v lists each package as it is compiled: the progress line counts them
+    _run_go(["build", "-v", *flags, "-o", str(tmp_out) + "/", *comp.binaries.values()], work, log)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -187,6 +225,16 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     )
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _progress(log: Path) -> str:
+    """How far a build got: the packages ``go build -v`` has listed so far."""
+    try:
+        with log.open(errors="replace") as fh:
+            compiled = sum(1 for line in fh if line and not line.startswith(("$", "go: ")))
+    except OSError:
+        return "preparing"
+    return f"{compiled} packages compiled"
 
 
 def lock_path() -> Path:
@@ -215,8 +263,9 @@ def build_all(*, only: list[str] | None = None) -> dict[str, dict[str, object]]:
         errors: dict[str, str] = {}
         for version in comp.versions:
             label = f"[{i}/{len(wanted)}] {comp.name} {version} ({', '.join(comp.binaries)})"
+            log = paths.cache_dir() / "work" / f"{comp.name}-{version}" / "build.log"
             try:
-                with step(label):
+                with step(label, detail=functools.partial(_progress, log)):
                     out = _build_version(comp, version, gover)
             except BuildError as exc:
                 errors[version] = str(exc)

@@ -34,11 +34,11 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event, Node, Pod
 from lightkube.types import PatchType
 
-from spiderpool.lab import netns, procs
-from spiderpool.lab.node import cni
-from spiderpool.lab.node.probes import Probe, probe_from_spec
+from spiderpool_lab import netns, procs
+from spiderpool_lab.node import cni
+from spiderpool_lab.node.probes import Probe, probe_from_spec
 
-log = logging.getLogger("spiderpool.lab.node")
+log = logging.getLogger("spiderpool_lab.node")
 
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10
@@ -386,7 +386,7 @@ class NodeAgent:
         )
         if not ports or sb.host_network:
             return
-        argv = [sys.executable, "-m", "spiderpool.lab.node.responder", f"--pod={sb.namespace}/{sb.name}"]
+        argv = [sys.executable, "-m", "spiderpool_lab.node.responder", f"--pod={sb.namespace}/{sb.name}"]
         argv += [f"--port={p}" for p in ports]
         log_file = Path(self.conf["log_dir"]) / "responders.log"
         sb.responder_pid = procs.start(argv, lab_id=self.lab_id, log=log_file, netns=sb.netns)
@@ -587,7 +587,7 @@ class NodeAgent:
 def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        raise SystemExit("usage: python -m spiderpool.lab.node NODE_JSON")
+        raise SystemExit("usage: python -m spiderpool_lab.node NODE_JSON")
     conf = json.loads(Path(args[0]).read_text())
     logging.basicConfig(
         level=os.environ.get("SPIDERPOOL_LAB_LOG_LEVEL", "INFO"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -14,15 +14,22 @@ def say(message: str) -> None:
 
 
 @contextmanager
-def step(message: str, *, tick_seconds: float = 30.0) -> Iterator[None]:
-    """Announce a step, print a heartbeat while it runs, and its duration when it ends."""
+def step(message: str, *, tick_seconds: float = 30.0, detail: Callable[[], str] | None = None) -> Iterator[None]:
+    """Announce a step, print a heartbeat while it runs (with ``detail()``, e.g. how far a build
+    got), and its duration when it ends."""
     say(f"{message} ...")
     started = time.monotonic()
     done = threading.Event()
 
     def heartbeat() -> None:
         while not done.wait(tick_seconds):
-            say(f"  ... {message}: {time.monotonic() - started:.0f}s")
+            extra = ""
+            if detail is not None:
+                try:
+                    extra = f" ({detail()})"
+                except Exception:  # a progress line must never break the step it reports on
+                    extra = ""
+            say(f"  ... {message}: {time.monotonic() - started:.0f}s{extra}")
 
     ticker = threading.Thread(target=heartbeat, daemon=True)
     ticker.start()

@@ -12,7 +12,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 
-from spiderpool.lab import netns
+from spiderpool_lab import netns
 
 SERVICE_CIDR = "10.96.0.0/16"
 #: first address of the service range, the ``kubernetes`` Service

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from spiderpool.lab import build, netns, paths, pki, procs, topology
-from spiderpool.lab.progress import say, step
+from spiderpool_lab import build, netns, paths, pki, procs, topology
+from spiderpool_lab.progress import say, step
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
@@ -401,7 +401,7 @@ class Lab:
                     [
                         sys.executable,
                         "-m",
-                        "spiderpool.lab.forward",
+                        "spiderpool_lab.forward",
                         f"--netns={node.netns}",
                         f"--port={api}",
                     ],
@@ -426,7 +426,7 @@ class Lab:
                     [
                         sys.executable,
                         "-m",
-                        "spiderpool.lab.node",
+                        "spiderpool_lab.node",
                         str(node.dir / "node.json"),
                     ],
                     netns_name=node.netns,

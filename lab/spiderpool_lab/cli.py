@@ -17,8 +17,8 @@ import shlex
 import subprocess
 import sys
 
-from spiderpool.lab import build, demo, procs
-from spiderpool.lab.cluster import Lab, LabError
+from spiderpool_lab import build, demo, procs
+from spiderpool_lab.cluster import Lab, LabError
 
 
 def _kubectl(lab: Lab, args: list[str]) -> int:

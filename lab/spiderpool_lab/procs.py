@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from spiderpool.lab import netns as netns_mod
+from spiderpool_lab import netns as netns_mod
 
 MARK = "SPIDERPOOL_LAB_ID"
 

@@ -1,0 +1,3 @@
+from spiderpool_lab.node.agent import main
+
+main()

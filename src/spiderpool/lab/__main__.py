@@ -1,5 +1,0 @@
-import sys
-
-from spiderpool.lab.cli import main
-
-sys.exit(main())

@@ -1,3 +1,0 @@
-from spiderpool.lab.node.agent import main
-
-main()
