@@ -108,7 +108,16 @@ COMPONENTS: tuple[Component, ...] = (
         module_dir="multus",
         module="gopkg.in/k8snetworkplumbingwg/multus-cni.v4",
         versions=("v4.3.0", "v4.2.4", "v4.2.3"),
-        binaries={"multus": "gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus"},
+        # the thin plugin, and what upstream's image holds beside it for its DaemonSet
+        binaries={
+            b: f"gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/{pkg}"
+            for b, pkg in (
+                ("multus", "multus"),
+                ("passthru", "passthru-cni"),
+                ("install_multus", "install_multus"),
+                ("thin_entrypoint", "thin_entrypoint"),
+            )
+        },
     ),
     Component(
         name="helm",

@@ -1,6 +1,6 @@
 """``spiderpool-lab``: build, start, inspect and stop the lab.
 
-spiderpool-lab build                 build the upstream components (once per version)
+spiderpool-lab build                 build the upstream components and the images (once per input)
 spiderpool-lab up [--nodes N]        start the lab (idempotent); returns when it is ready
 spiderpool-lab status                processes, nodes and pods
 spiderpool-lab down                  stop everything and remove every lab namespace
@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 
-from spiderpool_lab import build, demo, procs
+from spiderpool_lab import build, demo, images, procs
 from spiderpool_lab.cluster import Lab, LabError
 
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_build = sub.add_parser("build", help="build the upstream components into the cache")
     p_build.add_argument("components", nargs="*", help=f"subset of {[c.name for c in build.COMPONENTS]}")
+    p_build.add_argument("--no-images", action="store_true", help="only the Go components, not the images")
     p_up = sub.add_parser("up", help="start the lab (idempotent)")
     p_up.add_argument("--nodes", type=int, default=2)
     p_up.add_argument(
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "build":
             build.build_all(only=args.components or None)
             print(f"lock: {build.lock_path()}")
+            if not args.no_images and not args.components:
+                images.build_images()
+                images.say_built()
             return 0
         if args.cmd == "up":
             lab.up(nodes=args.nodes, cni=args.cni)
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in lab.env().items():
                 print(f"export {k}={shlex.quote(v)}")
             return 0
-    except (LabError, build.BuildError, procs.WaitTimeout) as exc:
+    except (LabError, build.BuildError, images.ImageError, procs.WaitTimeout) as exc:
         print(f"spiderpool-lab: {exc}", file=sys.stderr)
         return 1
     parser.error(f"unknown command {args.cmd}")

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from spiderpool_lab import build, netns, paths, pki, procs, topology
+from spiderpool_lab import build, forward, netns, nodens, noderuntime, paths, pki, procs, topology
 from spiderpool_lab.progress import say, step
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -157,7 +158,7 @@ class Lab:
         except ValueError:
             return resp.status, raw.decode(errors="replace")
 
-    def _write_kubeconfig(self, path: Path, identity: str, port: int) -> None:
+    def _write_kubeconfig(self, path: Path, identity: str, server: str) -> None:
         user = f"lab-{identity}"
         conf = {
             "apiVersion": "v1",
@@ -166,7 +167,7 @@ class Lab:
                 {
                     "name": "lab",
                     "cluster": {
-                        "server": f"https://127.0.0.1:{port}",
+                        "server": server,
                         "certificate-authority": str(self.pki.ca_cert),
                     },
                 }
@@ -185,9 +186,17 @@ class Lab:
         }
         path.write_text(yaml.safe_dump(conf))
 
-    def _start(self, state: dict[str, Any], key: str, argv: list[str], *, netns_name: str | None = None) -> None:
+    def _start(
+        self,
+        state: dict[str, Any],
+        key: str,
+        argv: list[str],
+        *,
+        netns_name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         log = self.logs / f"{key.replace('/', '-')}.log"
-        pid = procs.start(argv, lab_id=state["lab_id"], log=log, netns=netns_name)
+        pid = procs.start(argv, lab_id=state["lab_id"], log=log, netns=netns_name, env=env)
         state.setdefault("procs", {})[key] = pid
         self._save(state)
 
@@ -229,16 +238,25 @@ class Lab:
     def up(self, *, nodes: int = 2, cni: str = "macvlan") -> None:
         """Bring the lab up (idempotent) with exactly ``nodes`` nodes."""
         if os.geteuid() != 0:
-            raise LabError("the lab creates network namespaces and must run as root")
-        for tool in ("ip", "nsenter", "sysctl"):
+            raise LabError("the lab creates network and mount namespaces and must run as root")
+        for tool, package in (
+            ("ip", "iproute2"),
+            ("nsenter", "util-linux"),
+            ("unshare", "util-linux"),
+            ("sysctl", "procps"),
+            ("iptables", "iptables"),
+            ("runc", "runc"),
+        ):
             if shutil.which(tool) is None:
-                raise LabError(f"'{tool}' is missing; install iproute2, util-linux and procps")
+                raise LabError(f"'{tool}' is missing: install the Debian package {package} (apt-get install {package})")
         leaks = topology.root_routes_to_lab()
         if leaks:
             raise LabError(f"refusing to start: the root namespace routes lab subnets: {leaks}")
         state = self.state()
         if not state.get("lab_id"):
             state = {"lab_id": secrets.token_hex(6), "procs": {}, "nodes": []}
+        # The machine's values of the sysctls kubelet changes, read before any kubelet ever ran here.
+        state.setdefault("sysctls", noderuntime.read_sysctls())
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self._save(state)
@@ -252,140 +270,196 @@ class Lab:
         if leaks:
             raise LabError(f"the root namespace routes lab subnets: {leaks}")
 
+    def _cp(self, argv: list[str]) -> list[str]:
+        """argv run inside the control plane's network namespace."""
+        return netns.exec_argv(topology.control_plane_netns(self.prefix), argv)
+
     def _up_control_plane(self, state: dict[str, Any]) -> None:
         ports = state.setdefault("ports", {})
-        for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler"):
-            owner = {
-                "etcd": "etcd",
-                "etcd_peer": "etcd",
-                "apiserver": "kube-apiserver",
-                "controller_manager": "kube-controller-manager",
-                "scheduler": "kube-scheduler",
-            }[name]
-            if name not in ports or (not self._running(state, owner) and not procs.port_free(int(ports[name]))):
-                ports[name] = procs.free_port()
+        if "apiserver" not in ports or (
+            not self._running(state, "apiserver-relay") and not procs.port_free(int(ports["apiserver"]))
+        ):
+            ports["apiserver"] = procs.free_port()  # the root namespace's relay to the apiserver
+        # (inside the control plane's own namespace the ports are fixed: nothing else listens there)
+        ports.update({"etcd": 2379, "etcd_peer": 2380, "controller_manager": 10257, "scheduler": 10259})
         self._save(state)
+        topology.ensure_switch(self.prefix)
+        cp = topology.ensure_control_plane(self.prefix)
         self.pki.dir.mkdir(parents=True, exist_ok=True)
-        pki.create(self.pki.dir, service_ip=topology.SERVICE_IP)
-        api = int(ports["apiserver"])
-        for identity in ("admin", "controller-manager", "scheduler", "kube-proxy", "spiderpool-controller"):
-            self._write_kubeconfig(self.dir / f"{identity}.kubeconfig", identity, api)
+        pki.create(self.pki.dir, service_ip=topology.SERVICE_IP, extra_ips=(topology.CONTROL_PLANE_IP,))
+        relay = int(ports["apiserver"])
+        inside = f"https://127.0.0.1:{topology.APISERVER_PORT}"
+        lan = f"https://{topology.CONTROL_PLANE_IP}:{topology.APISERVER_PORT}"
+        for identity in ("admin", "spiderpool-controller"):
+            self._write_kubeconfig(self.dir / f"{identity}.kubeconfig", identity, f"https://127.0.0.1:{relay}")
+        for identity in ("controller-manager", "scheduler"):
+            self._write_kubeconfig(self.dir / f"{identity}.kubeconfig", identity, inside)
+        # what the nodes use (kubelet, kube-proxy, Multus' plugin): the apiserver on the LAN
+        self._write_kubeconfig(self.node_kubeconfig, "admin", lan)
 
         if not self._running(state, "etcd"):
-            ec, ep = ports["etcd"], ports["etcd_peer"]
             self._start(
                 state,
                 "etcd",
+                self._cp(
+                    [
+                        str(build.binary("etcd")),
+                        "--name=lab",
+                        f"--data-dir={self.dir / 'etcd'}",
+                        "--listen-client-urls=http://127.0.0.1:2379",
+                        "--advertise-client-urls=http://127.0.0.1:2379",
+                        "--listen-peer-urls=http://127.0.0.1:2380",
+                        "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                        "--initial-cluster=lab=http://127.0.0.1:2380",
+                        "--unsafe-no-fsync",  # a throwaway lab: trade durability for speed
+                        "--log-level=warn",
+                    ]
+                ),
+            )
+        if not self._running(state, "apiserver-relay"):
+            self._start(
+                state,
+                "apiserver-relay",
                 [
-                    str(build.binary("etcd")),
-                    "--name=lab",
-                    f"--data-dir={self.dir / 'etcd'}",
-                    f"--listen-client-urls=http://127.0.0.1:{ec}",
-                    f"--advertise-client-urls=http://127.0.0.1:{ec}",
-                    f"--listen-peer-urls=http://127.0.0.1:{ep}",
-                    f"--initial-advertise-peer-urls=http://127.0.0.1:{ep}",
-                    f"--initial-cluster=lab=http://127.0.0.1:{ep}",
-                    "--unsafe-no-fsync",  # a throwaway lab: trade durability for speed
-                    "--log-level=warn",
+                    sys.executable,
+                    "-m",
+                    "spiderpool_lab.forward",
+                    f"--listen-port={relay}",
+                    f"--connect-netns={cp}",
+                    f"--connect-port={topology.APISERVER_PORT}",
                 ],
             )
-        self._wait("etcd", lambda: self._etcd_healthy(int(ports["etcd"])), "etcd health")
+        self._wait("etcd", lambda: self._in_cp_http(2379, "/health", b'"health":"true"'), "etcd health")
 
         if not self._running(state, "kube-apiserver"):
             p = self.pki
             self._start(
                 state,
                 "kube-apiserver",
-                [
-                    str(build.binary("kube-apiserver")),
-                    f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
-                    # loopback cannot be a Service endpoint; nothing in the lab runs in-cluster clients
-                    "--endpoint-reconciler-type=none",
-                    f"--secure-port={api}",
-                    f"--tls-cert-file={p.apiserver_cert}",
-                    f"--tls-private-key-file={p.apiserver_key}",
-                    f"--client-ca-file={p.ca_cert}",
-                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                    f"--service-account-key-file={p.sa_pub}",
-                    f"--service-account-signing-key-file={p.sa_key}",
-                    f"--service-cluster-ip-range={topology.SERVICE_CIDR}",
-                    "--authorization-mode=Node,RBAC",
-                    "--allow-privileged=true",
-                    "--profiling=false",
-                ],
+                self._cp(
+                    [
+                        str(build.binary("kube-apiserver")),
+                        "--etcd-servers=http://127.0.0.1:2379",
+                        "--bind-address=0.0.0.0",
+                        f"--advertise-address={topology.CONTROL_PLANE_IP}",
+                        f"--secure-port={topology.APISERVER_PORT}",
+                        f"--tls-cert-file={p.apiserver_cert}",
+                        f"--tls-private-key-file={p.apiserver_key}",
+                        f"--client-ca-file={p.ca_cert}",
+                        # exec, logs and port-forward: the apiserver calls the kubelets as the lab's admin
+                        f"--kubelet-client-certificate={p.client_cert('admin')}",
+                        f"--kubelet-client-key={p.client_key('admin')}",
+                        "--kubelet-preferred-address-types=InternalIP",
+                        # webhooks served by pods are dialled at their endpoints (no kube-proxy here)
+                        "--enable-aggregator-routing=true",
+                        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                        f"--service-account-key-file={p.sa_pub}",
+                        f"--service-account-signing-key-file={p.sa_key}",
+                        f"--service-cluster-ip-range={topology.SERVICE_CIDR}",
+                        "--authorization-mode=Node,RBAC",
+                        "--allow-privileged=true",
+                        "--profiling=false",
+                    ]
+                ),
             )
-        self._wait("kube-apiserver", lambda: self._https_ok(api, "/readyz"), "kube-apiserver /readyz")
+        self._wait("kube-apiserver", lambda: self._https_ok(relay, "/readyz"), "kube-apiserver /readyz")
 
-        common = [
-            "--bind-address=127.0.0.1",
-            "--leader-elect=false",
-            "--profiling=false",
-        ]
+        common = ["--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false"]
         if not self._running(state, "kube-controller-manager"):
             kc = str(self.dir / "controller-manager.kubeconfig")
             self._start(
                 state,
                 "kube-controller-manager",
-                [
-                    str(build.binary("kube-controller-manager")),
-                    f"--kubeconfig={kc}",
-                    f"--authentication-kubeconfig={kc}",
-                    f"--authorization-kubeconfig={kc}",
-                    f"--secure-port={ports['controller_manager']}",
-                    f"--service-account-private-key-file={self.pki.sa_key}",
-                    f"--root-ca-file={self.pki.ca_cert}",
-                    f"--cluster-signing-cert-file={self.pki.ca_cert}",
-                    f"--cluster-signing-key-file={self.pki.ca_key}",
-                    "--use-service-account-credentials=true",
-                    f"--service-cluster-ip-range={topology.SERVICE_CIDR}",
-                    "--controllers=*",
-                    *common,
-                ],
+                self._cp(
+                    [
+                        str(build.binary("kube-controller-manager")),
+                        f"--kubeconfig={kc}",
+                        f"--authentication-kubeconfig={kc}",
+                        f"--authorization-kubeconfig={kc}",
+                        "--secure-port=10257",
+                        f"--service-account-private-key-file={self.pki.sa_key}",
+                        f"--root-ca-file={self.pki.ca_cert}",
+                        f"--cluster-signing-cert-file={self.pki.ca_cert}",
+                        f"--cluster-signing-key-file={self.pki.ca_key}",
+                        "--use-service-account-credentials=true",
+                        f"--service-cluster-ip-range={topology.SERVICE_CIDR}",
+                        "--controllers=*",
+                        *common,
+                    ]
+                ),
             )
         if not self._running(state, "kube-scheduler"):
             ks = str(self.dir / "scheduler.kubeconfig")
             self._start(
                 state,
                 "kube-scheduler",
-                [
-                    str(build.binary("kube-scheduler")),
-                    f"--kubeconfig={ks}",
-                    f"--authentication-kubeconfig={ks}",
-                    f"--authorization-kubeconfig={ks}",
-                    f"--secure-port={ports['scheduler']}",
-                    *common,
-                ],
+                self._cp(
+                    [
+                        str(build.binary("kube-scheduler")),
+                        f"--kubeconfig={ks}",
+                        f"--authentication-kubeconfig={ks}",
+                        f"--authorization-kubeconfig={ks}",
+                        "--secure-port=10259",
+                        *common,
+                    ]
+                ),
             )
         self._wait(
             "kube-controller-manager",
-            lambda: self._https_ok(int(ports["controller_manager"]), "/healthz", verify=False),
+            lambda: self._in_cp_https(10257, "/healthz"),
             "kube-controller-manager /healthz",
         )
-        self._wait(
-            "kube-scheduler",
-            lambda: self._https_ok(int(ports["scheduler"]), "/healthz", verify=False),
-            "kube-scheduler /healthz",
-        )
+        self._wait("kube-scheduler", lambda: self._in_cp_https(10259, "/healthz"), "kube-scheduler /healthz")
 
-    @staticmethod
-    def _etcd_healthy(port: int) -> bool:
+    def _in_cp_http(self, port: int, path: str, expect: bytes) -> bool:
+        """GET a plain-HTTP endpoint on the control plane namespace's loopback."""
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
-            conn.request("GET", "/health")
-            body = conn.getresponse().read()
-            conn.close()
-        except (OSError, http.client.HTTPException):
+            sock = forward.in_netns(netns.path(topology.control_plane_netns(self.prefix)), socket.socket)
+            with sock:
+                sock.settimeout(3)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+            return expect in data
+        except OSError:
             return False
-        return b'"health":"true"' in body
+
+    def _in_cp_https(self, port: int, path: str) -> bool:
+        """kube-controller-manager's and kube-scheduler's health (self-signed, on the namespace's loopback)."""
+        try:
+            raw = forward.in_netns(netns.path(topology.control_plane_netns(self.prefix)), socket.socket)
+            raw.settimeout(3)
+            raw.connect(("127.0.0.1", port))
+            with self._client_ssl(verify=False).wrap_socket(raw) as tls:
+                tls.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+                head = tls.recv(64)
+            return head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+        except (OSError, ssl.SSLError):
+            return False
+
+    # ------------------------------------------------------------------ nodes
+    @property
+    def node_kubeconfig(self) -> Path:
+        """The kubeconfig of node components: the apiserver at its LAN address."""
+        return self.dir / "node.kubeconfig"
+
+    def in_node(self, name: str, state: dict[str, Any] | None = None) -> list[str]:
+        """The argv prefix that runs a command on a node: its network and mount namespaces."""
+        st = state or self.state()
+        holder = st.get("procs", {}).get(f"mountns/{name}")
+        if not procs.alive(holder):
+            raise LabError(f"node {name} is not running (no mount namespace holder)")
+        return ["nsenter", f"--net={netns.path(self.node(name).netns)}", f"--mount=/proc/{holder}/ns/mnt", "--"]
+
+    def _cgroup_root(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
 
     def _up_nodes(self, state: dict[str, Any], count: int, cni: str) -> None:
-        topology.ensure_switch(self.prefix)
         wanted = [topology.node_name(i) for i in range(1, count + 1)]
         for name in [n for n in state.get("nodes", []) if n not in wanted]:
             self._remove_node(state, name)
-        api = int(state["ports"]["apiserver"])
         for name in wanted:
             node = self.node(name)
             topology.ensure_node(self.prefix, node.index)
@@ -393,50 +467,95 @@ class Lab:
             if name not in state["nodes"]:
                 state["nodes"].append(name)
                 self._save(state)
-            fwd = f"forwarder/{name}"
-            if not self._running(state, fwd):
-                self._start(
-                    state,
-                    fwd,
-                    [
-                        sys.executable,
-                        "-m",
-                        "spiderpool_lab.forward",
-                        f"--netns={node.netns}",
-                        f"--port={api}",
-                    ],
+            self._up_node(state, node)
+
+    def _up_node(self, state: dict[str, Any], node: NodeInfo) -> None:
+        name = node.name
+        holder = f"mountns/{name}"
+        if not self._running(state, holder):
+            # A node whose namespace holder died is started afresh (its old processes are stopped).
+            for key in (f"kubelet/{name}", f"containerd/{name}", f"kube-proxy/{name}"):
+                pid = state.get("procs", {}).pop(key, None)
+                if pid:
+                    procs.stop([pid])
+            (node.dir / "mountns.ready").unlink(missing_ok=True)
+            self._start(
+                state,
+                holder,
+                [
+                    "nsenter",
+                    f"--net={netns.path(node.netns)}",
+                    "--",
+                    "unshare",
+                    "--mount",
+                    "--propagation=private",
+                    sys.executable,
+                    "-m",
+                    "spiderpool_lab.nodens",
+                    str(node.dir),
+                ],
+            )
+            self._wait(holder, lambda: (node.dir / "mountns.ready").exists(), f"{name}'s mount namespace")
+        run = self.in_node(name, state)
+        if not self._running(state, f"containerd/{name}"):
+            (node.dir / "etc" / "containerd" / "config.toml").write_text(noderuntime.containerd_config())
+            self._start(
+                state,
+                f"containerd/{name}",
+                [*run, str(build.binary("containerd")), "--config=/etc/containerd/config.toml"],
+                env=noderuntime.containerd_env(),
+            )
+        self._wait(
+            f"containerd/{name}",
+            lambda: subprocess.run([*run, *noderuntime.ctr_argv("version")], capture_output=True).returncode == 0,
+            f"containerd on {name}",
+        )
+        imported = noderuntime.import_images(run, node.dir / "images.json")
+        if imported:
+            say(f"{name}: imported {', '.join(imported)}")
+        if not self._running(state, f"kubelet/{name}"):
+            noderuntime.make_cgroup_root(self._cgroup_root(name))
+            resolv = node.dir / "resolv.conf"
+            resolv.write_text("# the lab runs no DNS server\n")
+            config = node.dir / "kubelet.yaml"
+            config.write_text(
+                noderuntime.kubelet_config(
+                    node_ip=node.ip4,
+                    cgroup_root=self._cgroup_root(name),
+                    ca_file=self.pki.ca_cert,
+                    resolv_conf=resolv,
                 )
-            proxy = f"kube-proxy/{name}"
-            if not self._running(state, proxy):
-                # kube-proxy (iptables mode) in the node's namespace, as on a real node: Services and
-                # nodePorts are the node's netfilter rules.
-                config = node.dir / "kube-proxy.yaml"
-                config.write_text(self._kube_proxy_config(name))
-                self._start(
-                    state,
-                    proxy,
-                    [str(build.binary("kube-proxy")), f"--config={config}", f"--hostname-override={name}"],
-                    netns_name=node.netns,
-                )
-            agent = f"node/{name}"
-            if not self._running(state, agent):
-                self._start(
-                    state,
-                    agent,
-                    [
-                        sys.executable,
-                        "-m",
-                        "spiderpool_lab.node",
-                        str(node.dir / "node.json"),
-                    ],
-                    netns_name=node.netns,
-                )
+            )
+            self._start(
+                state,
+                f"kubelet/{name}",
+                [
+                    *run,
+                    str(build.binary("kubelet")),
+                    f"--config={config}",
+                    f"--kubeconfig={self.node_kubeconfig}",
+                    f"--hostname-override={name}",
+                    f"--node-ip={node.ip4}",
+                    f"--node-labels=lab.spiderpool.spidernet.io/node={name}",
+                ],
+            )
+        proxy = f"kube-proxy/{name}"
+        if not self._running(state, proxy):
+            # kube-proxy (iptables mode) on the node, as on a real node: Services and nodePorts are
+            # the node's netfilter rules.
+            config = node.dir / "kube-proxy.yaml"
+            config.write_text(self._kube_proxy_config(name))
+            self._start(
+                state,
+                proxy,
+                [*run, str(build.binary("kube-proxy")), f"--config={config}", f"--hostname-override={name}"],
+            )
 
     def _kube_proxy_config(self, name: str) -> str:
         config = {
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
-            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+            "clientConnection": {"kubeconfig": str(self.node_kubeconfig)},
             "hostnameOverride": name,
             "mode": "iptables",
             # underlay pod IPs are outside it, so their Service traffic is masqueraded and the
@@ -452,60 +571,59 @@ class Lab:
         return json.dumps(config, indent=2)
 
     def _prepare_node_dirs(self, node: NodeInfo, state: dict[str, Any], cni: str) -> None:
-        for d in (node.cni_conf_dir, node.cni_bin_dir, node.var_lib_cni, node.sandboxes_dir):
+        for d in nodens.folders(node.dir):
             d.mkdir(parents=True, exist_ok=True)
-        # The reference plugins are "installed" on every node, as a node image would ship them.
+        # The reference plugins go into the node's /opt/cni/bin, as a node image would ship them.
         for plugin in build.cni_bin_dir().iterdir():
             if plugin.name.startswith("."):
                 continue
-            link = node.cni_bin_dir / plugin.name
-            if not link.exists():
-                link.symlink_to(plugin)
+            target = node.cni_bin_dir / plugin.name
+            if not target.exists() or target.stat().st_mtime < plugin.stat().st_mtime:
+                shutil.copy2(plugin, target)
         multus = build.binary("multus")
         if not (node.cni_bin_dir / "multus").exists():
-            (node.cni_bin_dir / "multus").symlink_to(multus)
-        conf = {
-            "name": node.name,
-            "index": node.index,
-            "netns": node.netns,
-            "prefix": self.prefix,
-            "lab_id": state["lab_id"],
-            "kubeconfig": str(self.kubeconfig),
-            "ip4": node.ip4,
-            "ip6": node.ip6,
-            "cni_conf_dir": str(node.cni_conf_dir),
-            "cni_bin_dir": str(node.cni_bin_dir),
-            "cni_cache_dir": str(node.var_lib_cni),
-            "sandboxes_dir": str(node.sandboxes_dir),
-            "log_dir": str(self.logs),
-        }
-        (node.dir / "node.json").write_text(json.dumps(conf, indent=2))
+            shutil.copy2(multus, node.cni_bin_dir / "multus")
         if cni == "macvlan" and not any(node.cni_conf_dir.iterdir()):
             self.write_cni_config(node.name, "10-lab-macvlan.conflist", self.macvlan_conflist(node.name))
 
-    def _remove_node(self, state: dict[str, Any], name: str) -> None:
-        for key in (f"node/{name}", f"kube-proxy/{name}", f"forwarder/{name}"):
+    def _stop_node(self, state: dict[str, Any], name: str) -> None:
+        """Stop a node's processes and its pods' containers, and remove its cgroups."""
+        for key in (f"kubelet/{name}", f"kube-proxy/{name}", f"containerd/{name}"):
             pid = state.get("procs", {}).pop(key, None)
             if pid:
                 procs.stop([pid])
-        node = self.node(name)
-        for sandbox in node.sandboxes_dir.glob("*.json"):
-            try:
-                ns = json.loads(sandbox.read_text()).get("netns")
-            except (OSError, ValueError):
-                continue
-            if ns:
-                netns.delete(ns)
+        noderuntime.kill_cgroup(self._cgroup_root(name))
+        # the runtime's shims outlive containerd by design: they carry the lab's mark
+        shims = [p for p in procs.marked(state.get("lab_id", "")) if "containerd-shim" in _cmdline(p)]
+        procs.stop(shims)
+        pid = state.get("procs", {}).pop(f"mountns/{name}", None)
+        if pid:
+            procs.stop([pid])
+        procs.wait_for(
+            lambda: not noderuntime.cgroup_pids(self._cgroup_root(name)), timeout=30, what=f"{name}'s pods to stop"
+        )
+        left = noderuntime.remove_cgroup_root(self._cgroup_root(name))
+        if left:
+            say(f"{name}: cgroups not removed: {left[:3]}")
+        self._save(state)
+
+    def _remove_node(self, state: dict[str, Any], name: str) -> None:
+        self._stop_node(state, name)
         topology.remove_node(self.prefix, name)
         self.api("DELETE", f"/api/v1/nodes/{name}")
-        shutil.rmtree(node.dir, ignore_errors=True)
+        shutil.rmtree(self.node(name).dir, ignore_errors=True)
         state["nodes"].remove(name)
         self._save(state)
 
     def _wait_ready(self, count: int) -> None:
         names = [topology.node_name(i) for i in range(1, count + 1)]
+        saved = self.state().get("sysctls", {})
 
         def nodes_ready() -> bool:
+            # kubelet changes machine-wide sysctls as it starts: put the machine's values back at once
+            changed = noderuntime.restore_sysctls(saved)
+            if changed:
+                say(f"restored the machine's sysctls kubelet changed: {changed} -> {saved}")
             code, body = self.api("GET", "/api/v1/nodes")
             if code != 200:
                 return False
@@ -521,9 +639,10 @@ class Lab:
             return code == 200
 
         def detail() -> str:
-            return "\n".join(procs.tail(self._log(f"node/{n}"), 15) for n in names)
+            return "\n".join(procs.tail(self._log(f"kubelet/{n}"), 15) for n in names)
 
-        procs.wait_for(nodes_ready, timeout=120, what=f"nodes {names} Ready", detail=detail)
+        procs.wait_for(nodes_ready, timeout=180, what=f"nodes {names} Ready", detail=detail)
+        noderuntime.restore_sysctls(saved)
         procs.wait_for(
             default_sa,
             timeout=120,
@@ -611,29 +730,15 @@ class Lab:
             self.write_cni_config(node.name, "10-lab-macvlan.conflist", self.macvlan_conflist(node.name))
 
     # ---------------------------------------------------------------- lookup
-    def pod_netns(self, namespace: str, pod: str) -> str:
-        """Network namespace of a running pod, from the node agents' sandbox records."""
-        found: list[tuple[float, str]] = []
-        for node in self.nodes():
-            for rec in node.sandboxes_dir.glob("*.json"):
-                try:
-                    data = json.loads(rec.read_text())
-                except (OSError, ValueError):
-                    continue
-                if data.get("namespace") == namespace and data.get("name") == pod and data.get("ready_network"):
-                    found.append((float(data.get("created", 0)), str(data["netns"])))
-        if not found:
-            raise LabError(f"pod {namespace}/{pod} has no sandbox on any lab node")
-        return max(found)[1]
-
     def exec_argv(self, target: str, argv: list[str]) -> list[str]:
-        """argv running ``argv`` in a node (``node1``) or a pod (``ns/pod``) network namespace."""
+        """argv running ``argv`` in a pod (``ns/pod``: ``kubectl exec``, as an admin would) or on a
+        node (``node1``: its network and mount namespaces)."""
         if "/" in target:
             ns, pod = target.split("/", 1)
-            return netns.exec_argv(self.pod_netns(ns, pod), argv)
+            return [str(build.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", "exec", "-n", ns, pod, "--", *argv]
         if target not in self.state().get("nodes", []):
             raise LabError(f"no lab node named {target!r}; nodes: {self.state().get('nodes', [])}")
-        return netns.exec_argv(self.node(target).netns, argv)
+        return [*self.in_node(target), *argv]
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
@@ -649,19 +754,23 @@ class Lab:
 
     # ------------------------------------------------------------------ down
     def down(self) -> None:
-        """Stop everything the lab started and remove every namespace and link it made."""
+        """Stop everything the lab started and remove every namespace, cgroup and mount it made;
+        put back the machine's sysctls kubelet changed."""
         state = self.state()
         lab_id = state.get("lab_id")
-        agents = [v for k, v in state.get("procs", {}).items() if k.startswith("node/")]
-        procs.stop(agents)
+        for name in list(state.get("nodes", [])):
+            self._stop_node(state, name)
         if lab_id:
             for _ in range(3):  # children may be re-parented while we stop their parents
                 pids = procs.marked(lab_id)
                 if not pids:
                     break
                 procs.stop(pids)
-        pods = [n for n in topology.lab_namespaces(self.prefix) if "-pod-" in n]
-        for name in pods + topology.lab_namespaces(self.prefix):
+        saved = state.get("sysctls") or {}
+        changed = noderuntime.restore_sysctls(saved) if saved else {}
+        if changed:
+            say(f"restored the machine's sysctls: {changed} -> {saved}")
+        for name in topology.lab_namespaces(self.prefix):
             netns.delete(name)
         for child in self.dir.iterdir() if self.dir.exists() else []:
             if child.name == "logs":
@@ -670,4 +779,11 @@ class Lab:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
-        say(f"lab down: {len(pods)} pod namespace(s) removed, no lab processes left")
+        say("lab down: no lab process, namespace, cgroup or mount left")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

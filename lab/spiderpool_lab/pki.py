@@ -76,43 +76,27 @@ class Pki:
         return all(p.exists() for p in (self.ca_cert, self.apiserver_cert, self.sa_key, self.client_cert("admin")))
 
 
-def create(directory: Path, *, service_ip: str) -> Pki:
-    """Create (or keep, if complete) the lab PKI in ``directory``."""
+def create(directory: Path, *, service_ip: str, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Create (or keep, if complete) the lab PKI in ``directory``; the apiserver's certificate
+    covers loopback, the ``kubernetes`` Service and ``extra_ips`` (re-signed if one is missing)."""
     pki = Pki(directory)
     ca_name = x509_name("spiderpool-lab-ca")
+    ips = ("127.0.0.1", "::1", service_ip, *extra_ips)
     if pki.exists():
-        # A lab made by an older version may lack an identity added since: sign it with the same CA.
+        # A lab made by an older version may lack an identity or an address added since: sign them
+        # with the same CA.
         loaded = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
         _client_certs(pki, ca_name, loaded, only_missing=True)
+        if not _covers(pki.apiserver_cert, ips):
+            _server_cert(pki, ca_name, loaded, ips)
         return pki
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = new_key()
     ca = sign(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, issuer_key=ca_key, ca=True)
     write_key(pki.ca_key, ca_key)
     write_cert(pki.ca_cert, ca)
-
-    server_key = new_key()
-    dns = [
-        "localhost",
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ]
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1", service_ip)]
-    server = sign(
-        subject=x509_name("kube-apiserver"),
-        public_key=server_key.public_key(),
-        issuer=ca_name,
-        issuer_key=ca_key,
-        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
-        sans=sans,
-    )
-    write_key(pki.apiserver_key, server_key)
-    write_cert(pki.apiserver_cert, server)
-
+    _server_cert(pki, ca_name, ca_key, ips)
     _client_certs(pki, ca_name, ca_key, only_missing=False)
 
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -137,3 +121,36 @@ def _client_certs(pki: Pki, ca_name: x509.Name, ca_key: ec.EllipticCurvePrivateK
         )
         write_key(pki.client_key(ident.name), key)
         write_cert(pki.client_cert(ident.name), cert)
+
+
+def _server_cert(pki: Pki, ca_name: x509.Name, ca_key: ec.EllipticCurvePrivateKey, ips: tuple[str, ...]) -> None:
+    server_key = new_key()
+    dns = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    server = sign(
+        subject=x509_name("kube-apiserver"),
+        public_key=server_key.public_key(),
+        issuer=ca_name,
+        issuer_key=ca_key,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans=sans,
+    )
+    write_key(pki.apiserver_key, server_key)
+    write_cert(pki.apiserver_cert, server)
+
+
+def _covers(cert_path: Path, ips: tuple[str, ...]) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    have = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    return all(str(ipaddress.ip_address(a)) in have for a in ips)

@@ -17,6 +17,10 @@ from spiderpool_lab import netns
 SERVICE_CIDR = "10.96.0.0/16"
 #: first address of the service range, the ``kubernetes`` Service
 SERVICE_IP = "10.96.0.1"
+#: the control plane's address on the first underlay (as kind's control-plane node has one on its
+#: LAN): kubelets, pods and webhooks reach the apiserver there, and the apiserver reaches them
+CONTROL_PLANE_IP = "172.18.0.250"
+APISERVER_PORT = 6443
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,32 @@ def node_netns(prefix: str, node: str) -> str:
 
 def node_name(index: int) -> str:
     return f"node{index}"
+
+
+def control_plane_netns(prefix: str) -> str:
+    return f"{prefix}-cp"
+
+
+def ensure_control_plane(prefix: str) -> str:
+    """The control plane's namespace on the first underlay (idempotent); return its name."""
+    sw, ns = switch_netns(prefix), control_plane_netns(prefix)
+    u = UNDERLAYS[0]
+    netns.add(ns)
+    netns.sysctl(ns, _QUIET_V6)
+    present = {str(link["ifname"]) for link in netns.ip_json(ns, ["link", "show"])}
+    peer = "cp-eth0"
+    if u.node_if not in present:
+        netns.ip(ns, ["link", "add", u.node_if, "type", "veth", "peer", "name", peer, "netns", sw])
+    netns.ip_batch(sw, [f"link set {peer} master {u.bridge}", f"link set {peer} up"])
+    netns.ip_batch(
+        ns,
+        [
+            f"link set {u.node_if} up",
+            f"addr replace {CONTROL_PLANE_IP}/{u.prefix4} dev {u.node_if}",
+            f"route replace default via {u.gateway4} dev {u.node_if}",
+        ],
+    )
+    return ns
 
 
 def ensure_switch(prefix: str) -> None:
