@@ -10,7 +10,8 @@ import pytest
 from spiderpool.api import crds
 from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
-from tests.stack import Agents, Controllers, free_port
+from tests import stack
+from tests.stack import Agents, Controllers
 
 LAB_NODES = 2
 
@@ -41,22 +42,19 @@ def crds_installed(lab: Lab) -> Lab:
 
 
 @pytest.fixture(scope="session")
-def controllers(crds_installed: Lab) -> Iterator[Controllers]:
-    ctl = Controllers(crds_installed, webhook_port=free_port())
-    ctl.start("controller-a")
-    procs.wait_for(lambda: ctl.leader() == "controller-a", timeout=30, what="controller-a to lead")
-    ctl.start("controller-b")
-    yield ctl
-    for name in ("controller-a", "controller-b"):
-        ctl.stop(name)
+def controllers(crds_installed: Lab) -> Controllers:
+    """spiderpool installed from deploy/spiderpool.yaml: the controller Deployment (2 replicas) and
+    the agent DaemonSet, from the project's image."""
+    stack.install(crds_installed)
+    ctl = Controllers(crds_installed)
+    ctl.wait_all()
+    procs.wait_for(lambda: ctl.leader() in ctl.names(), timeout=60, what="a controller replica to lead")
+    return ctl
 
 
 @pytest.fixture(scope="session")
-def agents(controllers: Controllers) -> Iterator[Agents]:
-    """An agent per node, with the controller running (it keeps pool status true)."""
+def agents(controllers: Controllers) -> Agents:
+    """An agent per node (the DaemonSet), with the controller running (it keeps pool status true)."""
     ag = Agents(controllers.lab)
-    for node in controllers.lab.nodes():
-        ag.start(node.name)
-    yield ag
-    for node in controllers.lab.nodes():
-        ag.stop(node.name)
+    ag.wait_all()
+    return ag

@@ -1,141 +1,225 @@
-"""The Spiderpool stack in the lab: CRDs, controller replicas, one agent per node (as lab processes)."""
+"""The Spiderpool stack in the lab, installed as users install it: the CRDs, then
+``deploy/spiderpool.yaml`` (controller Deployment, agent DaemonSet, RBAC, webhook Service) from the
+project's image, with the tests' settings (short GC and leader-election times).
+
+A crash is what it is in a cluster: a signal to the container's process (found through the node's
+containerd), after which the kubelet restarts the container."""
 
 from __future__ import annotations
 
-import http.client
+import json
+import os
+import signal
 import socket
-import sys
-from dataclasses import dataclass, field
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from spiderpool_lab import procs
+import yaml
+
+from spiderpool_lab import images, procs
 from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json
 
 free_port = procs.free_port
+NS = "kube-system"
+MANIFEST = Path(__file__).resolve().parents[1] / "deploy" / "spiderpool.yaml"
+
+#: the controller's flags on the tests' time scale (leader election and garbage collection)
+CONTROLLER_ARGS = [
+    "--lease-duration=8",
+    "--renew-deadline=5",
+    "--retry-period=1",
+    "--gc-interval=5",
+    "--gc-quarantine=10",
+    "--gc-stale-lease=15",
+    "--gc-min-age=15",
+]
+AGENT_ARGS = ["--ip-conflict-quarantine=10"]
 
 
-def _http_ok(port: int, path: str) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", path)
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except OSError:
-        return False
+def manifests() -> list[dict[str, Any]]:
+    """deploy/spiderpool.yaml with the tests' flags (both IP families on: the tests use IPv6 too)."""
+    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        # the image's build key: a rebuilt image (same tag) rolls the pods
+        meta = doc["spec"]["template"].setdefault("metadata", {})
+        meta.setdefault("annotations", {})["lab.spiderpool.spidernet.io/image"] = images.built()["spiderpool"].key
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        command = [c for c in container["command"] if c != "--disable-ipv6"]
+        extra = CONTROLLER_ARGS if doc["kind"] == "Deployment" else AGENT_ARGS
+        container["command"] = [*command, *extra]
+    return docs
+
+
+def _pods(lab: Lab, app: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(lab, "pods", "-n", NS, "-l", f"app.kubernetes.io/name={app}")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+def _restarts(pod: dict[str, Any]) -> int:
+    return sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses", []))
+
+
+def install(lab: Lab) -> None:
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests()})
+    lab.kubectl("apply", "-f", "-", input_text=body)
+
+
+def _describe(lab: Lab, app: str) -> str:
+    out = lab.kubectl("get", "pods,events", "-n", NS, "-o", "wide", check=False).stdout
+    logs = lab.kubectl("logs", "-n", NS, "-l", f"app.kubernetes.io/name={app}", "--tail=20", check=False)
+    return out + logs.stdout + logs.stderr
 
 
 @dataclass
-class Controllers:
-    """Replicas of spiderpool-controller run as lab processes (the way a hostNetwork Deployment would)."""
-
+class _Component:
     lab: Lab
-    webhook_port: int
-    lease_duration: int = 8
-    health_ports: dict[str, int] = field(default_factory=dict)
-    metrics_ports: dict[str, int] = field(default_factory=dict)
+    app: str
+    container: str
 
-    def key(self, name: str) -> str:
-        return f"spiderpool-controller/{name}"
+    def pods(self) -> list[dict[str, Any]]:
+        return _pods(self.lab, self.app)
 
-    def start(self, name: str) -> None:
-        health, metrics = free_port(), free_port()
-        self.health_ports[name] = health
-        self.metrics_ports[name] = metrics
-        self.lab.start_process(
-            self.key(name),
-            [
-                sys.executable,
-                "-m",
-                "spiderpool",
-                "controller",
-                f"--kubeconfig={self.lab.controller_kubeconfig}",
-                f"--identity={name}",
-                "--webhook-bind=127.0.0.1",
-                f"--webhook-port={self.webhook_port}",
-                f"--webhook-url=https://127.0.0.1:{self.webhook_port}",
-                "--health-bind=127.0.0.1",
-                f"--health-port={health}",
-                f"--metrics-port={metrics}",
-                f"--lease-duration={self.lease_duration}",
-                "--renew-deadline=5",
-                "--retry-period=1",
-                # garbage collection on a test's time scale
-                "--gc-interval=5",
-                "--gc-quarantine=10",
-                "--gc-stale-lease=15",
-                "--gc-min-age=15",
-            ],
-        )
+    def pod(self, name: str) -> dict[str, Any] | None:
+        return next((p for p in self.pods() if p["metadata"]["name"] == name), None)
+
+    def _signal(self, name: str, sig: int) -> int:
+        """Signal the container's process; return its restart count before."""
+        pod = self.pod(name)
+        if pod is None:
+            raise AssertionError(f"no {self.app} pod {name}")
+        before = _restarts(pod)
+        pid = self.lab.container_pid(pod["spec"]["nodeName"], NS, name, self.container)
+        if pid is None:
+            raise AssertionError(f"{name}: no running container {self.container}")
+        os.kill(pid, sig)
+        procs.wait_for(lambda: not procs.alive(pid), timeout=30, what=f"{name}'s process to end")
+        return before
+
+    def wait_ready(self, name: str, restarts_above: int = -1, timeout: float = 120) -> None:
+        def ready() -> bool:
+            pod = self.pod(name)
+            return pod is not None and _ready(pod) and _restarts(pod) > restarts_above
+
         procs.wait_for(
-            lambda: _http_ok(health, "/readyz"),
-            timeout=60,
-            what=f"controller {name} ready",
-            detail=lambda: procs.tail(self.lab.logs / f"spiderpool-controller-{name}.log"),
+            ready, timeout=timeout, what=f"{self.app} {name} ready", detail=lambda: _describe(self.lab, self.app)
         )
 
-    def stop(self, name: str, *, kill: bool = False) -> None:
-        self.lab.stop_process(self.key(name), kill=kill)
 
-    def alive(self, name: str) -> bool:
-        return self.lab.process_alive(self.key(name))
+class Controllers(_Component):
+    """spiderpool-controller's Deployment (2 replicas, one per node)."""
+
+    lease_duration = 8
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab, "spiderpool-controller", "controller")
+        self._restarts: dict[str, int] = {}
+
+    def names(self) -> list[str]:
+        return sorted(p["metadata"]["name"] for p in self.pods())
+
+    def wait_all(self, count: int = 2, timeout: float = 180) -> None:
+        procs.wait_for(
+            lambda: len(self.pods()) == count and all(_ready(p) for p in self.pods()),
+            timeout=timeout,
+            what=f"{count} spiderpool-controller replicas ready",
+            detail=lambda: _describe(self.lab, self.app),
+        )
 
     def leader(self) -> str:
-        lease = get_json(self.lab, "lease", "-n", "kube-system", "spiderpool-controller")
-        return str(lease["spec"].get("holderIdentity") or "")
+        """The pod holding the Lease (its identity is '<pod>_<random per start>')."""
+        lease = get_json(self.lab, "lease", "-n", NS, "spiderpool-controller")
+        return str(lease["spec"].get("holderIdentity") or "").split("_", 1)[0]
+
+    def other(self, name: str) -> str:
+        (found,) = [n for n in self.names() if n != name]
+        return found
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        """SIGKILL (a crash: no Lease release) or SIGTERM (graceful) to a replica; the kubelet restarts it."""
+        self._restarts[name] = self._signal(name, signal.SIGKILL if kill else signal.SIGTERM)
+
+    def start(self, name: str) -> None:
+        """Wait for a stopped replica to be back (restarted by the kubelet) and ready."""
+        self.wait_ready(name, self._restarts.pop(name, -1))
+
+    def stop_all(self) -> None:
+        self.lab.kubectl("scale", "-n", NS, "deployment/spiderpool-controller", "--replicas=0")
+        procs.wait_for(lambda: not self.pods(), timeout=60, what="no spiderpool-controller pod")
+
+    def start_all(self) -> None:
+        self.lab.kubectl("scale", "-n", NS, "deployment/spiderpool-controller", "--replicas=2")
+        self.wait_all()
+
+    def running(self) -> bool:
+        return any(_ready(p) for p in self.pods())
 
     def scrape(self, name: str) -> str:
-        """The replica's Prometheus metrics page."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_ports[name], timeout=5)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        conn.close()
-        return text
+        """The replica's Prometheus metrics page (on its node's host network)."""
+        pod = self.pod(name)
+        assert pod is not None, name
+        argv = self.lab.exec_argv(
+            pod["spec"]["nodeName"], ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:5721/metrics"]
+        )
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
 
 
-@dataclass
-class Agents:
-    """spiderpool-agent on every lab node, in the node's network namespace (as a hostNetwork DaemonSet)."""
+class Agents(_Component):
+    """spiderpool-agent's DaemonSet: one per node."""
 
-    lab: Lab
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab, "spiderpool-agent", "agent")
+        self._restarts: dict[str, int] = {}
+
+    def on(self, node: str) -> str:
+        (found,) = [p["metadata"]["name"] for p in self.pods() if p["spec"].get("nodeName") == node]
+        return found
 
     def socket(self, node: str) -> str:
+        """The agent's socket (the plugin's /var/run/spidernet/spiderpool.sock on that node)."""
         return str(self.lab.node(node).dir / "run" / "spidernet" / "spiderpool.sock")
 
-    def start(self, node: str) -> None:
-        info = self.lab.node(node)
-        self.lab.start_process(
-            f"spiderpool-agent/{node}",
-            [
-                sys.executable,
-                "-m",
-                "spiderpool",
-                "agent",
-                f"--kubeconfig={self.lab.kubeconfig}",
-                f"--node-name={node}",
-                f"--socket={self.socket(node)}",
-                "--ip-conflict-quarantine=10",
-                f"--cni-bin-dir={info.cni_bin_dir}",
-                "--metrics-bind=127.0.0.1",
-                "--metrics-port=5711",
-            ],
-            netns_name=info.netns,
+    def wait_all(self, timeout: float = 180) -> None:
+        nodes = {n.name for n in self.lab.nodes()}
+
+        def ready() -> bool:
+            pods = self.pods()
+            return {p["spec"].get("nodeName") for p in pods if _ready(p)} >= nodes and all(
+                unix_request(self.socket(n), "GET", "/v1/ipam/healthy")[0] == 200 for n in nodes
+            )
+
+        procs.wait_for(
+            ready,
+            timeout=timeout,
+            what="spiderpool-agent ready on every node",
+            detail=lambda: _describe(self.lab, self.app),
         )
+
+    def stop(self, node: str, *, kill: bool = False) -> None:
+        name = self.on(node)
+        self._restarts[node] = self._signal(name, signal.SIGKILL if kill else signal.SIGTERM)
+
+    def start(self, node: str) -> None:
+        self.wait_ready(self.on(node), self._restarts.pop(node, -1))
         procs.wait_for(
             lambda: unix_request(self.socket(node), "GET", "/v1/ipam/healthy")[0] == 200,
             timeout=60,
             what=f"spiderpool-agent on {node} healthy",
-            detail=lambda: procs.tail(self.lab.logs / f"spiderpool-agent-{node}.log"),
         )
-
-    def stop(self, node: str, *, kill: bool = False) -> None:
-        self.lab.stop_process(f"spiderpool-agent/{node}", kill=kill)
 
 
 def unix_request(path: str, method: str, url: str, body: object = None, timeout: float = 30) -> tuple[int, object]:
     """One HTTP request to an agent's unix socket (what the CNI plugin does), from the test process."""
-    import json
-
     payload = json.dumps(body).encode() if body is not None else b""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -690,7 +690,7 @@ class Lab:
             "cniVersion": "0.3.1",
             "name": "multus-cni-network",
             "type": "multus",
-            "kubeconfig": str(self.kubeconfig),
+            "kubeconfig": str(self.node_kubeconfig),
             "cniDir": str(node.var_lib_cni / "multus"),
             "binDir": str(node.cni_bin_dir),
             "logFile": str(self.logs / f"multus-{node.name}.log"),
@@ -739,6 +739,27 @@ class Lab:
         if target not in self.state().get("nodes", []):
             raise LabError(f"no lab node named {target!r}; nodes: {self.state().get('nodes', [])}")
         return [*self.in_node(target), *argv]
+
+    def container_pid(self, node: str, namespace: str, pod: str, container: str) -> int | None:
+        """The host pid of a running container's main process (from the node's containerd), for
+        tests that crash a component the way a crash happens: a signal to its process."""
+        run = self.in_node(node)
+        filters = [
+            f'labels."io.kubernetes.pod.namespace"=={namespace}',
+            f'labels."io.kubernetes.pod.name"=={pod}',
+            f'labels."io.kubernetes.container.name"=={container}',
+        ]
+        ids = subprocess.run(
+            [*run, *noderuntime.ctr_argv("containers", "ls", "--quiet", ",".join(filters))],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        tasks = subprocess.run([*run, *noderuntime.ctr_argv("tasks", "ls")], capture_output=True, text=True).stdout
+        for line in tasks.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] in ids and fields[2] == "RUNNING":
+                return int(fields[1])
+        return None
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ the node's file system what a real node has, with nothing written to the machine
 - the node's own folders are bound over the places the runtime and the CNI plugins use:
   ``/etc/cni/net.d``, ``/opt/cni/bin``, ``/var/lib/cni``, ``/etc/containerd``,
   ``/var/lib/containerd``, ``/var/lib/kubelet``, ``/var/log/pods``, ``/var/log/containers``,
-  ``/run/containerd``, ``/run/netns`` (hostPath volumes then mean the node's folders, as on a node);
+  ``/run/containerd``, ``/run/netns``, ``/run/spidernet`` (hostPath volumes then mean the node's
+  folders, as on a node);
 - ``/sys`` is a fresh sysfs of the node's network namespace (its ``/sys/class/net`` lists the node's
   links), with the cgroup tree moved back under it (``ip netns exec`` loses it, and runc then finds
   no cgroup mount);
@@ -38,6 +39,8 @@ BINDS = {
     "/var/log/containers": "var/log/containers",
     "/run/containerd": "run/containerd",
     "/run/netns": "run/netns",
+    # spiderpool-agent's socket folder (a hostPath): the tests talk to the agent there, as the plugin does
+    "/run/spidernet": "run/spidernet",
 }
 OVERLAID = ("/etc", "/opt", "/var", "/run")
 

@@ -23,6 +23,7 @@ KUBELET_SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops
 RUNC = "/usr/sbin/runc"
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10.2"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+DNS_IP = "10.96.0.10"
 
 
 # ------------------------------------------------------------------ sysctls
@@ -163,6 +164,9 @@ def kubelet_config(*, node_ip: str, cgroup_root: str, ca_file: Path, resolv_conf
         "healthzPort": 10248,
         "failSwapOn": False,
         "resolvConf": str(resolv_conf),
+        # no DNS server runs in the lab; the address keeps ClusterFirst pods from warning on every sync
+        "clusterDNS": [DNS_IP],
+        "clusterDomain": "cluster.local",
         "authentication": {
             "anonymous": {"enabled": False},
             "webhook": {"enabled": False},

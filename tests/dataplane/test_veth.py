@@ -52,7 +52,7 @@ spec:
           labelSelector: {{matchLabels: {{app: web}}}}}}
       containers:
       - name: web
-        image: registry.invalid/web:1
+        image: registry.invalid/app:1
         ports: [{{containerPort: 80}}]
         readinessProbe:
           httpGet: {{path: /ready, port: 80}}

@@ -52,7 +52,7 @@ def test_gc_takes_back_ips_and_quarantines_them(stack: Agents, controllers: Cont
         lab.kubectl("apply", "-f", "-", input_text=ghost)
 
         # node2 stops without notice: no kubelet to run CNI DEL, its Lease goes stale
-        lab.stop_process("node/node2")
+        lab.stop_process("kubelet/node2")
         stopped = True
         lab.kubectl("delete", "pod", "-n", NS, "forced", "--force", "--grace-period=0")
         lab.kubectl("delete", "pod", "-n", NS, "stranded", "--wait=false")
@@ -120,7 +120,7 @@ def test_del_ends_the_quarantine_of_a_force_deleted_pod(stack: Agents, controlle
         conflict["spec"].update(containerID=container, quarantineUntil=LATER, releaseReason="ip_conflict")
         lab.kubectl("apply", "-f", "-", input_text=json.dumps(conflict))
 
-        lab.stop_process("node/node2")  # no kubelet: nothing tears the sandbox down for now
+        lab.stop_process("kubelet/node2")  # no kubelet: nothing tears the sandbox down for now
         stopped = True
         lab.kubectl("delete", "pod", "-n", ns, "forced", "--force", "--grace-period=0")
         procs.wait_for(

@@ -33,7 +33,7 @@ def statefulset(replicas: int) -> str:
                         "labels": {"app": "db"},
                         "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})},
                     },
-                    "spec": {"containers": [{"name": "c", "image": "registry.invalid/db:1"}]},
+                    "spec": {"containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
                 },
             },
         }

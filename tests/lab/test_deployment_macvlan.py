@@ -37,7 +37,7 @@ spec:
           matchLabels: {{app: web}}
       containers:
       - name: web
-        image: registry.invalid/web:1
+        image: registry.invalid/app:1
         ports:
         - containerPort: 80
 """

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import tempfile
@@ -43,7 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("SPIDERPOOL_NAMESPACE", "kube-system"),
         help="namespace of the leader Lease and the webhook certificate Secret",
     )
-    p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}", help="leader election identity")
+    p.add_argument(
+        "--identity",
+        default=socket.gethostname(),
+        help="leader election name (the pod name); each start adds '_<random>' to it",
+    )
     p.add_argument("--lease-name", default="spiderpool-controller")
     p.add_argument("--lease-duration", type=float, default=15.0)
     p.add_argument("--renew-deadline", type=float, default=10.0)
@@ -116,7 +121,9 @@ class Controller:
             self.client,
             name=args.lease_name,
             namespace=args.namespace,
-            identity=args.identity,
+            # a name per process start (as kube-controller-manager's hostname_uuid): a replica that
+            # restarts after a crash must not take over the Lease its previous life held
+            identity=f"{args.identity}_{secrets.token_hex(4)}",
             lease_duration=args.lease_duration,
             renew_deadline=args.renew_deadline,
             retry_period=args.retry_period,
