@@ -36,7 +36,8 @@ CONTROLLER_ARGS = [
     "--gc-stale-lease=15",
     "--gc-min-age=15",
 ]
-AGENT_ARGS = ["--ip-conflict-quarantine=10"]
+# (longer than the kubelet's back-off between sandbox attempts, ~10-15 s: the retry must find it held)
+AGENT_ARGS = ["--ip-conflict-quarantine=30"]
 
 
 def manifests() -> list[dict[str, Any]]:

@@ -92,7 +92,7 @@ def test_conflicting_ip_is_skipped_and_unreachable_gateway_fails(detecting: Agen
     wait_no_records(lab, NS, timeout=120)
     procs.wait_for(
         lambda: not [r for r in records(lab) if r["spec"]["pool"] in ("p-det", "p-nogw")],
-        timeout=60,
+        timeout=120,
         what="the quarantined address to be freed",
     )
     for pool in ("p-det", "p-nogw"):
@@ -143,7 +143,7 @@ def test_ipv6_conflicts_and_unreachable_gateway(detecting: Agents) -> None:
             (running,) = wait_running(lab, NS6, f"app={name}", 1)
             have = {ipaddress.ip_address(p["ip"]) for p in running["status"]["podIPs"]}
             assert [ip for ip in have if ip.version == 6] == [ipaddress.ip_address(good)], have
-            # the refused address was quarantined (held for nobody a while: the tests' setting is 10 s)
+            # the refused address was quarantined (held for nobody a while: the tests' setting is 30 s)
             assert ip_conflicts(lab) >= before + n, "no ip_conflict quarantine counted"
             # the pod's failed attempts and its IPv4 sibling left nothing else behind
             mine = [
@@ -166,7 +166,7 @@ def test_ipv6_conflicts_and_unreachable_gateway(detecting: Agents) -> None:
     pools = ("p-d6v4", "p-d6", "p-d6b", "p-d6nogw")
     procs.wait_for(
         lambda: not [r for r in records(lab) if r["spec"]["pool"] in pools],
-        timeout=60,
+        timeout=120,
         what="the quarantined addresses to be freed",
     )
     for pool in pools:

@@ -1,5 +1,6 @@
-"""The tests' workload: answer every GET/HEAD with 200 and a JSON body naming the pod (its host
-name), the port and the client address, so a test sees who answered whom.
+"""The tests' workload: answer every GET/HEAD with 200 and a JSON body naming the pod
+(``namespace/name``: its service account's namespace and its host name), the port and the client
+address, so a test sees who answered whom.
 
 Ports: $RESPONDER_PORTS (comma-separated), 80 by default. Stops on SIGTERM.
 """
@@ -50,7 +51,12 @@ def handler(pod, port):
 
 
 def main():
-    pod = os.environ.get("POD_NAME") or socket.gethostname()
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            namespace = f.read().strip()
+    except OSError:
+        namespace = "?"
+    pod = f"{namespace}/{socket.gethostname()}"
     ports = [int(p) for p in os.environ.get("RESPONDER_PORTS", "80").split(",") if p.strip()]
     servers = []
     for port in ports:
