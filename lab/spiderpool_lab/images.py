@@ -6,9 +6,10 @@
 - Every image is built from a Containerfile by buildah, a real OCI builder: the lab's images from
   ``lab/images/<name>/``, the project's image from the project's own ``Dockerfile`` with that base as
   its ``BASE`` build argument (a registry build keeps ``python:3.11-slim``).
-- Each image is saved as an archive named after a hash of its inputs (its context, its base,
-  its build arguments): a second build with the same inputs does nothing. The node imports the
-  archives into containerd's ``k8s.io`` namespace, where pods find them by name.
+- Each image is named after a hash of its inputs (its context, its base, its build arguments): a
+  second build with the same inputs does nothing. All of them are saved in one OCI archive (the
+  layers they share stored once), which a node imports into containerd's ``k8s.io`` namespace in
+  one go (about 8 s), where pods find them by name.
 
 Storage (buildah's and the archives) lives in the lab cache; nothing is written to the machine's
 container storage or CNI configuration.
@@ -195,19 +196,16 @@ def _bud(context: Path, containerfile: str, tag: str, build_args: dict[str, str]
     _run([*argv, str(context)], log=log)
 
 
-def _save(tag: str, ref: str, archive: Path, log: Path) -> None:
-    tmp = archive.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    _run(_buildah("push", "--quiet", tag, f"docker-archive:{tmp}:{ref}"), log=log)
-    tmp.replace(archive)
-
-
 @dataclass(frozen=True)
 class Built:
     name: str
     key: str
-    #: ref -> archive
-    archives: dict[str, Path]
+    refs: tuple[str, ...] = ()
+
+    @property
+    def tag(self) -> str:
+        """The image's name in buildah's storage."""
+        return f"lab.local/build/{self.name}:{self.key}"
 
 
 def _lock_path() -> Path:
@@ -221,7 +219,7 @@ def built() -> dict[str, Built]:
     except (OSError, ValueError):
         return {}
     return {
-        name: Built(name, str(v["key"]), {r: Path(p) for r, p in v["archives"].items()}) for name, v in data.items()
+        name: Built(name, str(v["key"]), tuple(v.get("refs") or ())) for name, v in data.items() if name != "bundle"
     }
 
 
@@ -241,11 +239,11 @@ def build_images() -> dict[str, Built]:
     cache = _cache()
     (cache / "archives").mkdir(parents=True, exist_ok=True)
     log = cache / "logs" / "images.log"
-    lock = {name: b for name, b in built().items()}
+    lock = dict(built())
     base_tar = rootfs_tar()
     base_key = hashlib.sha256(base_tar.name.encode()).hexdigest()[:16]
     base_ctx = paths.repo_root() / "lab" / "images" / "base"
-    if lock.get("base", Built("", "", {})).key != base_key or not _has(_buildah("inspect", BASE_REF)):
+    if lock.get("base", Built("", "")).key != base_key or not _has(_buildah("inspect", BASE_REF)):
         with step("image lab.local/debian:bookworm"):
             work = cache / "contexts" / "base"
             shutil.rmtree(work, ignore_errors=True)
@@ -253,7 +251,7 @@ def build_images() -> dict[str, Built]:
             os.link(base_tar, work / "rootfs.tar")
             _bud(work, "Containerfile", BASE_REF, {}, log)
             shutil.rmtree(work, ignore_errors=True)
-        lock["base"] = Built("base", base_key, {})
+        lock["base"] = Built("base", base_key)
         _write_lock(lock)
     for spec in _specs():
         context = spec.context or paths.repo_root() / "lab" / "images" / spec.name
@@ -264,8 +262,8 @@ def build_images() -> dict[str, Built]:
             h.update(name.encode())
             h.update(src.read_bytes())
         key = h.hexdigest()[:16]
-        archives = {ref: cache / "archives" / f"{spec.name}-{i}-{key}.tar" for i, ref in enumerate(spec.refs)}
-        if lock.get(spec.name, Built("", "", {})).key == key and all(a.exists() for a in archives.values()):
+        made = Built(spec.name, key, spec.refs)
+        if lock.get(spec.name) == made and _has(_buildah("inspect", made.tag)):
             continue
         with step(f"image {spec.refs[0]}"):
             work = context
@@ -277,16 +275,48 @@ def build_images() -> dict[str, Built]:
                     shutil.copy2(_extra_source(spec, name), work / dest)
                 if spec.name == "pause":
                     _run(["gcc", "-Os", "-static", "-o", str(work / "pause"), str(work / "pause.c")], log=log)
-            tag = f"lab.local/build/{spec.name}:{key}"
-            _bud(work, spec.containerfile, tag, {"BASE": BASE_REF} if spec.on_base else {}, log)
-            for ref, archive in archives.items():
-                _save(tag, ref, archive, log)
-        for old in (cache / "archives").glob(f"{spec.name}-*.tar"):
-            if old not in archives.values():
-                old.unlink()
-        lock[spec.name] = Built(spec.name, key, archives)
+            _bud(work, spec.containerfile, made.tag, {"BASE": BASE_REF} if spec.on_base else {}, log)
+        old = lock.get(spec.name)
+        if old is not None and old.key != key:
+            _has(_buildah("rmi", old.tag))  # the previous build of it is not needed any more
+        lock[spec.name] = made
         _write_lock(lock)
+    _bundle(lock, log)
     return lock
+
+
+def bundle_path() -> Path:
+    """The one archive holding every image (for the nodes to import)."""
+    try:
+        data = json.loads(_lock_path().read_text())
+        return Path(data["bundle"]["path"])
+    except (OSError, ValueError, KeyError):
+        raise ImageError("no images are built yet: run 'spiderpool-lab build'") from None
+
+
+def _bundle(lock: dict[str, Built], log: Path) -> Path:
+    """Every image in one OCI archive, named after the images' keys."""
+    made = [b for b in lock.values() if b.refs]
+    key = hashlib.sha256("|".join(f"{b.name}:{b.key}" for b in sorted(made, key=lambda b: b.name)).encode())
+    archive = _cache() / "archives" / f"images-{key.hexdigest()[:16]}.tar"
+    if archive.exists():
+        _write_lock(lock, archive)
+        return archive
+    with step("image archive for the nodes"):
+        layout = _cache() / "archives" / "layout"
+        shutil.rmtree(layout, ignore_errors=True)
+        for b in made:
+            for ref in b.refs:
+                _run(_buildah("push", "--quiet", b.tag, f"oci:{layout}:{ref}"), log=log)
+        tmp = archive.with_suffix(".tmp")
+        _run(["tar", "-C", str(layout), "-cf", str(tmp), "."], log=log)
+        tmp.replace(archive)
+        shutil.rmtree(layout, ignore_errors=True)
+    for old in (_cache() / "archives").glob("*.tar"):
+        if old != archive:
+            old.unlink()
+    _write_lock(lock, archive)
+    return archive
 
 
 def _extra_source(spec: ImageSpec, name: str) -> Path:
@@ -299,25 +329,15 @@ def _has(argv: list[str]) -> bool:
     return subprocess.run(argv, capture_output=True).returncode == 0
 
 
-def _write_lock(lock: dict[str, Built]) -> None:
-    data = {n: {"key": b.key, "archives": {r: str(p) for r, p in b.archives.items()}} for n, b in lock.items()}
+def _write_lock(lock: dict[str, Built], bundle: Path | None = None) -> None:
+    data: dict[str, object] = {n: {"key": b.key, "refs": list(b.refs)} for n, b in lock.items()}
+    if bundle is not None:
+        data["bundle"] = {"path": str(bundle)}
     _lock_path().write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def archives() -> list[tuple[str, str, Path]]:
-    """(image, ref, archive) of every built image, for importing into a node."""
-    out = []
-    for b in built().values():
-        for ref, archive in b.archives.items():
-            if not archive.exists():
-                raise ImageError(f"image archive {archive} is missing: run 'spiderpool-lab build'")
-            out.append((b.name, ref, archive))
-    if not out:
-        raise ImageError("no images are built yet: run 'spiderpool-lab build'")
-    return out
 
 
 def say_built() -> None:
     for b in built().values():
-        for ref in b.archives:
+        for ref in b.refs:
             say(f"image {ref} ({b.key})")
+    say(f"archive for the nodes: {bundle_path()}")

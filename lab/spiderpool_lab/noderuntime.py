@@ -35,6 +35,35 @@ def read_sysctls() -> dict[str, str]:
     return {k: _sysctl_path(k).read_text().strip() for k in KUBELET_SYSCTLS}
 
 
+def machine_sysctls(record: Path) -> dict[str, str]:
+    """The machine's own values, recorded once (in the lab cache, shared by every lab): read while
+    no kubelet runs on the machine, so never a value a kubelet has just set."""
+    try:
+        saved = json.loads(record.read_text())
+        if isinstance(saved, dict) and set(saved) == set(KUBELET_SYSCTLS):
+            return {str(k): str(v) for k, v in saved.items()}
+    except (OSError, ValueError):
+        pass
+    if _kubelet_running():
+        raise RuntimeError(
+            f"a kubelet runs on this machine and the lab has no record of the machine's {', '.join(KUBELET_SYSCTLS)}:"
+            " stop it first"
+        )
+    values = read_sysctls()
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(values, indent=2) + "\n")
+    return values
+
+
+def _kubelet_running() -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "kubelet":
+                    return True
+    return False
+
+
 def restore_sysctls(saved: dict[str, str]) -> dict[str, str]:
     """Write the machine's values back; return what had changed (key -> value found)."""
     changed = {}
@@ -48,11 +77,12 @@ def restore_sysctls(saved: dict[str, str]) -> dict[str, str]:
 
 # ------------------------------------------------------------------ cgroups
 def _hierarchies() -> list[Path]:
-    """The cgroup v1 hierarchies mounted under /sys/fs/cgroup (kubelet runs in v1 mode here)."""
+    """The cgroup hierarchies mounted under /sys/fs/cgroup: the v1 ones kubelet uses here, and the
+    (empty) v2 one beside them, where runc makes the containers' cgroups too."""
     out = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split(" - ", 1)
-        if len(fields) != 2 or not fields[1].startswith("cgroup "):
+        if len(fields) != 2 or not fields[1].startswith(("cgroup ", "cgroup2 ")):
             continue
         mount_point = Path(fields[0].split()[4])
         if mount_point.parent == CGROUP_ROOT:
@@ -192,25 +222,16 @@ def ctr_argv(*args: str) -> list[str]:
     return [str(build.binary("ctr")), f"--address={CONTAINERD_SOCKET}", "--namespace=k8s.io", *args]
 
 
-def import_images(run_in_node: list[str], imported_file: Path) -> list[str]:
-    """Import every built image the node does not have yet (by archive); return the refs imported.
+def import_images(run_in_node: list[str], imported_file: Path) -> bool:
+    """Import the images' archive unless the node has it already; whether it did.
     ``run_in_node`` is the prefix that runs a command inside the node's namespaces."""
-    try:
-        have = set(json.loads(imported_file.read_text()))
-    except (OSError, ValueError):
-        have = set()
-    done = []
-    for _name, ref, archive in images.archives():
-        if str(archive) in have:
-            continue
-        proc = subprocess.run(
-            [*run_in_node, *ctr_argv("images", "import", str(archive))],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise images.ImageError(f"importing {ref} into a node failed: {proc.stderr.strip()[-500:]}")
-        have.add(str(archive))
-        done.append(ref)
-        imported_file.write_text(json.dumps(sorted(have)))
-    return done
+    archive = images.bundle_path()
+    if imported_file.exists() and imported_file.read_text().strip() == str(archive):
+        return False
+    if not archive.exists():
+        raise images.ImageError(f"the images' archive {archive} is missing: run 'spiderpool-lab build'")
+    proc = subprocess.run([*run_in_node, *ctr_argv("images", "import", str(archive))], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise images.ImageError(f"importing the images into a node failed: {proc.stderr.strip()[-500:]}")
+    imported_file.write_text(str(archive) + "\n")
+    return True

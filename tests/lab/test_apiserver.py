@@ -83,9 +83,10 @@ def test_apiserver_listens_on_loopback_only(lab: Lab) -> None:
     assert locals_ == {"127.0.0.1"}, locals_
 
 
-def test_node_namespace_reaches_apiserver_through_forwarder(lab: Lab) -> None:
+def test_a_node_reaches_the_apiserver_on_the_lan(lab: Lab) -> None:
+    """Node components (kubelet, kube-proxy, Multus' plugin) use the apiserver's LAN address."""
     kubectl = str(build.binary("kubectl"))
-    out = in_netns(lab, "node1", kubectl, f"--kubeconfig={lab.kubeconfig}", "get", "node", "node2", "-o", "name")
+    out = in_netns(lab, "node1", kubectl, f"--kubeconfig={lab.node_kubeconfig}", "get", "node", "node2", "-o", "name")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "node/node2"
 

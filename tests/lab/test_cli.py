@@ -24,7 +24,7 @@ def test_exec_unknown_targets_fail_clearly(lab: Lab) -> None:
     assert "no lab node named 'node9'" in out.stderr
     out = _cli("exec", "default/nosuchpod", "--", "true")
     assert out.returncode == 2
-    assert "pod default/nosuchpod has no sandbox" in out.stderr
+    assert "no pod default/nosuchpod" in out.stderr
 
 
 def test_env_kubectl_and_status(lab: Lab) -> None:

@@ -1,11 +1,15 @@
-"""A second, private lab: `up` is idempotent, an agent restart adopts pods, and `down` leaves nothing."""
+"""A second, private lab: `up` is idempotent, a restarted kubelet adopts its pods, and `down`
+leaves nothing behind: no process, namespace, cgroup, mount or host path, and the machine's
+sysctls as they were."""
 
 from __future__ import annotations
 
 import copy
+import os
+import signal
 from pathlib import Path
 
-from spiderpool_lab import netns, procs, topology
+from spiderpool_lab import netns, noderuntime, procs, topology
 from spiderpool_lab.cluster import Lab
 from tests.helpers import apply, get_json, wait_running
 
@@ -20,7 +24,7 @@ spec:
   containers:
   - name: main
     image: registry.invalid/app:1
-    ports: [{name: http, containerPort: 8080}]
+    ports: [{name: http, containerPort: 80}]
     readinessProbe:
       httpGet: {port: http, path: /healthz}
       periodSeconds: 1
@@ -35,18 +39,34 @@ spec:
   containers:
   - name: main
     image: registry.invalid/app:1
-    ports: [{containerPort: 8080}]
+    ports: [{containerPort: 80}]
     readinessProbe:
       tcpSocket: {port: 9999}
       periodSeconds: 1
 """
 
-# ptp gives the node a route to its pods, so the node agent's probes can reach them.
+# ptp gives the node a route to its pods, so the kubelet's probes can reach them.
 PTP = {
     "cniVersion": "1.0.0",
     "name": "lab-ptp",
     "plugins": [{"type": "ptp", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]]}}],
 }
+
+#: what kubelet and containerd write unless their node has a mount namespace of its own
+HOST_PATHS = (
+    "/etc/cni",
+    "/opt/cni",
+    "/etc/containerd",
+    "/var/lib/kubelet",
+    "/var/lib/containerd",
+    "/var/lib/cni",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/run/containerd",
+    "/run/spidernet",
+    "/var/lib/containers",
+    "/etc/containers/networks",
+)
 
 
 def _ready(lab: Lab, name: str) -> str:
@@ -54,44 +74,63 @@ def _ready(lab: Lab, name: str) -> str:
     return {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}.get("Ready", "")
 
 
+def _cgroups(prefix: str) -> list[str]:
+    return sorted(str(p) for p in noderuntime.CGROUP_ROOT.glob(f"*/{prefix}-*") if p.is_dir())
+
+
 def test_private_lab_up_twice_restart_and_down(tmp_path: Path) -> None:
+    existed = {p for p in HOST_PATHS if Path(p).exists()}
+    sysctls = noderuntime.read_sysctls()
     lab = Lab(tmp_path / "lab", prefix="splabt")
     try:
         lab.up(nodes=2, cni="none")
         pids = dict(lab.state()["procs"])
         lab.up(nodes=2, cni="none")  # idempotent: nothing restarted
         assert lab.state()["procs"] == pids
-        # Fewer nodes: node2 goes away entirely (processes, namespace, Node object).
+        # Fewer nodes: node2 goes away entirely (processes, namespace, cgroups, Node object).
         lab.up(nodes=1, cni="none")
         assert lab.state()["nodes"] == ["node1"]
-        assert not procs.alive(pids["node/node2"])
+        for key in ("kubelet/node2", "containerd/node2", "mountns/node2", "kube-proxy/node2"):
+            assert not procs.alive(pids[key]), key
         assert not netns.exists("splabt-node2")
+        assert not [c for c in _cgroups("splabt") if c.endswith("splabt-node2")]
         assert lab.api("GET", "/api/v1/nodes/node2")[0] == 404
+        assert noderuntime.read_sysctls() == sysctls, "kubelet's sysctls were not put back"
 
         ptp = copy.deepcopy(PTP)
-        ptp["plugins"][0]["ipam"]["dataDir"] = str(lab.node("node1").var_lib_cni / "networks")
         lab.write_cni_config("node1", "10-ptp.conflist", ptp)
         apply(lab, PODS)
         wait_running(lab, "default", "app=probe", 2)
-        # The HTTP probe reaches the responder from the node namespace; the TCP probe finds no listener.
+        # The kubelet's HTTP probe reaches the pod's server; its TCP probe finds no listener.
         procs.wait_for(lambda: _ready(lab, "served") == "True", timeout=60, what="pod 'served' Ready")
         assert _ready(lab, "unserved") == "False"
-        uid = get_json(lab, "pod", "-n", "default", "served")["metadata"]["uid"]
+        before = get_json(lab, "pod", "-n", "default", "served")
 
-        # Kill the node agent; `up` restarts it and the new agent adopts the sandbox, no new ADD.
-        netns_before = set(topology.lab_namespaces(lab.prefix))
-        procs.stop([lab.state()["procs"]["node/node1"]])
+        # SIGKILL the kubelet; `up` starts it again and it adopts the running pod: no new sandbox.
+        kubelet = lab.state()["procs"]["kubelet/node1"]
+        os.kill(kubelet, signal.SIGKILL)
+        procs.wait_for(lambda: not procs.alive(kubelet), timeout=10, what="the kubelet to die")
         lab.up(nodes=1, cni="none")
         wait_running(lab, "default", "app=probe", 2)
-        assert get_json(lab, "pod", "-n", "default", "served")["metadata"]["uid"] == uid
+        after = get_json(lab, "pod", "-n", "default", "served")
+        assert after["metadata"]["uid"] == before["metadata"]["uid"]
+        assert after["status"]["podIP"] == before["status"]["podIP"]
+        assert (
+            after["status"]["containerStatuses"][0]["containerID"]
+            == before["status"]["containerStatuses"][0]["containerID"]
+        )
         procs.wait_for(lambda: _ready(lab, "served") == "True", timeout=60, what="pod 'served' Ready again")
-        assert set(topology.lab_namespaces(lab.prefix)) == netns_before
+        events = get_json(lab, "events", "-n", "default", "--field-selector", "involvedObject.name=served")["items"]
+        assert not [e for e in events if e.get("reason") == "SandboxChanged"], "the pod's sandbox was re-created"
         lab_id = lab.state()["lab_id"]
     finally:
         lab.down()
 
     assert topology.lab_namespaces("splabt") == []
     assert procs.marked(lab_id) == []
-    assert not [n for n in netns.names() if n.startswith("splabt-")]
+    assert _cgroups("splabt") == []
+    assert not [line for line in Path("/proc/mounts").read_text().splitlines() if str(tmp_path) in line]
+    assert {p for p in HOST_PATHS if Path(p).exists()} == existed, "down left host paths behind"
+    assert noderuntime.read_sysctls() == sysctls
     assert not (tmp_path / "lab" / "state.json").exists()
     assert (tmp_path / "lab" / "logs" / "kube-apiserver.log").exists()
