@@ -41,6 +41,8 @@ class Component:
     tags: str = ""
     #: -X settings stamping the version into the binaries ("{version}", "{major}", "{minor}" filled in)
     stamps: tuple[str, ...] = ()
+    #: files of the upstream module kept beside the binaries (e.g. its deployment manifests)
+    files: tuple[str, ...] = ()
 
 
 K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "kubelet")
@@ -108,6 +110,8 @@ COMPONENTS: tuple[Component, ...] = (
         module_dir="multus",
         module="gopkg.in/k8snetworkplumbingwg/multus-cni.v4",
         versions=("v4.3.0", "v4.2.4", "v4.2.3"),
+        # the DaemonSet users apply (the thin plugin), as shipped in the module
+        files=("deployments/multus-daemonset.yml",),
         # the thin plugin, and what upstream's image holds beside it for its DaemonSet
         binaries={
             b: f"gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/{pkg}"
@@ -207,7 +211,7 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     if stamp.exists():
         try:
             if json.loads(stamp.read_text()).get("fingerprint") == fp and all(
-                (out / b).exists() for b in comp.binaries
+                (out / b).exists() for b in (*comp.binaries, *(Path(f).name for f in comp.files))
             ):
                 return out
         except (ValueError, OSError):
@@ -229,6 +233,13 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     out.mkdir(parents=True)
     for name, pkg in comp.binaries.items():
         shutil.move(str(tmp_out / _default_binary_name(pkg)), out / name)
+    if comp.files:
+        gomodcache = subprocess.run(
+            ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True, env=_go_env()
+        ).stdout.strip()
+        module_dir = Path(gomodcache) / f"{comp.module}@{version}"
+        for rel in comp.files:
+            shutil.copy2(module_dir / rel, out / Path(rel).name)
     stamp.write_text(
         json.dumps({"fingerprint": fp, "module": comp.module, "version": version, "go": gover, "built": time.time()})
     )
@@ -308,6 +319,15 @@ def binary(name: str) -> Path:
             if path.exists():
                 return path
     raise BuildError(f"{name} is not built yet: run 'spiderpool-lab build'")
+
+
+def module_file(component: str, name: str) -> Path:
+    """A file kept from an upstream module by the build (see ``Component.files``)."""
+    entry = read_lock().get(component) or {}
+    path = Path(str(entry.get("dir", ""))) / name
+    if not entry.get("dir") or not path.exists():
+        raise BuildError(f"{name} of {component} is not there: run 'spiderpool-lab build'")
+    return path
 
 
 def cni_bin_dir() -> Path:

@@ -34,6 +34,7 @@ from spiderpool_lab import build, forward, netns, nodens, noderuntime, paths, pk
 from spiderpool_lab.progress import say, step
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+MULTUS_IMAGE = "lab.local/multus-cni:v4.3.0"
 
 
 class LabError(RuntimeError):
@@ -699,6 +700,15 @@ class Lab:
             "logLevel": "verbose",
             "delegates": [delegate],
         }
+
+    def multus_daemonset(self) -> str:
+        """Multus' own DaemonSet manifest (the thin plugin) from its module, with only the image
+        changed to the lab's build of it."""
+        text = build.module_file("multus", "multus-daemonset.yml").read_text()
+        upstream = "ghcr.io/k8snetworkplumbingwg/multus-cni:snapshot"
+        if upstream not in text:
+            raise LabError(f"Multus' DaemonSet manifest no longer names {upstream}: update the lab")
+        return text.replace(upstream, MULTUS_IMAGE)
 
     def kubectl(
         self, *args: str, input_text: str | None = None, check: bool = True

@@ -1,15 +1,13 @@
 """The reference walkthrough, run for real on the lab: ``spiderpool-lab demo``.
 
-It brings up a 2-node lab, installs what the walkthrough installs (Multus as the nodes' CNI, the
-``macvlan-conf`` NetworkAttachmentDefinition with macvlan + spiderpool + veth, spiderpool-controller
-and a spiderpool-agent per node, IPv4 on and IPv6 off, as its Helm values say), applies its
-SpiderSubnet, Deployment and Service, and prints each step's command with its real output, then a
-pass/fail summary. The walkthrough's fixes are applied and said: its Deployment's ``ippool``
-annotation names a SpiderSubnet (served as the ``subnet`` annotation), a YAML block was mis-indented,
-and ``helm update repo`` is ``helm repo update``.
-
-``kubectl exec`` needs a container runtime, which the lab stands in for: commands "in the pod" run in
-the pod's network namespace, which is what they would see.
+It brings up a 2-node lab (real kubelets and containerd), installs what the walkthrough installs
+(Multus by its own DaemonSet manifest, the ``macvlan-conf`` NetworkAttachmentDefinition with macvlan +
+spiderpool + veth, spiderpool's CRDs and ``deploy/spiderpool.yaml``: the controller Deployment and
+the agent DaemonSet from the project's image, IPv4 on and IPv6 off, as its Helm values say), applies
+its SpiderSubnet, Deployment (image included) and Service, and prints each step's command with its
+real output, ``kubectl exec`` included, then a pass/fail summary. The walkthrough's fixes are applied
+and said: its Deployment's ``ippool`` annotation names a SpiderSubnet (served as the ``subnet``
+annotation), a YAML block was mis-indented, and ``helm update repo`` is ``helm repo update``.
 """
 
 from __future__ import annotations
@@ -20,11 +18,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, TextIO
 
-from spiderpool.api import crds
-from spiderpool_lab import procs, topology
+from spiderpool_lab import install, procs, topology
 from spiderpool_lab.cluster import Lab
 
 NS = "default"
@@ -155,22 +151,27 @@ class Demo:
 
     # -------------------------------------------------------------- steps
     def install(self) -> str:
-        """What the walkthrough installs, as lab processes (no container runtime here)."""
-        for text in crds.render_all().values():
-            self.lab.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=text)
-        nad_crd = resources.files("spiderpool_lab").joinpath("manifests/network-attachment-definition-crd.yaml")
-        self.lab.kubectl("apply", "-f", "-", input_text=nad_crd.read_text())
-        self.lab.kubectl(
-            "wait", "--for=condition=Established", "crd/network-attachment-definitions.k8s.cni.cncf.io", "--timeout=60s"
+        """What the walkthrough installs: Multus by its DaemonSet, spiderpool by its manifests."""
+        out = install.multus(self.lab)
+        self.shell("kubectl apply -f multus-daemonset.yml  # Multus' own manifest, the lab's image", out)
+        listing = self.kubectl("get", "pods", "-A", "-o", "wide")
+        multus = "\n".join(line for line in listing.splitlines() if "multus" in line.lower())
+        self.shell("kubectl get pods -A | grep -i multus", multus)
+        node = self.lab.nodes()[0].name
+        conf = subprocess.run(
+            self.lab.exec_argv(node, ["ls", "/etc/cni/net.d/"]), capture_output=True, text=True, check=False
         )
-        for node in self.lab.nodes():  # Multus is the nodes' CNI, the lab's macvlan its cluster network
-            self.lab.clear_cni_config(node.name)
-            self.lab.write_cni_config(
-                node.name, "00-multus.conf", self.lab.multus_conf(node.name, self.lab.macvlan_conflist(node.name))
-            )
-        started = start_spiderpool(self.lab)
-        self.shell("ls /etc/cni/net.d/  # on each node", "00-multus.conf")
-        return f"started: {', '.join(started) or 'already running'}"
+        self.shell(f"ls /etc/cni/net.d/  # on {node}", conf.stdout)
+        if "00-multus.conf" not in conf.stdout:  # (.conflist when the network it delegates to is one)
+            raise AssertionError(f"{node} has no /etc/cni/net.d/00-multus.conf")
+        self.shell("kubectl apply -f charts/spiderpool/crds/", install.spiderpool_crds(self.lab))
+        self.shell("kubectl apply -f deploy/spiderpool.yaml", install.spiderpool(self.lab))
+        pods = self.kubectl("get", "pods", "-n", "kube-system", "-o", "wide")
+        self.shell(
+            "kubectl get pods -n kube-system | grep spiderpool",
+            "\n".join(line for line in pods.splitlines() if "spiderpool" in line or line.startswith("NAME")),
+        )
+        return multus
 
     def nad(self) -> str:
         text = json.dumps(NAD)
@@ -253,8 +254,8 @@ class Demo:
         ]
 
     def run(self) -> bool:
-        self.say("The reference walkthrough (Multus + Macvlan + Veth + Spiderpool) on the lab.")
-        self.say("Fixes to it: see docs/quickstart.md. Commands 'in the pod' run in its network namespace.")
+        self.say("The reference walkthrough (Multus + Macvlan + Veth + Spiderpool) on the lab's real nodes.")
+        self.say("Fixes to it: see docs/quickstart.md.")
         self.say()
         steps: list[tuple[str, Callable[[], str]]] = [
             ("install Multus, macvlan, veth and spiderpool (IPv4 on, IPv6 off)", self.install),
@@ -278,64 +279,3 @@ class Demo:
         for title in titles:
             s = done.get(title)
             self.say(f"{'PASS' if s and s.ok else 'FAIL' if s else 'SKIP'}  {title}")
-
-
-def start_spiderpool(lab: Lab) -> list[str]:
-    """spiderpool-controller (one replica) and a spiderpool-agent per node, as lab processes; returns
-    what it started (what runs already is left alone)."""
-    started = []
-    key = "spiderpool-controller/demo"
-    if not lab.process_alive(key):
-        ports = [procs.free_port() for _ in range(3)]
-        lab.start_process(
-            key,
-            [
-                sys.executable,
-                "-m",
-                "spiderpool",
-                "controller",
-                f"--kubeconfig={lab.controller_kubeconfig}",
-                "--identity=demo",
-                "--webhook-bind=127.0.0.1",
-                f"--webhook-port={ports[0]}",
-                f"--webhook-url=https://127.0.0.1:{ports[0]}",
-                "--health-bind=127.0.0.1",
-                f"--health-port={ports[1]}",
-                f"--metrics-port={ports[2]}",
-                "--disable-ipv6",
-            ],
-        )
-        started.append("spiderpool-controller")
-    for node in lab.nodes():
-        key = f"spiderpool-agent/{node.name}"
-        if lab.process_alive(key):
-            continue
-        socket = node.dir / "run" / "spidernet" / "spiderpool.sock"
-        lab.start_process(
-            key,
-            [
-                sys.executable,
-                "-m",
-                "spiderpool",
-                "agent",
-                f"--kubeconfig={lab.kubeconfig}",
-                f"--node-name={node.name}",
-                f"--socket={socket}",
-                f"--cni-bin-dir={node.cni_bin_dir}",
-                "--metrics-bind=127.0.0.1",
-                "--disable-ipv6",
-            ],
-            netns_name=node.netns,
-        )
-        started.append(f"spiderpool-agent on {node.name}")
-        procs.wait_for(socket.exists, timeout=60, what=f"spiderpool-agent on {node.name}")
-    return started
-
-
-def stop_spiderpool(lab: Lab, started: list[str]) -> None:
-    """Stop what ``start_spiderpool`` returned it had started (what ran before is left alone)."""
-    for what in started:
-        if what == "spiderpool-controller":
-            lab.stop_process("spiderpool-controller/demo")
-        elif what.startswith("spiderpool-agent on "):
-            lab.stop_process(f"spiderpool-agent/{what.removeprefix('spiderpool-agent on ')}")

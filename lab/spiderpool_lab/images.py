@@ -285,6 +285,15 @@ def build_images() -> dict[str, Built]:
     return lock
 
 
+def qualified(ref: str) -> str:
+    """The full name the kubelet asks the runtime for (``spiderpool-python:0.1.0`` is
+    ``docker.io/library/spiderpool-python:0.1.0``): an OCI archive keeps names as written."""
+    first, _, rest = ref.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}" if rest else f"docker.io/library/{ref}"
+
+
 def bundle_path() -> Path:
     """The one archive holding every image (for the nodes to import)."""
     try:
@@ -297,7 +306,9 @@ def bundle_path() -> Path:
 def _bundle(lock: dict[str, Built], log: Path) -> Path:
     """Every image in one OCI archive, named after the images' keys."""
     made = [b for b in lock.values() if b.refs]
-    key = hashlib.sha256("|".join(f"{b.name}:{b.key}" for b in sorted(made, key=lambda b: b.name)).encode())
+    key = hashlib.sha256(
+        ("v2|" + "|".join(f"{b.name}:{b.key}" for b in sorted(made, key=lambda b: b.name))).encode()
+    )
     archive = _cache() / "archives" / f"images-{key.hexdigest()[:16]}.tar"
     if archive.exists():
         _write_lock(lock, archive)
@@ -307,7 +318,7 @@ def _bundle(lock: dict[str, Built], log: Path) -> Path:
         shutil.rmtree(layout, ignore_errors=True)
         for b in made:
             for ref in b.refs:
-                _run(_buildah("push", "--quiet", b.tag, f"oci:{layout}:{ref}"), log=log)
+                _run(_buildah("push", "--quiet", b.tag, f"oci:{layout}:{qualified(ref)}"), log=log)
         tmp = archive.with_suffix(".tmp")
         _run(["tar", "-C", str(layout), "-cf", str(tmp), "."], log=log)
         tmp.replace(archive)

@@ -1,7 +1,8 @@
-"""The reference walkthrough's set-up, as written, on the lab: Multus with the NetworkAttachmentDefinition
-``kube-system/macvlan-conf`` (macvlan + spiderpool + veth), its SpiderSubnet and Deployment. The pods get
-their fixed IPs from the auto-pool, reach each other, a Service's clusterIP and nodePort, and leave
-nothing behind."""
+"""The reference walkthrough's set-up, as written, on the lab's real nodes: Multus installed by its own
+DaemonSet, the NetworkAttachmentDefinition ``kube-system/macvlan-conf`` (macvlan + spiderpool + veth),
+its SpiderSubnet and Deployment (image included: the lab's build of it serves nginx). The pods get
+their fixed IPs from the auto-pool, reach each other on one node and across, the Service's
+clusterIP (the image's server answers) and its nodePort, and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spiderpool_lab import demo, netns, procs, topology
-from tests.dataplane.conftest import use_multus
+from spiderpool_lab import demo, install, netns, procs, topology
 from tests.helpers import apply, get_json, in_netns, wait_gone, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.ipam.test_autopool import DEPLOYMENT, SUBNET, auto_pools
@@ -37,9 +37,11 @@ spec:
 @pytest.fixture
 def walkthrough(agents: Agents) -> Iterator[Agents]:
     lab = agents.lab
-    use_multus(lab)
-    apply(lab, json.dumps(demo.NAD))  # the pods name it as their default network; Multus' default is the lab's
+    lab.reset_cni_config()  # the lab's macvlan: the cluster network Multus delegates to
+    install.multus(lab)  # Multus' own DaemonSet manifest, with the lab's image
+    apply(lab, json.dumps(demo.NAD))  # the pods name it as their default network
     yield agents
+    install.remove_multus(lab)
     lab.reset_cni_config()
     lab.kubectl("delete", "network-attachment-definition", "-n", "kube-system", "macvlan-conf", check=False)
 
@@ -49,29 +51,49 @@ def test_walkthrough_deployment_on_the_veth_data_plane(walkthrough: Agents) -> N
     apply(lab, SUBNET)
     lab.kubectl("create", "namespace", NS)
     try:
+        listing = lab.kubectl("get", "pods", "-A").stdout
+        multus = [line for line in listing.splitlines() if "multus" in line.lower()]
+        assert len(multus) == len(lab.nodes()), listing
+        assert all(" Running " in line for line in multus), multus
         lab.kubectl("apply", "-n", NS, "-f", "-", input_text=DEPLOYMENT)
         apply(lab, SERVICE)
-        a, b = wait_running(lab, NS, f"app={APP}", 2, timeout=180)
-        for pod in (a, b):
+        # (a third replica, so that two pods share a node: the walkthrough pings both ways)
+        lab.kubectl("scale", "-n", NS, f"deployment/{APP}", "--replicas=3")
+        pods = wait_running(lab, NS, f"app={APP}", 3, timeout=180)
+        for pod in pods:
             assert FIRST <= ipaddress.ip_address(pod["status"]["podIP"]) <= LAST
+            assert pod["spec"]["containers"][0]["image"] == "ghcr.io/daocloud/dao-2048:v1.2.0"
         assert len(auto_pools(lab)) == 1
+        by_node: dict[str, list[dict[str, object]]] = {}
+        for pod in pods:
+            by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+        a, neighbour = next(v for v in by_node.values() if len(v) >= 2)[:2]
+        b = next(p for p in pods if p["spec"]["nodeName"] != a["spec"]["nodeName"])
         src = f"{NS}/{a['metadata']['name']}"
         node_ip = lab.node(a["spec"]["nodeName"]).ip4
+
+        addrs = in_netns(lab, src, "ip", "a").stdout  # kubectl exec, as the walkthrough does
+        assert f"inet {a['status']['podIP']}/16" in addrs, addrs
+        assert "veth0" in addrs, addrs
 
         routes = json.loads(in_netns(lab, src, "ip", "-j", "route").stdout)
         assert next(r for r in routes if r["dst"] == "default")["gateway"] == "172.18.0.1"
         assert [r for r in routes if r["dst"] == topology.SERVICE_CIDR and r["dev"] == "veth0"], routes
         assert [r for r in routes if r["dst"] == node_ip and r["dev"] == "veth0"], routes
 
-        ping = in_netns(lab, src, "ping", "-c", "2", "-W", "2", b["status"]["podIP"])
-        assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+        for peer in (b, neighbour):  # on the other node, and on the same one
+            ping = in_netns(lab, src, "ping", "-c", "2", "-W", "2", peer["status"]["podIP"])
+            assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
         svc = get_json(lab, "service", "-n", NS, APP)
-        url = f"http://{svc['spec']['clusterIP']}/"
+        url = f"http://{svc['spec']['clusterIP']}:80"
         procs.wait_for(
-            lambda: in_netns(lab, src, "curl", "-sSf", "--max-time", "5", url).returncode == 0,
+            lambda: in_netns(lab, src, "curl", "-sS", "-I", "--max-time", "5", url).stdout.startswith(
+                "HTTP/1.1 200 OK"
+            ),
             timeout=30,
-            what=f"HTTP 200 from the Service at {url}",
+            what=f"HTTP/1.1 200 OK from the Service at {url}",
         )
+        assert "Server: nginx" in in_netns(lab, src, "curl", "-sS", "-I", "--max-time", "5", url).stdout
         switch = topology.switch_netns(lab.prefix)
         node_port = svc["spec"]["ports"][0]["nodePort"]
         argv = ["curl", "-sSf", "--max-time", "5", f"http://{lab.node('node1').ip4}:{node_port}/"]
