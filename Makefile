@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 LAB := $(BIN)/spiderpool-lab
 NODES ?= 2
 
-.PHONY: demo demo-down test lint lab-build down clean-venv
+.PHONY: deps demo demo-down test lint lab-build down clean-venv
 
 # The product with its dev tools, and the lab (test tooling, a package of its own: never in the product).
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
@@ -13,8 +13,12 @@ $(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]' -e ./lab
 	touch $@
 
+## deps: the system packages the lab needs (installed with apt as root, else named)
+deps:
+	lab/install-deps.sh
+
 ## demo: build (or reuse) the lab and run the reference walkthrough on it, step by step (DEMO_FLAGS=--teardown)
-demo: $(VENV)/.installed
+demo: deps $(VENV)/.installed
 	$(LAB) build
 	$(LAB) demo $(DEMO_FLAGS)
 
@@ -23,7 +27,7 @@ demo-down: $(VENV)/.installed
 	$(LAB) demo down
 
 ## test: lint, type-check, build the lab if needed, run the whole suite against it
-test: lint lab-build
+test: deps lint lab-build
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed

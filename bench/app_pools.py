@@ -26,9 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import lab_with_crds, say, wait_absent  # noqa: E402
+from bench.common import lab_with_crds, say, spiderpool_down, spiderpool_up, wait_absent  # noqa: E402
 
-from spiderpool_lab import demo, procs, topology  # noqa: E402
+from spiderpool_lab import procs, topology  # noqa: E402
 from spiderpool_lab.cluster import Lab  # noqa: E402
 
 NS = "bench-apps"
@@ -137,7 +137,7 @@ def main() -> None:
     for node in lab.nodes():
         lab.clear_cni_config(node.name)
         lab.write_cni_config(node.name, "10-spiderpool.conflist", conflist)
-    started = demo.start_spiderpool(lab)
+    installed = spiderpool_up(lab)
     procs.wait_for(
         lambda: lab.kubectl("get", "spiderippools", check=False).returncode == 0, timeout=60, what="the CRDs"
     )
@@ -180,7 +180,7 @@ def main() -> None:
         lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=120s", check=False)
         lab.kubectl("delete", "spidersubnet", SUBNET, "--wait=true", "--timeout=120s", check=False)
         lab.reset_cni_config()
-        demo.stop_spiderpool(lab, started)
+        spiderpool_down(lab, installed)
 
     result: dict[str, Any] = {"replicas": n, "rounds": args.rounds}
     for kind in ("baseline", "auto"):

@@ -32,10 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import lab_with_crds, pct, say, wait_absent  # noqa: E402
+from bench.common import lab_with_crds, pct, say, spiderpool_down, spiderpool_up, wait_absent  # noqa: E402
 
-from spiderpool_lab import demo, netns, procs, topology  # noqa: E402
-from spiderpool_lab.node import cni  # noqa: E402
+from spiderpool_lab import cniexec as cni  # noqa: E402
+from spiderpool_lab import netns, procs, topology  # noqa: E402
 
 NS = "bench-chain"
 NODE = "bench-chain"  # pods bound to a node without a kubelet: only this script runs their sandboxes
@@ -110,7 +110,7 @@ def main() -> None:
 
     say("installing CRDs and spiderpool")
     lab = lab_with_crds()
-    started = demo.start_spiderpool(lab)
+    installed = spiderpool_up(lab)
     wait_absent(lab, ("namespace", NS), ("spiderippool", POOL))
     pool = {
         "apiVersion": "spiderpool.spidernet.io/v2beta1",
@@ -215,7 +215,7 @@ def main() -> None:
         lab.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=300s", check=False)
         lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=120s", check=False)
         lab.kubectl("delete", "node", NODE, check=False)
-        demo.stop_spiderpool(lab, started)
+        spiderpool_down(lab, installed)
 
     base = CHAINS[0]
     result: dict[str, Any] = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from spiderpool.api import crds
-from spiderpool_lab import procs
+from spiderpool_lab import install, paths, procs
 from spiderpool_lab.cluster import Lab
 
 
@@ -36,3 +36,20 @@ def wait_absent(lab: Lab, *objects: tuple[str, str]) -> None:
             timeout=300,
             what=f"{kind} {name} of an earlier run to go",
         )
+
+
+def spiderpool_up(lab: Lab) -> bool:
+    """spiderpool installed as users install it (deploy/spiderpool.yaml); whether this call
+    installed it (what ran before is left alone)."""
+    present = lab.kubectl("get", "daemonset", "-n", "kube-system", "spiderpool-agent", check=False)
+    if present.returncode == 0:
+        return False
+    install.spiderpool(lab)
+    return True
+
+
+def spiderpool_down(lab: Lab, installed: bool) -> None:
+    """Remove spiderpool if ``spiderpool_up`` installed it."""
+    if installed:
+        text = (paths.repo_root() / install.SPIDERPOOL_MANIFEST).read_text()
+        lab.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=true", input_text=text, check=False)

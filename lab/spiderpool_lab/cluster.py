@@ -1,16 +1,20 @@
-"""The lab cluster: control plane on loopback, nodes as network namespaces.
+"""The lab cluster: a control plane, and nodes that are real Kubernetes nodes.
 
 ``Lab.up()`` is idempotent: it starts whatever is missing and returns once the cluster is ready
 (control plane healthy, every node Ready, the default ServiceAccount present). ``Lab.down()``
-stops every process carrying the lab's mark and deletes every namespace with the lab's prefix.
+stops every process carrying the lab's mark, removes the nodes' cgroups and every namespace with
+the lab's prefix, and puts back the machine's sysctls kubelet changed.
 
 Where things run:
-- etcd, kube-apiserver, kube-controller-manager and kube-scheduler run in the root namespace and
-  listen on 127.0.0.1 only;
-- per node, a forwarder (root namespace) listens on 127.0.0.1:<apiserver port> *inside* the node
-  namespace and relays to the apiserver, so one kubeconfig works everywhere;
-- per node, the node agent (kubelet and runtime stand-in) runs inside the node namespace, as do
-  the CNI plugins it executes.
+- etcd, kube-apiserver, kube-controller-manager and kube-scheduler in the control plane's network
+  namespace, which sits on the first underlay at 172.18.0.250 (as kind's control-plane node sits
+  on its LAN): kubelets, pods (the ``kubernetes`` Service) and webhooks reach the apiserver there,
+  and the apiserver reaches the kubelets (exec, logs, port-forward) and the webhooks' endpoints;
+- in the machine's root namespace only a relay from 127.0.0.1:<port> to the apiserver (its
+  outgoing sockets are made inside the control plane's namespace), so ``kubectl`` and the tests use
+  loopback and no lab address is ever routed there;
+- per node, a network namespace and a mount namespace (``spiderpool_lab.nodens``), in which run
+  containerd (with runc), the kubelet and kube-proxy; pods are containers of that containerd.
 """
 
 from __future__ import annotations
@@ -59,10 +63,6 @@ class NodeInfo:
     @property
     def var_lib_cni(self) -> Path:
         return self.dir / "var" / "lib" / "cni"
-
-    @property
-    def sandboxes_dir(self) -> Path:
-        return self.dir / "sandboxes"
 
     @property
     def ip4(self) -> str:

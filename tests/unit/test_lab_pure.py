@@ -1,4 +1,5 @@
-"""Pure pieces of the lab: CNI config loading, result parsing, probe thresholds, build naming."""
+"""Pure pieces of the lab: CNI config loading and result parsing (the benchmarks' runner), build naming,
+image names."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spiderpool_lab import build
-from spiderpool_lab.node import cni
-from spiderpool_lab.node.probes import Probe
+from spiderpool_lab import build, images
+from spiderpool_lab import cniexec as cni
 
 
 def test_single_plugin_conf_becomes_a_list_of_one() -> None:
@@ -70,9 +70,11 @@ def test_runtime_env_carries_the_k8s_args() -> None:
     assert rt.cache_file("net") == Path("/x/results/net-cid-eth0")
 
 
-def test_probe_thresholds() -> None:
-    p = Probe(kind="tcp", port=80, success_threshold=2, failure_threshold=2)
-    assert [p.update(ok) for ok in (True, True, False, True, False, False)] == [False, True, True, True, True, False]
+def test_image_names_are_what_the_kubelet_asks_for() -> None:
+    assert images.qualified("spiderpool-python:0.1.0") == "docker.io/library/spiderpool-python:0.1.0"
+    assert images.qualified("foo/bar:1") == "docker.io/foo/bar:1"
+    assert images.qualified("registry.invalid/app:1") == "registry.invalid/app:1"
+    assert images.qualified("localhost/x:1") == "localhost/x:1"
 
 
 def test_go_binary_names() -> None:

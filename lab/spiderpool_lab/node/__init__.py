@@ -1,1 +1,0 @@
-"""The lab's kubelet and container-runtime stand-in (one process per lab node)."""

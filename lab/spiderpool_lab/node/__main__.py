@@ -1,3 +1,0 @@
-from spiderpool_lab.node.agent import main
-
-main()
