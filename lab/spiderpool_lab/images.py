@@ -306,9 +306,7 @@ def bundle_path() -> Path:
 def _bundle(lock: dict[str, Built], log: Path) -> Path:
     """Every image in one OCI archive, named after the images' keys."""
     made = [b for b in lock.values() if b.refs]
-    key = hashlib.sha256(
-        ("v2|" + "|".join(f"{b.name}:{b.key}" for b in sorted(made, key=lambda b: b.name))).encode()
-    )
+    key = hashlib.sha256(("v2|" + "|".join(f"{b.name}:{b.key}" for b in sorted(made, key=lambda b: b.name))).encode())
     archive = _cache() / "archives" / f"images-{key.hexdigest()[:16]}.tar"
     if archive.exists():
         _write_lock(lock, archive)
