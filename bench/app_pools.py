@@ -1,7 +1,7 @@
 """Auto-pools against hand-made pools: what the SpiderSubnet convenience costs an application.
 
-Runs on the lab's 2 nodes with the whole stack (spiderpool-controller, an agent per node, the real CNI
-chain macvlan + spiderpool + veth run by the nodes' kubelet stand-ins). Two Deployments of the same
+Runs on the lab's 2 real nodes with the whole stack (spiderpool-controller, an agent per node, the CNI
+chain macvlan + spiderpool + veth run by the nodes' containerd). Two Deployments of the same
 size, in the same invocation:
 - baseline: ``ipam.spidernet.io/ippool`` naming a SpiderIPPool made beforehand by hand;
 - auto: ``ipam.spidernet.io/subnet`` naming a SpiderSubnet (the controller creates and sizes the pool,

@@ -248,7 +248,7 @@ def cpu_seconds() -> dict[str, float]:
         "etcd": "/etcd ",
         "agents": "-m spiderpool agent",
         "other lab processes": f"{paths.cache_dir()}/",
-        "lab node stand-ins": "-m spiderpool_lab.",
+        "lab nodes (kubelet, containerd)": "-m spiderpool_lab.",
     }
     tick = os.sysconf("SC_CLK_TCK")
     out = dict.fromkeys([*groups, "bench client (this script)"], 0.0)

@@ -54,7 +54,8 @@ def wait_gone(lab: Lab, namespace: str, selector: str, timeout: float = 120) -> 
 
 
 def in_netns(lab: Lab, target: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a command inside a node (``node1``) or pod (``ns/name``) network namespace."""
+    """Run a command on a node (``node1``: its network and mount namespaces) or in a pod (``ns/name``:
+    ``kubectl exec``)."""
     return subprocess.run(lab.exec_argv(target, list(argv)), capture_output=True, text=True, timeout=timeout)
 
 

@@ -5,7 +5,7 @@ spiderpool-lab up [--nodes N]        start the lab (idempotent); returns when it
 spiderpool-lab status                processes, nodes and pods
 spiderpool-lab down                  stop everything and remove every lab namespace
 spiderpool-lab kubectl ARGS...       the lab's kubectl with its kubeconfig
-spiderpool-lab exec TARGET -- CMD    run CMD in a node (node1) or pod (ns/pod) network namespace
+spiderpool-lab exec TARGET -- CMD    run CMD on a node (node1: its namespaces) or in a pod (ns/pod: kubectl exec)
 spiderpool-lab env                   shell exports to use the lab from another shell
 """
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop the lab and remove everything it created")
     sub.add_parser("env", help="print shell exports for the lab")
     sub.add_parser("kubectl", help="run the lab's kubectl", add_help=False)
-    sub.add_parser("exec", help="run a command in a node or pod network namespace", add_help=False)
+    sub.add_parser("exec", help="run a command on a node or in a pod", add_help=False)
 
     # kubectl and exec take the rest of the line verbatim.
     if args_in and args_in[0] == "kubectl":
