@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from spiderpool.api import crds
-from spiderpool_lab import install, paths, procs
+from spiderpool_lab import install, procs
 from spiderpool_lab.cluster import Lab
 
 
@@ -39,7 +39,7 @@ def wait_absent(lab: Lab, *objects: tuple[str, str]) -> None:
 
 
 def spiderpool_up(lab: Lab) -> bool:
-    """spiderpool installed as users install it (deploy/spiderpool.yaml); whether this call
+    """spiderpool installed as users install it (its Helm chart); whether this call
     installed it (what ran before is left alone)."""
     present = lab.kubectl("get", "daemonset", "-n", "kube-system", "spiderpool-agent", check=False)
     if present.returncode == 0:
@@ -51,5 +51,4 @@ def spiderpool_up(lab: Lab) -> bool:
 def spiderpool_down(lab: Lab, installed: bool) -> None:
     """Remove spiderpool if ``spiderpool_up`` installed it."""
     if installed:
-        text = (paths.repo_root() / install.SPIDERPOOL_MANIFEST).read_text()
-        lab.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=true", input_text=text, check=False)
+        install.uninstall_spiderpool(lab)

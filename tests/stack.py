@@ -1,6 +1,6 @@
-"""The Spiderpool stack in the lab, installed as users install it: the CRDs, then
-``deploy/spiderpool.yaml`` (controller Deployment, agent DaemonSet, RBAC, webhook Service) from the
-project's image, with the tests' settings (short GC and leader-election times).
+"""The Spiderpool stack in the lab, installed as users install it: ``helm upgrade --install`` of
+the chart (controller Deployment, agent DaemonSet, RBAC, webhooks, the init Job) from the
+project's image, with the tests' settings (short GC and leader-election times) as values.
 
 A crash is what it is in a cluster: a signal to the container's process (found through the node's
 containerd), after which the kubelet restarts the container."""
@@ -13,47 +13,71 @@ import signal
 import socket
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from spiderpool_lab import images, procs
+from spiderpool_lab import helm, images, procs
 from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json
 
 free_port = procs.free_port
 NS = "kube-system"
-MANIFEST = Path(__file__).resolve().parents[1] / "deploy" / "spiderpool.yaml"
 
-#: the controller's flags on the tests' time scale (leader election and garbage collection)
+RELEASE = "spiderpool"
+#: the controller's flags on the tests' time scale (garbage collection)
 CONTROLLER_ARGS = [
-    "--lease-duration=8",
-    "--renew-deadline=5",
-    "--retry-period=1",
-    "--gc-interval=5",
     "--gc-quarantine=10",
     "--gc-stale-lease=15",
     "--gc-min-age=15",
 ]
-# (longer than the kubelet's back-off between sandbox attempts, ~10-15 s: the retry must find it held)
-AGENT_ARGS = ["--ip-conflict-quarantine=30"]
 
 
-def manifests() -> list[dict[str, Any]]:
-    """deploy/spiderpool.yaml with the tests' flags (both IP families on: the tests use IPv6 too)."""
-    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
-    for doc in docs:
-        if doc["kind"] not in ("Deployment", "DaemonSet"):
-            continue
-        # the image's build key: a rebuilt image (same tag) rolls the pods
-        meta = doc["spec"]["template"].setdefault("metadata", {})
-        meta.setdefault("annotations", {})["lab.spiderpool.spidernet.io/image"] = images.built()["spiderpool"].key
-        container = doc["spec"]["template"]["spec"]["containers"][0]
-        command = [c for c in container["command"] if c != "--disable-ipv6"]
-        extra = CONTROLLER_ARGS if doc["kind"] == "Deployment" else AGENT_ARGS
-        container["command"] = [*command, *extra]
-    return docs
+def values() -> dict[str, Any]:
+    """The chart's values for the tests (both IP families on: the tests use IPv6 too)."""
+    # the image's build key: a rebuilt image (same tag) rolls the pods
+    image_key = {"lab.spiderpool.spidernet.io/image": images.built()["spiderpool"].key}
+    return {
+        "ipam": {"gc": {"gcAll": {"intervalInSecond": 5}}},
+        "spiderpoolController": {
+            "leaderElection": {"leaseDurationSeconds": 8, "renewDeadlineSeconds": 5, "retryPeriodSeconds": 1},
+            "extraArgs": CONTROLLER_ARGS,
+            "podAnnotations": image_key,
+        },
+        "spiderpoolAgent": {
+            # longer than the kubelet's back-off between sandbox attempts, ~10-15 s: the retry must find it held
+            "ipConflictQuarantineSeconds": 30,
+            "podAnnotations": image_key,
+        },
+    }
+
+
+def helm_install(lab: Lab, extra: dict[str, Any] | None = None, *flags: str) -> str:
+    """``helm upgrade --install`` of the chart with the tests' values (and ``extra`` over them);
+    returns Helm's output."""
+    merged = _merge(values(), extra or {})
+    out = helm.run(
+        lab,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(helm.chart_path()),
+        "--namespace",
+        NS,
+        "--wait",
+        "--timeout",
+        "5m",
+        "--values",
+        "-",
+        *flags,
+        input_text=json.dumps(merged),
+    )
+    return out.stdout
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _pods(lab: Lab, app: str) -> list[dict[str, Any]]:
@@ -72,8 +96,7 @@ def _restarts(pod: dict[str, Any]) -> int:
 
 
 def install(lab: Lab) -> None:
-    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests()})
-    lab.kubectl("apply", "-f", "-", input_text=body)
+    helm_install(lab)
 
 
 def _describe(lab: Lab, app: str) -> str:

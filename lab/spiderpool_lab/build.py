@@ -123,6 +123,25 @@ COMPONENTS: tuple[Component, ...] = (
             )
         },
     ),
+    # Only their CRDs, for server-side dry runs of the chart's cert-manager and monitoring profiles
+    # (the modules are downloaded, nothing is built).
+    Component(
+        name="cert-manager-crds",
+        module_dir="cert-manager",
+        module="github.com/cert-manager/cert-manager",
+        versions=("v1.21.2", "v1.21.1"),
+        files=("deploy/crds/cert-manager.io_certificates.yaml", "deploy/crds/cert-manager.io_issuers.yaml"),
+    ),
+    Component(
+        name="prometheus-operator-crds",
+        module_dir="prometheus-operator",
+        module="github.com/prometheus-operator/prometheus-operator",
+        versions=("v0.85.0",),
+        files=(
+            "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+            "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+        ),
+    ),
     Component(
         name="helm",
         module_dir="helm",
@@ -226,8 +245,11 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     flags = [f"-ldflags=-s -w {stamps}".strip()]
     if comp.tags:
         flags.append(f"-tags={comp.tags}")
-    # -v lists each package as it is compiled: the progress line counts them
-    _run_go(["build", "-v", *flags, "-o", str(tmp_out) + "/", *comp.binaries.values()], work, log)
+    if comp.binaries:
+        # -v lists each package as it is compiled: the progress line counts them
+        _run_go(["build", "-v", *flags, "-o", str(tmp_out) + "/", *comp.binaries.values()], work, log)
+    else:  # files only
+        _run_go(["mod", "download", f"{comp.module}@{version}"], work, log)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -282,7 +304,8 @@ def build_all(*, only: list[str] | None = None) -> dict[str, dict[str, object]]:
     for i, comp in enumerate(wanted, 1):
         errors: dict[str, str] = {}
         for version in comp.versions:
-            label = f"[{i}/{len(wanted)}] {comp.name} {version} ({', '.join(comp.binaries)})"
+            what = ", ".join(comp.binaries) or ", ".join(Path(f).name for f in comp.files)
+            label = f"[{i}/{len(wanted)}] {comp.name} {version} ({what})"
             log = paths.cache_dir() / "work" / f"{comp.name}-{version}" / "build.log"
             try:
                 with step(label, detail=functools.partial(_progress, log)):

@@ -2,8 +2,9 @@
 
 It brings up a 2-node lab (real kubelets and containerd), installs what the walkthrough installs
 (Multus by its own DaemonSet manifest, the ``macvlan-conf`` NetworkAttachmentDefinition with macvlan +
-spiderpool + veth, spiderpool's CRDs and ``deploy/spiderpool.yaml``: the controller Deployment and
-the agent DaemonSet from the project's image, IPv4 on and IPv6 off, as its Helm values say), applies
+spiderpool + veth, and spiderpool by ``helm repo add``/``helm repo update``/``helm install`` from the
+lab's chart repository with the walkthrough's flags: the controller Deployment and the agent
+DaemonSet from the project's image, IPv4 on and IPv6 off), applies
 its SpiderSubnet, Deployment (image included) and Service, and prints each step's command with its
 real output, ``kubectl exec`` included, then a pass/fail summary. The walkthrough's fixes are applied
 and said: its Deployment's ``ippool`` annotation names a SpiderSubnet (served as the ``subnet``
@@ -164,8 +165,9 @@ class Demo:
         self.shell(f"ls /etc/cni/net.d/  # on {node}", conf.stdout)
         if "00-multus.conf" not in conf.stdout:  # (.conflist when the network it delegates to is one)
             raise AssertionError(f"{node} has no /etc/cni/net.d/00-multus.conf")
-        self.shell("kubectl apply -f charts/spiderpool/crds/", install.spiderpool_crds(self.lab))
-        self.shell("kubectl apply -f deploy/spiderpool.yaml", install.spiderpool(self.lab))
+        # the walkthrough's Helm commands (the chart brings the CRDs), from the lab's chart repository
+        for command, output in install.spiderpool_from_repo(self.lab):
+            self.shell(command, output)
         pods = self.kubectl("get", "pods", "-n", "kube-system", "-o", "wide")
         self.shell(
             "kubectl get pods -n kube-system | grep spiderpool",

@@ -1,5 +1,6 @@
 """What users install into a cluster, installed the way they install it: Multus by its own DaemonSet
-manifest, spiderpool by its CRDs and ``deploy/spiderpool.yaml`` (the Helm chart comes next)."""
+manifest, spiderpool by its Helm chart (from the lab's chart repository, as the walkthrough does,
+or from the checkout)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import json
 from typing import Any
 
 from spiderpool.api import crds
-from spiderpool_lab import paths, procs
+from spiderpool_lab import helm, procs
 from spiderpool_lab.cluster import Lab
 
-SPIDERPOOL_MANIFEST = "deploy/spiderpool.yaml"
 MULTUS_LABEL = "app=multus"
+RELEASE = "spiderpool"
+NAMESPACE = "kube-system"
+#: the walkthrough's flags (the older chart's spelling, still accepted)
+WALKTHROUGH_FLAGS = ("--set", "feature.enableIPv4=true", "--set", "feature.enableIPv6=false")
 
 
 def _pods(lab: Lab, namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -75,24 +79,60 @@ def spiderpool_crds(lab: Lab) -> str:
     return "".join(out)
 
 
-def spiderpool(lab: Lab, manifest: str | None = None) -> str:
-    """Apply spiderpool's manifests (``deploy/spiderpool.yaml`` unless given); wait for the controller
-    replicas and an agent on every node. Returns kubectl's output."""
-    text = manifest if manifest is not None else (paths.repo_root() / SPIDERPOOL_MANIFEST).read_text()
-    out = lab.kubectl("apply", "-f", "-", input_text=text).stdout
+def wait_spiderpool(lab: Lab, timeout: float = 180) -> None:
+    """The controller replicas and an agent on every node ready."""
 
     def up() -> bool:
-        controllers = _pods(lab, "kube-system", "app.kubernetes.io/name=spiderpool-controller")
+        controllers = _pods(lab, NAMESPACE, "app.kubernetes.io/name=spiderpool-controller")
         return (
             bool(controllers)
             and all(_ready(p) for p in controllers)
-            and _every_node(lab, "kube-system", "app.kubernetes.io/name=spiderpool-agent")
+            and _every_node(lab, NAMESPACE, "app.kubernetes.io/name=spiderpool-agent")
         )
 
     procs.wait_for(
         up,
-        timeout=180,
+        timeout=timeout,
         what="spiderpool-controller and an agent on every node ready",
-        detail=lambda: lab.kubectl("get", "pods,events", "-n", "kube-system", "-o", "wide", check=False).stdout,
+        detail=lambda: lab.kubectl("get", "pods,events", "-n", NAMESPACE, "-o", "wide", check=False).stdout,
+    )
+
+
+def spiderpool(lab: Lab, *flags: str) -> str:
+    """``helm upgrade --install`` of the checkout's chart (with ``flags``); wait until it is up.
+    Returns Helm's output."""
+    out = helm.run(lab, "upgrade", "--install", RELEASE, str(helm.chart_path()), "--namespace", NAMESPACE, *flags)
+    wait_spiderpool(lab)
+    return out.stdout
+
+
+def uninstall_spiderpool(lab: Lab) -> str:
+    """``helm uninstall`` (what it leaves behind: docs/helm.md); '' when there was no release."""
+    if helm.run(lab, "status", RELEASE, "--namespace", NAMESPACE, check=False).returncode != 0:
+        return ""
+    out = helm.run(lab, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "3m").stdout
+    procs.wait_for(
+        lambda: not _pods(lab, NAMESPACE, "app.kubernetes.io/part-of=spiderpool"),
+        timeout=120,
+        what="spiderpool's pods to go",
     )
     return out
+
+
+def spiderpool_from_repo(lab: Lab) -> list[tuple[str, str]]:
+    """The walkthrough's commands, verbatim but for the URL (and ``helm repo update``, which it
+    misspells): the lab's chart repository, then ``helm install`` with its flags. Returns each
+    command with its output. A release of an earlier run is uninstalled first."""
+    url = helm.serve_repo(lab)
+    uninstall_spiderpool(lab)
+    helm.run(lab, "repo", "remove", "spiderpool", check=False)  # an earlier run's entry
+    steps = []
+    for args in (
+        ["repo", "add", "spiderpool", url],
+        ["repo", "update", "spiderpool"],
+        ["install", RELEASE, "spiderpool/spiderpool", "--namespace", NAMESPACE, *WALKTHROUGH_FLAGS],
+    ):
+        out = helm.run(lab, *args)
+        steps.append(("helm " + " ".join(args), out.stdout + out.stderr))
+    wait_spiderpool(lab)
+    return steps

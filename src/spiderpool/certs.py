@@ -48,6 +48,7 @@ def sign(
     ca: bool = False,
     usages: list[x509.ObjectIdentifier] | None = None,
     sans: list[x509.GeneralName] | None = None,
+    validity: datetime.timedelta = VALIDITY,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -57,7 +58,7 @@ def sign(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if ca:

@@ -31,3 +31,14 @@ def test_demo_runs_the_walkthrough(tmp_path: Path) -> None:
     assert "10.96.0.0/16 via" in text
     assert " 0% packet loss" in text
     assert "HTTP/1.1 200" in text
+    # the walkthrough's Helm commands, from the lab's chart repository
+    assert re.search(r"\$ helm repo add spiderpool http://127\.0\.0\.1:\d+/\n\"spiderpool\" has been added", text), text
+    assert 'Successfully got an update from the "spiderpool" chart repository' in text
+    assert (
+        "$ helm install spiderpool spiderpool/spiderpool --namespace kube-system"
+        " --set feature.enableIPv4=true --set feature.enableIPv6=false"
+    ) in text
+    assert "STATUS: deployed" in text
+    assert "IPv4 on, IPv6 off" in text
+    assert "feature.enableIPv4/feature.enableIPv6 is the older chart's spelling" in text
+    assert "not installed by this chart (multus.multusCNI.install=false)" in text

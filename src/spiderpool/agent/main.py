@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from spiderpool import logs
+from spiderpool import config, logs
 from spiderpool.agent.coordinator import Coordinator
 from spiderpool.agent.errors import IPAMError
 from spiderpool.agent.install import install_plugins
@@ -70,7 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--cluster-network", default="", help="Multus cluster network (ns/name) for multusName")
     p.add_argument("--log-level", default=None)
-    return p.parse_args(argv)
+    return config.parse_args(
+        p,
+        argv,
+        lambda c: {
+            "socket": c.ipam_socket,
+            "disable_ipv4": None if c.enable_ipv4 is None else not c.enable_ipv4,
+            "disable_ipv6": None if c.enable_ipv6 is None else not c.enable_ipv6,
+            "cluster_network": c.cluster_network or None,
+        },
+    )
 
 
 def _prepare_socket(path: Path) -> Path:

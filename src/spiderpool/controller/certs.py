@@ -1,13 +1,19 @@
-"""The webhook's serving certificate: made by the controller itself, shared by its replicas.
+"""The webhook's serving certificate, shared by the controller's replicas.
 
-The first replica to start creates a CA and a serving certificate and stores them in a Secret;
-the others read that Secret. So every replica serves the same certificate and the webhook
-configurations carry one CA bundle, whichever replica registered them.
+``auto``: the first replica to start creates a CA and a serving certificate and stores them in a
+Secret; the others read it. So every replica serves the same certificate and the webhook
+configurations carry one CA bundle, whichever replica registered them. When a third of its
+lifetime is left, a replica renews it: the new CA is put in the bundle beside the old one, so a
+replica still serving the old certificate stays trusted until it reloads (``renewed``).
+
+``certmanager`` and ``provided``: the Secret is made by cert-manager or the chart; the controller
+only reads it (and follows cert-manager's renewals).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -20,9 +26,13 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from spiderpool.certs import new_key, sign, x509_name
+from spiderpool.certs import VALIDITY, new_key, sign, x509_name
 
 log = logging.getLogger(__name__)
+
+
+#: renew when less than this share of the certificate's lifetime is left
+RENEW_AT = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,16 @@ class ServingCert:
         key.chmod(0o600)
         return cert, key
 
+    def leaf(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+    def needs_renewal(self, now: datetime.datetime | None = None) -> bool:
+        """Less than a third of its lifetime left (or expired)."""
+        cert = self.leaf()
+        now = now or datetime.datetime.now(datetime.UTC)
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        return (end - now) < (end - start) * RENEW_AT
+
     def covers(self, dns: list[str], ips: list[str]) -> bool:
         cert = x509.load_pem_x509_certificate(self.cert_pem)
         try:
@@ -50,10 +70,27 @@ class ServingCert:
         return set(dns) <= names and set(ips) <= addrs
 
 
-def generate(*, dns: list[str], ips: list[str]) -> ServingCert:
+def _first_pem(bundle: bytes) -> bytes:
+    end = b"-----END CERTIFICATE-----"
+    head, sep, _ = bundle.partition(end)
+    return head + sep + b"\n" if sep else bundle
+
+
+def generate(
+    *, dns: list[str], ips: list[str], validity: datetime.timedelta = VALIDITY, previous_ca: bytes = b""
+) -> ServingCert:
+    """A new CA and serving certificate; ``previous_ca`` (the CA being replaced) stays in the bundle."""
     ca_key = new_key()
     ca_name = x509_name("spiderpool-webhook-ca")
-    ca = sign(subject=ca_name, public_key=ca_key.public_key(), issuer=ca_name, issuer_key=ca_key, ca=True)
+    # the CA outlives its certificate, so the bundle's old entry never expires before the renewal
+    ca = sign(
+        subject=ca_name,
+        public_key=ca_key.public_key(),
+        issuer=ca_name,
+        issuer_key=ca_key,
+        ca=True,
+        validity=validity * 2,
+    )
     key = new_key()
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
@@ -64,10 +101,11 @@ def generate(*, dns: list[str], ips: list[str]) -> ServingCert:
         issuer_key=ca_key,
         usages=[ExtendedKeyUsageOID.SERVER_AUTH],
         sans=sans,
+        validity=validity,
     )
     pem = serialization.Encoding.PEM
     return ServingCert(
-        ca_pem=ca.public_bytes(pem),
+        ca_pem=ca.public_bytes(pem) + _first_pem(previous_ca),
         cert_pem=cert.public_bytes(pem),
         key_pem=key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
@@ -85,8 +123,28 @@ def _from_secret(secret: Secret) -> ServingCert | None:
         return None
 
 
-async def ensure(client: AsyncClient, *, namespace: str, name: str, dns: list[str], ips: list[str]) -> ServingCert:
-    """Read the shared serving certificate, creating (or replacing) it when missing or unfit."""
+async def read(client: AsyncClient, *, namespace: str, name: str) -> ServingCert | None:
+    """The certificate in the Secret, or None while it is missing or incomplete."""
+    try:
+        secret = await client.get(Secret, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code != 404:
+            raise
+        return None
+    return _from_secret(secret)
+
+
+async def ensure(
+    client: AsyncClient,
+    *,
+    namespace: str,
+    name: str,
+    dns: list[str],
+    ips: list[str],
+    validity: datetime.timedelta = VALIDITY,
+) -> ServingCert:
+    """Read the shared serving certificate, creating, replacing or renewing it when missing,
+    unfit or near its end."""
     for _ in range(5):
         try:
             secret = await client.get(Secret, name, namespace=namespace)
@@ -95,9 +153,10 @@ async def ensure(client: AsyncClient, *, namespace: str, name: str, dns: list[st
                 raise
             secret = None
         current = _from_secret(secret) if secret is not None else None
-        if current is not None and current.covers(dns, ips):
+        if current is not None and current.covers(dns, ips) and not current.needs_renewal():
             return current
-        fresh = generate(dns=dns, ips=ips)
+        previous = _first_pem(current.ca_pem) if current is not None else b""
+        fresh = generate(dns=dns, ips=ips, validity=validity, previous_ca=previous)
         body = Secret(
             metadata=ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/name": "spiderpool"}),
             type="kubernetes.io/tls",
@@ -112,9 +171,17 @@ async def ensure(client: AsyncClient, *, namespace: str, name: str, dns: list[st
                 await client.create(body)
             else:
                 assert secret.metadata is not None
+                # a precondition: of two replicas renewing at once, one wins and the other re-reads
                 body.metadata.resourceVersion = secret.metadata.resourceVersion  # type: ignore[union-attr]
                 await client.replace(body)
-            log.info("webhook serving certificate created secret=%s/%s", namespace, name)
+            verb = "renewed" if current is not None else "created"
+            log.info(
+                "webhook serving certificate %s secret=%s/%s not_after=%s",
+                verb,
+                namespace,
+                name,
+                fresh.leaf().not_valid_after_utc.isoformat(),
+            )
             return fresh
         except ApiError as exc:
             if exc.status.code not in (409,):

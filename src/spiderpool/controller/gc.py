@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import time
 from typing import Any
 
@@ -92,7 +93,8 @@ class GarbageCollector:
             deleted = gc.parse_time(pod["metadata"].get("deletionTimestamp"))
             if deleted is not None:
                 times.append(deleted + self.settings.terminating_delay)
-        future = [t for t in times if t is not None and t > now]
+        # (an infinite delay: terminating pods keep their IPs until the pod is gone)
+        future = [t for t in times if t is not None and now < t < math.inf]
         return min(future) if future else now + self.scan_interval
 
     async def _act(self, name: str, record: dict[str, Any], verdict: gc.Verdict) -> None:

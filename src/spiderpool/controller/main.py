@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
+import math
 import os
 import secrets
 import signal
 import socket
+import ssl
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+import httpx2
+import lightkube
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from spiderpool import logs
+from spiderpool import config, logs
 from spiderpool.controller import admission, certs, webhook
 from spiderpool.controller.apps import AppPoolReconciler
 from spiderpool.controller.cache import ObjectCache
@@ -63,6 +68,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--webhook-service-port", type=int, default=5722)
     p.add_argument("--webhook-secret", default="spiderpool-controller-webhook")
+    p.add_argument(
+        "--tls-method",
+        choices=("auto", "certmanager", "provided"),
+        default="auto",
+        help="auto: make and renew the certificate in --webhook-secret; certmanager/provided: only read it",
+    )
+    p.add_argument("--cert-validity-days", type=float, default=365.0, help="lifetime of a certificate made here (auto)")
+    p.add_argument(
+        "--cert-check-interval", type=float, default=600.0, help="seconds between checks for a renewed certificate"
+    )
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--cert-dns-name", action="append", default=[], help="an extra DNS name of the certificate")
+    p.add_argument("--cert-ip", action="append", default=[], help="an extra IP address of the certificate")
     p.add_argument("--health-bind", default="0.0.0.0")
     p.add_argument("--health-port", type=int, default=5720)
     p.add_argument("--metrics-port", type=int, default=5721)
@@ -73,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="spare IPs of an auto-pool whose application sets no ipam.spidernet.io/ippool-ip-number (replicas + N)",
+    )
+    p.add_argument("--gc-disabled", action="store_true", help="no garbage collection of IPs (ipam.gc.enabled=false)")
+    p.add_argument(
+        "--gc-keep-terminating",
+        action="store_true",
+        help="a terminating pod keeps its IPs until it is gone, however long that takes",
     )
     p.add_argument("--gc-interval", type=float, default=60.0, help="seconds between full scans of the records")
     p.add_argument(
@@ -99,13 +123,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " change an auto-pool's IPs",
     )
     p.add_argument("--log-level", default=None)
-    return p.parse_args(argv)
+    return config.parse_args(
+        p,
+        argv,
+        lambda c: {
+            "disable_ipv4": None if c.enable_ipv4 is None else not c.enable_ipv4,
+            "disable_ipv6": None if c.enable_ipv6 is None else not c.enable_ipv6,
+            "auto_pool_extra_ips": c.auto_pool_extra_ips,
+        },
+    )
 
 
 def _cert_names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     svc, ns = args.webhook_service, args.namespace
-    dns = [svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local", "localhost"]
-    return dns, ["127.0.0.1"]
+    dns = [svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.{args.cluster_domain}", "localhost"]
+    return [*dns, *args.cert_dns_name], ["127.0.0.1", *args.cert_ip]
 
 
 class Controller:
@@ -153,6 +185,87 @@ class Controller:
             log.info("writing as user=%s (only it may change auto-pools' IPs)", user)
         return frozenset([user]) if user else frozenset()
 
+    async def _load_cert(self) -> certs.ServingCert | None:
+        a = self.args
+        if a.tls_method == "auto":
+            dns, ips = _cert_names(a)
+            validity = datetime.timedelta(days=a.cert_validity_days)
+            return await certs.ensure(
+                self.client, namespace=a.namespace, name=a.webhook_secret, dns=dns, ips=ips, validity=validity
+            )
+        return await certs.read(self.client, namespace=a.namespace, name=a.webhook_secret)
+
+    async def _serving_cert(self) -> certs.ServingCert:
+        """The certificate to serve; with certmanager/provided, wait (loudly) for its Secret."""
+        delay = 1.0
+        while True:
+            try:
+                found = await self._load_cert()
+                if found is not None:
+                    return found
+                log.warning(
+                    "waiting for the webhook certificate secret=%s/%s (tls method %s): is its issuer ready?",
+                    self.args.namespace,
+                    self.args.webhook_secret,
+                    self.args.tls_method,
+                )
+            except (lightkube.ApiError, httpx2.HTTPError, OSError) as exc:
+                log.warning("cannot read the webhook certificate, retrying error=%s", exc)
+            try:  # back-off between attempts, or the stop signal
+                await asyncio.wait_for(self.stop.wait(), delay)
+                raise SystemExit("stopped while waiting for the webhook certificate")
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
+
+    async def _register(self, ca_pem: bytes, service: tuple[str, str, int] | None) -> None:
+        """Write the CA bundle into the webhook configurations (the chart creates them; a pod can
+        start a moment before they exist), retrying with back-off until it is done or we stop."""
+        delay = 1.0
+        while True:
+            try:
+                await webhook.register(self.client, ca_pem, url_base=self.args.webhook_url, service=service)
+                return
+            except (lightkube.ApiError, httpx2.HTTPError, OSError) as exc:
+                log.warning(
+                    "cannot register the webhooks in %s (installed by the chart), retrying error=%s",
+                    webhook.CONFIG_NAME,
+                    exc,
+                )
+            try:
+                await asyncio.wait_for(self.stop.wait(), delay)
+                return
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
+
+    async def _follow_cert(
+        self,
+        served: certs.ServingCert,
+        ctx: ssl.SSLContext,
+        cert_dir: Path,
+        service: tuple[str, str, int] | None,
+    ) -> None:
+        """Renew (auto) or pick up a renewed certificate; reload it and refresh the CA bundle."""
+        a = self.args
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), a.cert_check_interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                current = await self._load_cert()
+                if current is None or current == served:
+                    continue
+                # the bundle first (it trusts both CAs), then the new certificate for new connections
+                await self._register(current.ca_pem, service)
+                crt, key = current.write(cert_dir)
+                ctx.load_cert_chain(str(crt), str(key))
+                log.info("webhook certificate reloaded not_after=%s", current.leaf().not_valid_after_utc.isoformat())
+                served = current
+            except Exception as exc:
+                # the next check retries; the certificate served so far stays valid meanwhile
+                log.warning("webhook certificate check failed, retrying error=%s", exc)
+
     async def leading(self) -> None:
         status = StatusReconciler(self.client, self.cache)
         apps = AppPoolReconciler(self.rest, self.cache, default_extra=self.args.auto_pool_extra_ips)
@@ -164,11 +277,16 @@ class Controller:
                 stale_lease=a.gc_stale_lease,
                 quarantine=a.gc_quarantine,
                 min_age=a.gc_min_age,
-                terminating_delay=a.gc_terminating_delay,
+                terminating_delay=math.inf if a.gc_keep_terminating else a.gc_terminating_delay,
             ),
             scan_interval=a.gc_interval,
         )
-        await asyncio.gather(status.run(), apps.run(), collector.run())
+        loops = [status.run(), apps.run()]
+        if a.gc_disabled:
+            log.info("garbage collection of IPs is disabled (--gc-disabled)")
+        else:
+            loops.append(collector.run())
+        await asyncio.gather(*loops)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -187,10 +305,10 @@ class Controller:
             await web.TCPSite(runner, a.health_bind, port).start()
             runners.append(runner)
 
-        dns, ips = _cert_names(a)
-        cert = await certs.ensure(self.client, namespace=a.namespace, name=a.webhook_secret, dns=dns, ips=ips)
+        cert = await self._serving_cert()
         cert_dir = Path(tempfile.mkdtemp(prefix="spiderpool-webhook-"))
         crt, key = cert.write(cert_dir)
+        ssl_context = webhook.server_ssl(crt, key)
         cache_task = asyncio.create_task(self.cache.run())
 
         self.settings = replace(self.settings, controller_users=await self._own_users())
@@ -198,19 +316,19 @@ class Controller:
         hook.add_routes(webhook.Webhook(self.cache, self.settings).routes())
         runner = web.AppRunner(hook, access_log=None)
         await runner.setup()
-        await web.TCPSite(
-            runner, a.webhook_bind, a.webhook_port, ssl_context=webhook.server_ssl(crt, key), reuse_port=True
-        ).start()
+        await web.TCPSite(runner, a.webhook_bind, a.webhook_port, ssl_context=ssl_context, reuse_port=True).start()
         runners.append(runner)
         self.serving = True
         service = None if a.webhook_url else (a.namespace, a.webhook_service, a.webhook_service_port)
-        await webhook.register(self.client, cert.ca_pem, url_base=a.webhook_url, service=service)
+        await self._register(cert.ca_pem, service)
         log.info("serving webhooks port=%d identity=%s", a.webhook_port, a.identity)
+        follow = asyncio.create_task(self._follow_cert(cert, ssl_context, cert_dir, service))
 
         try:
             await self.elector.run(self.leading, self.stop)
         finally:
             self.serving = False
+            follow.cancel()
             cache_task.cancel()
             for r in reversed(runners):
                 await r.cleanup()

@@ -1,0 +1,3 @@
+module spiderpool.lab/cert-manager
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module spiderpool.lab/prometheus-operator
+
+go 1.26.0

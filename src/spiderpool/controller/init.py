@@ -1,0 +1,165 @@
+"""``spiderpool-init``: the chart's post-install/upgrade Job.
+
+It waits until the controller's webhook Service has a ready endpoint (so the objects it creates
+are defaulted and validated), then creates or updates the default SpiderCoordinator from the
+chart's ``coordinator.*`` values, and creates the default SpiderSubnet and SpiderIPPool from
+``clusterDefaultPool.*`` when asked. An existing subnet or pool is left as it is: after the
+install it belongs to the admin. Every step is idempotent, so the Job can run again on each
+upgrade and after a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from spiderpool import logs
+from spiderpool.api.v2beta1 import GROUP, VERSION
+from spiderpool.k8s.rest import ApiError, Kind, Rest
+
+log = logging.getLogger("spiderpool.init")
+COORDINATOR = Kind(GROUP, VERSION, "spidercoordinators", False)
+SUBNET = Kind(GROUP, VERSION, "spidersubnets", False)
+IPPOOL = Kind(GROUP, VERSION, "spiderippools", False)
+ENDPOINTSLICE = Kind("discovery.k8s.io", "v1", "endpointslices", True)
+DEFAULT_COORDINATOR = "default"
+
+
+def _json_arg(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="spiderpool-init", description=__doc__)
+    p.add_argument("--kubeconfig")
+    p.add_argument("--namespace", default="kube-system")
+    p.add_argument("--webhook-service", default="spiderpool-controller")
+    p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the controller's webhook")
+    p.add_argument("--coordinator", type=_json_arg, help="spec of the default SpiderCoordinator")
+    p.add_argument("--subnet", type=_json_arg, action="append", default=[], help='{"name": ..., "subnet": ...}')
+    p.add_argument("--ippool", type=_json_arg, action="append", default=[], help='{"name": ..., "subnet": ...}')
+    p.add_argument("--log-level", default=None)
+    return p.parse_args(argv)
+
+
+def _spec(fields: dict[str, Any]) -> dict[str, Any]:
+    """The object's spec: the name removed, empty values left to the webhook's defaults."""
+    return {k: v for k, v in fields.items() if k != "name" and v not in ("", None, [])}
+
+
+async def _webhook_ready(rest: Rest, namespace: str, service: str) -> bool:
+    path = ENDPOINTSLICE.path(namespace)
+    found = await rest.request("GET", path, params={"labelSelector": f"kubernetes.io/service-name={service}"})
+    for eps in found.get("items") or []:
+        for ep in eps.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready"):
+                return True
+    return False
+
+
+async def wait_for_webhook(rest: Rest, namespace: str, service: str, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    delay = 1.0
+    while True:
+        try:
+            if await _webhook_ready(rest, namespace, service):
+                log.info("controller webhook ready service=%s/%s", namespace, service)
+                return
+            reason = "no ready endpoint yet"
+        except (ApiError, OSError, aiohttp.ClientError) as exc:
+            reason = str(exc)
+        if time.monotonic() + delay > deadline:
+            raise SystemExit(
+                f"spiderpool-init: the controller's webhook Service {namespace}/{service} has no ready endpoint"
+                f" after {wait:.0f}s ({reason}); see `kubectl -n {namespace} describe pods"
+                " -l app.kubernetes.io/name=spiderpool-controller`"
+            )
+        log.info("waiting for the controller webhook service=%s/%s reason=%s", namespace, service, reason)
+        await asyncio.sleep(delay)  # a poll with back-off, bounded by the deadline above
+        delay = min(delay * 2, 10.0)
+
+
+async def ensure_coordinator(rest: Rest, spec: dict[str, Any]) -> str:
+    """Create the default SpiderCoordinator, or bring its spec to the chart's values."""
+    # "" is "not set": left out of a new object, removed (a merge patch's null) from an existing one
+    wanted = {k: (None if v == "" else v) for k, v in spec.items()}
+    try:
+        current = await rest.get(COORDINATOR, DEFAULT_COORDINATOR)
+    except ApiError as exc:
+        if exc.code != 404:
+            raise
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SpiderCoordinator",
+            "metadata": {"name": DEFAULT_COORDINATOR, "labels": {"app.kubernetes.io/managed-by": "spiderpool-init"}},
+            "spec": {k: v for k, v in wanted.items() if v is not None},
+        }
+        await rest.create(COORDINATOR, body)
+        return "created"
+    have = current.get("spec") or {}
+    if all(have.get(k) == v for k, v in wanted.items()):
+        return "unchanged"
+    # a merge patch with the resourceVersion: a concurrent edit makes this fail (and the Job retry)
+    rv = current["metadata"]["resourceVersion"]
+    await rest.patch(COORDINATOR, DEFAULT_COORDINATOR, {"metadata": {"resourceVersion": rv}, "spec": wanted})
+    return "updated"
+
+
+async def ensure_created(rest: Rest, kind: Kind, kind_name: str, fields: dict[str, Any]) -> str:
+    name = str(fields["name"])
+    try:
+        await rest.get(kind, name)
+        return "exists, left as it is"
+    except ApiError as exc:
+        if exc.code != 404:
+            raise
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind_name, "metadata": {"name": name}, "spec": _spec(fields)}
+    try:
+        await rest.create(kind, body)
+    except ApiError as exc:
+        if exc.code == 409:
+            return "exists, left as it is"
+        raise SystemExit(f"spiderpool-init: could not create {kind_name} {name}: {exc}") from None
+    return "created"
+
+
+async def run(args: argparse.Namespace) -> None:
+    rest = Rest.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-init")
+    try:
+        await wait_for_webhook(rest, args.namespace, args.webhook_service, args.wait)
+        if args.coordinator is not None:
+            outcome = await ensure_coordinator(rest, args.coordinator)
+            log.info("SpiderCoordinator %s: %s", DEFAULT_COORDINATOR, outcome)
+        for fields in args.subnet:
+            log.info("SpiderSubnet %s: %s", fields["name"], await ensure_created(rest, SUBNET, "SpiderSubnet", fields))
+        for fields in args.ippool:
+            log.info("SpiderIPPool %s: %s", fields["name"], await ensure_created(rest, IPPOOL, "SpiderIPPool", fields))
+    finally:
+        await rest.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.setup("spiderpool-init", args.log_level)
+    try:
+        asyncio.run(run(args))
+    except ApiError as exc:
+        print(f"spiderpool-init: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

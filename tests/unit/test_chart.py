@@ -1,0 +1,250 @@
+"""The Helm chart without a cluster: lint, one rendering per profile compared with its snapshot,
+the values the schema or the templates refuse (each with a message naming the value), and the
+contracts between the chart and the code (webhooks, conf.yml, metric names, deploy/spiderpool.yaml).
+
+Snapshots: ``UPDATE_SNAPSHOTS=1 pytest tests/unit/test_chart.py`` rewrites them; review the diff."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from spiderpool.api import conf
+from spiderpool.controller import webhook
+from spiderpool_lab import helm
+
+SNAPSHOTS = Path(__file__).parent / "chart_snapshots"
+
+#: the profiles users install (each also passes a server-side dry run in tests/lab/test_helm.py)
+PROFILES: dict[str, list[str]] = {
+    "defaults": [],
+    "walkthrough": ["--set", "feature.enableIPv4=true", "--set", "feature.enableIPv6=false"],
+    "dual-stack": [
+        "--set-json",
+        'clusterDefaultPool={"installIPv4IPPool": true, "installIPv6IPPool": true,'
+        ' "ipv4Subnet": "172.18.0.0/16", "ipv4IPRanges": ["172.18.40.10-172.18.40.100"],'
+        ' "ipv4Gateway": "172.18.0.1", "ipv6Subnet": "fd00:18::/64",'
+        ' "ipv6IPRanges": ["fd00:18::40:10-fd00:18::40:100"], "ipv6Gateway": "fd00:18::1"}',
+    ],
+    "metrics": [
+        "--set",
+        "spiderpoolAgent.prometheus.enabled=true",
+        "--set",
+        "spiderpoolAgent.prometheus.serviceMonitor.install=true",
+        "--set",
+        "spiderpoolAgent.prometheus.prometheusRule.install=true",
+        "--set",
+        "spiderpoolController.prometheus.enabled=true",
+        "--set",
+        "spiderpoolController.prometheus.serviceMonitor.install=true",
+        "--set",
+        "spiderpoolController.prometheus.prometheusRule.install=true",
+        "--set",
+        "grafanaDashboard.install=true",
+    ],
+    "certmanager": ["--set", "spiderpoolController.tls.method=certmanager"],
+}
+
+
+def render(*flags: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(helm.template(*flags).stdout) if d]
+
+
+def test_helm_lint_is_clean() -> None:
+    out = helm.run(None, "lint", "--strict", str(helm.chart_path()))
+    assert "0 chart(s) failed" in out.stdout, out.stdout
+    assert "[WARNING]" not in out.stdout, out.stdout
+    assert "[ERROR]" not in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_rendering_matches_snapshot(profile: str) -> None:
+    text = helm.template(*PROFILES[profile]).stdout
+    snapshot = SNAPSHOTS / f"{profile}.yaml"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        snapshot.write_text(text)
+    assert snapshot.exists(), f"no snapshot {snapshot.name}: run with UPDATE_SNAPSHOTS=1 and review it"
+    assert text == snapshot.read_text(), f"helm template ({profile}) differs from {snapshot.name}"
+
+
+def test_deploy_manifest_is_the_chart_with_its_defaults() -> None:
+    committed = (helm.paths.repo_root() / helm.MANIFEST).read_text()
+    assert committed == helm.manifest(), "deploy/spiderpool.yaml is stale: run `make manifest`"
+
+
+#: (values, what the message must say): each refused at install time, before anything is created
+BAD_VALUES: list[tuple[list[str], str]] = [
+    (["--set", "ipam.enableIPV4=true"], "additional properties 'enableIPV4' not allowed"),
+    (["--set", "spiderpoolagent.name=x"], "additional properties 'spiderpoolagent' not allowed"),
+    (["--set", "ipam.enableIPv4=yes"], "/ipam/enableIPv4"),
+    (["--set", "feature.enableIPv4=false", "--set", "ipam.enableIPv6=false"], "enable at least one IP family"),
+    (["--set", "ipam.enableIPv4=false", "--set", "ipam.enableIPv6=false"], "enable at least one IP family"),
+    (
+        [
+            "--set-json",
+            'clusterDefaultPool={"installIPv4IPPool": true, "ipv4Subnet": "172.18.0.0/16",'
+            ' "ipv4IPRanges": ["172.18.40.10-172.19.0.5"]}',
+        ],
+        "clusterDefaultPool.ipv4IPRanges: 172.19.0.5 is outside clusterDefaultPool.ipv4Subnet 172.18.0.0/16",
+    ),
+    (
+        [
+            "--set-json",
+            'clusterDefaultPool={"installIPv4IPPool": true, "ipv4Subnet": "172.18.0.0/16",'
+            ' "ipv4IPRanges": ["172.18.40.10-172.18.40.20"], "ipv4Gateway": "10.0.0.1"}',
+        ],
+        "clusterDefaultPool.ipv4Gateway: 10.0.0.1 is outside",
+    ),
+    (
+        [
+            "--set-json",
+            'clusterDefaultPool={"installIPv4IPPool": true, "ipv4Subnet": "172.18.0.0/16",'
+            ' "ipv4IPRanges": ["172.18.40.20-172.18.40.10"]}',
+        ],
+        "ends before it starts",
+    ),
+    (["--set", "clusterDefaultPool.installIPv4IPPool=true"], "clusterDefaultPool.ipv4Subnet is empty"),
+    (["--set-json", 'clusterDefaultPool={"ipv4IPRanges": ["172.18.40.300"]}'], "/clusterDefaultPool/ipv4IPRanges/0"),
+    (["--set", "spiderpoolAgent.image.tag=v1 .0"], "/spiderpoolAgent/image/tag"),
+    (["--set", "spiderpoolController.image.repository=Spiderpool"], "/spiderpoolController/image/repository"),
+    (["--set", "spiderpoolAgent.image.pullPolicy=Sometimes"], "/spiderpoolAgent/image/pullPolicy"),
+    (["--set", "spiderpoolController.replicas=0"], "/spiderpoolController/replicas"),
+    (["--set", "spiderpoolController.tls.method=selfsigned"], "/spiderpoolController/tls/method"),
+    (["--set", "spiderpoolController.tls.method=provided"], "tls.method=provided needs"),
+    (["--set", "coordinator.mode=fast"], "/coordinator/mode"),
+    (["--set", "coordinator.podMACPrefix=0b:11"], "/coordinator/podMACPrefix"),
+    (["--set", "ipam.gc.gcAll.intervalInSecond=-5"], "/ipam/gc/gcAll/intervalInSecond"),
+    (["--set", "plugins.installCNI=true"], "/plugins/installCNI"),
+    (["--set", "ipam.enableStatefulSet=false"], "/ipam/enableStatefulSet"),
+    (["--set", "global.cniBinHostPath=opt/cni/bin"], "/global/cniBinHostPath"),
+    (
+        ["--set", "spiderpoolAgent.prometheus.serviceMonitor.install=true"],
+        "needs spiderpoolAgent.prometheus.enabled=true",
+    ),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_VALUES, ids=[" ".join(f)[:60] for f, _ in BAD_VALUES])
+def test_bad_values_are_refused_with_a_message_naming_the_value(flags: list[str], message: str) -> None:
+    out = helm.template(*flags, check=False)
+    assert out.returncode != 0, f"accepted: {flags}"
+    assert message in out.stderr, out.stderr
+
+
+def test_older_feature_spelling_wins_and_notes_say_so() -> None:
+    docs = render("--set", "feature.enableIPv6=false", "--set", "ipam.enableIPv6=true")
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "spiderpool-conf"]
+    parsed = conf.parse(cm["data"]["conf.yml"])
+    assert (parsed.enable_ipv4, parsed.enable_ipv6) == (True, False)
+    notes = helm.template("--set", "feature.enableIPv4=true", "--show-only", "templates/NOTES.txt", check=False)
+    # (helm template does not render NOTES; the install test reads them from the release)
+    assert notes.returncode != 0 or "feature.enableIPv4" in notes.stdout
+
+
+def test_conf_yml_holds_only_keys_the_code_reads() -> None:
+    docs = render(*PROFILES["walkthrough"])
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "spiderpool-conf"]
+    parsed = conf.parse(cm["data"]["conf.yml"])
+    assert parsed.unknown == ()
+    assert parsed.enable_ipv6 is False
+    assert parsed.enable_ipv4 is True
+    assert parsed.auto_pool_extra_ips == 1
+    assert parsed.ipam_socket == "/var/run/spidernet/spiderpool.sock"
+
+
+def _without_ca(doc: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(doc))
+    out["metadata"] = {"name": out["metadata"]["name"]}
+    for hook in out["webhooks"]:
+        hook["clientConfig"].pop("caBundle", None)
+    return out
+
+
+def test_webhook_configurations_are_the_ones_the_controller_registers() -> None:
+    docs = render()
+    rendered = {d["kind"]: _without_ca(d) for d in docs if d["kind"].endswith("WebhookConfiguration")}
+    mutating, validating = webhook.configurations(b"", service=("kube-system", "spiderpool-controller", 5722))
+    assert rendered["MutatingWebhookConfiguration"] == _without_ca(mutating)
+    assert rendered["ValidatingWebhookConfiguration"] == _without_ca(validating)
+
+
+def _exposed_metric_names() -> set[str]:
+    # importing the modules registers their metrics, as the processes do
+    from prometheus_client import REGISTRY
+
+    import spiderpool.agent.coordinator
+    import spiderpool.agent.ipam
+    import spiderpool.controller.apps
+    import spiderpool.controller.gc
+    import spiderpool.controller.leader
+    import spiderpool.controller.status  # noqa: F401
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names = set()
+    for family in REGISTRY.collect():
+        # (a labelled metric has no samples until a label set is used: names come from its type)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return names
+
+
+def _metrics_in(expr: str) -> set[str]:
+    return set(re.findall(r"\b(spiderpool_[a-z_]+)", expr))
+
+
+def test_dashboard_and_alerts_use_the_metric_names_the_code_exposes() -> None:
+    exposed = _exposed_metric_names()
+    dashboard = json.loads((helm.chart_path() / "files" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    docs = render(*PROFILES["metrics"])
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    used = set().union(*(_metrics_in(e) for e in exprs))
+    assert len(used) >= 10, used
+    assert used <= exposed, f"not exposed by the code: {sorted(used - exposed)}"
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "spiderpool-grafana-dashboard"]
+    assert json.loads(cm["data"]["spiderpool.json"]) == dashboard
+
+
+def test_init_job_arguments_parse() -> None:
+    from spiderpool.controller import init
+
+    docs = render(*PROFILES["dual-stack"])
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    args = init.parse_args(command[1:])
+    assert args.coordinator["tunePodRoutes"] is True
+    assert args.coordinator["hijackCIDR"] == []
+    assert [s["name"] for s in args.subnet] == ["default-v4-subnet", "default-v6-subnet"]
+    assert [p["name"] for p in args.ippool] == ["default-v4-ippool", "default-v6-ippool"]
+    assert args.ippool[1]["ips"] == ["fd00:18::40:10-fd00:18::40:100"]
+    assert args.ippool[1]["default"] is True
+
+
+def test_certmanager_profile_reads_its_certificate() -> None:
+    docs = render(*PROFILES["certmanager"])
+    kinds = {d["kind"] for d in docs}
+    assert {"Certificate", "Issuer"} <= kinds
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert "--tls-method=certmanager" in dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    for d in docs:
+        if d["kind"].endswith("WebhookConfiguration"):
+            assert d["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+                "kube-system/spiderpool-controller-server-certs"
+            )
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "spiderpool-controller"]
+    secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
+    assert secret_rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["spiderpool-controller-server-certs"],
+            "verbs": ["get"],
+        }
+    ]
