@@ -5,7 +5,9 @@ reinstall keeps every running pod's IP (docs/helm.md says what an uninstall leav
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -174,3 +176,163 @@ def test_helm_release_status_and_notes(controllers: Controllers) -> None:
     notes = status["info"]["notes"]
     assert "not installed by this chart (multus.multusCNI.install=false)" in notes
     assert "SpiderSubnet" in notes
+
+
+ROLL = "roll"
+ROLL_DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: roll, namespace: helm-roll}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: roll}}
+  template:
+    metadata:
+      labels: {app: roll}
+      annotations: {ipam.spidernet.io/ippool: '{"ipv4": ["roll-pool"]}'}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: registry.invalid/app:1}]
+"""
+
+
+class _Watch:
+    """Samples the pods while the release rolls: a Running pod's IP never changes, no two Running
+    pods share one, and each Running pod has exactly one IP."""
+
+    def __init__(self, lab: Lab, namespace: str) -> None:
+        self.lab, self.namespace = lab, namespace
+        self.seen: dict[str, str] = {}
+        self.problems: list[str] = []
+        self.samples = 0
+
+    def sample(self) -> list[dict[str, Any]]:
+        pods = [
+            p
+            for p in get_json(self.lab, "pods", "-n", self.namespace)["items"]
+            if p["status"].get("phase") == "Running"
+        ]
+        by_ip: dict[str, str] = {}
+        for p in pods:
+            name, ips = p["metadata"]["name"], [i["ip"] for i in p["status"].get("podIPs") or []]
+            if len(ips) != 1:
+                self.problems.append(f"{name} Running with IPs {ips}")
+                continue
+            if self.seen.setdefault(name, ips[0]) != ips[0]:
+                self.problems.append(f"{name} changed IP {self.seen[name]} -> {ips[0]}")
+            if ips[0] in by_ip:
+                self.problems.append(f"{ips[0]} held by {by_ip[ips[0]]} and {name}")
+            by_ip[ips[0]] = name
+        self.samples += 1
+        return pods
+
+
+def test_upgrade_while_a_deployment_scales_keeps_every_ip(agents: Agents, controllers: Controllers) -> None:
+    lab = agents.lab
+    from tests.ipam.conftest import macvlan_spiderpool, use_cni, wait_no_records
+
+    namespace = "helm-roll"
+    use_cni(lab, macvlan_spiderpool())
+    apply(lab, pool_manifest("roll-pool", "172.18.0.0/16", ["172.18.71.10-172.18.71.60"]))
+    lab.kubectl("create", "namespace", namespace)
+    watch = _Watch(lab, namespace)
+    upgrade: dict[str, Any] = {}
+
+    def run_upgrade() -> None:
+        try:
+            # changed values: the GC interval (the controller rolls) and the agent's resources (the agent rolls)
+            upgrade["out"] = stack.helm_install(
+                lab,
+                {
+                    "ipam": {"gc": {"gcAll": {"intervalInSecond": 7}}},
+                    "spiderpoolAgent": {"resources": {"requests": {"cpu": "110m", "memory": "128Mi"}}},
+                },
+            )
+        except Exception as exc:  # reported by the test below
+            upgrade["error"] = exc
+
+    try:
+        lab.kubectl("apply", "-f", "-", input_text=ROLL_DEPLOYMENT)
+        generations = {p["metadata"]["name"] for p in agents.pods() + controllers.pods()}
+        thread = threading.Thread(target=run_upgrade)
+        lab.kubectl("scale", "-n", namespace, f"deployment/{ROLL}", "--replicas=30")
+        thread.start()
+        procs.wait_for(lambda: len(watch.sample()) == 30, timeout=300, what="30 Running pods while the release rolls")
+        lab.kubectl("scale", "-n", namespace, f"deployment/{ROLL}", "--replicas=0")
+        procs.wait_for(lambda: not watch.sample() and not thread.is_alive(), timeout=400, what="scale-down and upgrade")
+        assert "error" not in upgrade, upgrade.get("error")
+        rolled = {p["metadata"]["name"] for p in agents.pods() + controllers.pods()}
+        assert not rolled & generations, "the agents and controllers did not roll"
+        assert not watch.problems, "\n".join(watch.problems)
+        events = get_json(lab, "events", "-n", namespace)["items"]
+        failed = sum(int(e.get("count") or 1) for e in events if e.get("reason") == "FailedCreatePodSandBox")
+        print(
+            f"upgrade under load: {watch.samples} samples, {len(watch.seen)} pods Running, {failed} failed ADDs retried"
+        )
+        wait_no_records(lab, namespace, timeout=120)
+    finally:
+        lab.kubectl("delete", "namespace", namespace, "--wait=true", check=False)
+        lab.kubectl("delete", "spiderippool", "roll-pool", "--wait=true", check=False)
+        lab.reset_cni_config()
+        stack.install(lab)  # the tests' values again
+        controllers.wait_all()
+        agents.wait_all()
+    assert_consistent(lab)
+
+
+def _secret_cert(lab: Lab) -> str:
+    data = get_json(lab, "secret", "-n", "kube-system", "spiderpool-controller-server-certs")["data"]
+    return str(data["tls.crt"])
+
+
+def _webhook_rejects(lab: Lab, name: str) -> bool:
+    """A rule only the webhook checks (a reversed range) is refused: the apiserver reached a replica
+    through the Service and trusted its certificate."""
+    body = {
+        "apiVersion": "spiderpool.spidernet.io/v2beta1",
+        "kind": "SpiderReservedIP",
+        "metadata": {"name": name},
+        "spec": {"ips": ["10.99.0.9-10.99.0.1"]},
+    }
+    out = lab.kubectl("create", "--dry-run=server", "-f", "-", input_text=json.dumps(body), check=False)
+    return out.returncode != 0 and "starts after it ends" in out.stderr
+
+
+def test_the_webhook_certificate_is_renewed_and_reloaded_without_a_gap(controllers: Controllers) -> None:
+    lab = controllers.lab
+    # a certificate of about 50 s, checked every 2 s: renewed when a third of its life is left
+    short = {"spiderpoolController": {"extraArgs": [*stack.CONTROLLER_ARGS, "--cert-validity-days=0.0006"]}}
+    short["spiderpoolController"]["extraArgs"].append("--cert-check-interval=2")
+    try:
+        lab.kubectl("delete", "secret", "-n", "kube-system", "spiderpool-controller-server-certs")
+        stack.helm_install(lab, short)
+        controllers.wait_all()
+        first = _secret_cert(lab)
+        seen = {first}
+        checks = 0
+
+        def renewed_twice() -> bool:
+            nonlocal checks
+            assert _webhook_rejects(lab, f"rotation-{checks}"), "the webhook stopped answering during a renewal"
+            checks += 1
+            seen.add(_secret_cert(lab))
+            return len(seen) >= 3
+
+        procs.wait_for(renewed_twice, timeout=180, what="two renewals of the webhook certificate")
+
+        def bundles_follow_the_secret() -> bool:
+            ca = get_json(lab, "secret", "-n", "kube-system", "spiderpool-controller-server-certs")["data"]["ca.crt"]
+            hooks = [
+                h
+                for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration")
+                for h in get_json(lab, kind, "spiderpool-controller")["webhooks"]
+            ]
+            return all(h["clientConfig"].get("caBundle") == ca for h in hooks)
+
+        procs.wait_for(bundles_follow_the_secret, timeout=30, what="the configurations' CA bundle to follow the Secret")
+        print(f"certificate renewals seen: {len(seen) - 1}, webhook checks answered: {checks}")
+    finally:
+        stack.install(lab)
+        controllers.wait_all()
+    # (back to a year-long certificate: the next renewal happens at once, with the long validity)
+    procs.wait_for(lambda: _webhook_rejects(lab, "rotation-after"), timeout=60, what="the webhook to answer")
