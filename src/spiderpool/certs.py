@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 VALIDITY = datetime.timedelta(days=365)
+#: certificates start this long before they are made (clocks a little behind still accept them)
+BACKDATE = datetime.timedelta(minutes=5)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -57,7 +59,7 @@ def sign(
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )

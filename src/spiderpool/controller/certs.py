@@ -26,7 +26,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from spiderpool.certs import VALIDITY, new_key, sign, x509_name
+from spiderpool.certs import BACKDATE, VALIDITY, new_key, sign, x509_name
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class ServingCert:
         """Less than a third of its lifetime left (or expired)."""
         cert = self.leaf()
         now = now or datetime.datetime.now(datetime.UTC)
-        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-        return (end - now) < (end - start) * RENEW_AT
+        issued, end = cert.not_valid_before_utc + BACKDATE, cert.not_valid_after_utc
+        return (end - now) < (end - issued) * RENEW_AT
 
     def covers(self, dns: list[str], ips: list[str]) -> bool:
         cert = x509.load_pem_x509_certificate(self.cert_pem)
