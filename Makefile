@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 LAB := $(BIN)/spiderpool-lab
 NODES ?= 2
 
-.PHONY: deps demo demo-down test lint lab-build down clean-venv
+.PHONY: deps demo demo-down test lint lab-build down clean-venv manifest
 
 # The product with its dev tools, and the lab (test tooling, a package of its own: never in the product).
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
@@ -41,3 +41,8 @@ lab-build: $(VENV)/.installed
 ## down: stop the lab and remove everything it created
 down: $(VENV)/.installed
 	$(LAB) down
+
+## manifest: regenerate deploy/spiderpool.yaml from the chart (helm template with its defaults)
+manifest: $(VENV)/.installed
+	$(LAB) build helm
+	$(BIN)/python -m spiderpool_lab.helm
