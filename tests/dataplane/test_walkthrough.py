@@ -112,3 +112,62 @@ def test_walkthrough_deployment_on_the_veth_data_plane(walkthrough: Agents) -> N
         lab.kubectl("delete", "namespace", NS, "--wait=false")
     wait_no_records(lab, NS, timeout=120)
     lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s")
+
+
+SUBNET6 = """
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderSubnet
+metadata: {name: subnet-test6}
+spec:
+  subnet: fd00:172:18::/64
+  gateway: fd00:172:18::1
+  ips: ["fd00:172:18::30:131-fd00:172:18::30:140"]
+"""
+
+
+def test_walkthrough_dual_stack(walkthrough: Agents) -> None:
+    """The same walkthrough with both IP families on (the chart's default): the Deployment names an
+    IPv4 and an IPv6 SpiderSubnet, its pods get one address of each from their auto-pools, and reach
+    each other over both, and the Service."""
+    lab = walkthrough.lab
+    ns = "wt6"
+    apply(lab, SUBNET)
+    apply(lab, SUBNET6)
+    deployment = DEPLOYMENT.replace(
+        '"ipv4": ["subnet-test"]', '"ipv4": ["subnet-test"], "ipv6": ["subnet-test6"]'
+    ).replace("ipam.spidernet.io/ippool:", "ipam.spidernet.io/subnet:")
+    assert "subnet-test6" in deployment
+    lab.kubectl("create", "namespace", ns)
+    try:
+        lab.kubectl("apply", "-n", ns, "-f", "-", input_text=deployment)
+        apply(lab, SERVICE.replace(f"namespace: {NS}", f"namespace: {ns}"))
+        pods = wait_running(lab, ns, f"app={APP}", 2, timeout=180)
+        ips = []
+        for pod in pods:
+            by_family = {ipaddress.ip_address(x["ip"]).version: x["ip"] for x in pod["status"]["podIPs"]}
+            assert set(by_family) == {4, 6}, pod["status"]["podIPs"]
+            assert FIRST <= ipaddress.ip_address(by_family[4]) <= LAST
+            assert ipaddress.ip_address(by_family[6]) in ipaddress.ip_network("fd00:172:18::/64")
+            ips.append(by_family)
+        a = f"{ns}/{pods[0]['metadata']['name']}"
+        addrs = in_netns(lab, a, "ip", "a").stdout
+        assert f"inet {ips[0][4]}/16" in addrs, addrs
+        assert f"inet6 {ips[0][6]}/64" in addrs, addrs
+        for flag, family in (("-4", 4), ("-6", 6)):
+            ping = in_netns(lab, a, "ping", flag, "-c", "2", "-W", "2", ips[1][family])
+            assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+        svc = get_json(lab, "service", "-n", ns, APP)
+        url = f"http://{svc['spec']['clusterIP']}:80"
+        procs.wait_for(
+            lambda: in_netns(lab, a, "curl", "-sS", "-I", "--max-time", "5", url).stdout.startswith("HTTP/1.1 200 OK"),
+            timeout=30,
+            what=f"HTTP/1.1 200 OK from the Service at {url}",
+        )
+        assert len(auto_pools(lab)) == 2  # one per family
+        assert_consistent(lab)
+    finally:
+        lab.kubectl("delete", "namespace", ns, "--wait=true", check=False)
+    wait_no_records(lab, ns, timeout=120)
+    procs.wait_for(lambda: not auto_pools(lab), timeout=60, what="the auto-pools to go")
+    for name in ("subnet-test", "subnet-test6"):
+        lab.kubectl("delete", "spidersubnet", name, "--wait=true", "--timeout=60s")
