@@ -77,7 +77,7 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     ("spiderpool-agent", "delete", "spiderendpoints.spiderpool.spidernet.io", "default", True),
     ("spiderpool-agent", "list", "spiderippools.spiderpool.spidernet.io", "", True),
     ("spiderpool-agent", "update", "spiderippools.spiderpool.spidernet.io", "", False),
-    ("spiderpool-agent", "patch", "spiderippools.spiderpool.spidernet.io/status", "", False),
+    ("spiderpool-agent", "patch", "spiderippools.spiderpool.spidernet.io", "", False),
     ("spiderpool-agent", "create", "spidersubnets.spiderpool.spidernet.io", "", False),
     ("spiderpool-agent", "update", "spidersubnets.spiderpool.spidernet.io", "", False),
     ("spiderpool-agent", "get", "secrets", "kube-system", False),
