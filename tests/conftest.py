@@ -43,8 +43,8 @@ def crds_installed(lab: Lab) -> Lab:
 
 @pytest.fixture(scope="session")
 def controllers(crds_installed: Lab) -> Controllers:
-    """spiderpool installed from deploy/spiderpool.yaml: the controller Deployment (2 replicas) and
-    the agent DaemonSet, from the project's image."""
+    """spiderpool installed by its Helm chart: the controller Deployment (2 replicas) and the agent
+    DaemonSet, from the project's image."""
     stack.install(crds_installed)
     ctl = Controllers(crds_installed)
     ctl.wait_all()
