@@ -336,3 +336,100 @@ def test_the_webhook_certificate_is_renewed_and_reloaded_without_a_gap(controlle
         controllers.wait_all()
     # (back to a year-long certificate: the next renewal happens at once, with the long validity)
     procs.wait_for(lambda: _webhook_rejects(lab, "rotation-after"), timeout=60, what="the webhook to answer")
+
+
+def test_init_job_creates_the_default_subnet_and_pool(controllers: Controllers) -> None:
+    lab = controllers.lab
+    default_pool = {
+        "clusterDefaultPool": {
+            "installIPv4IPPool": True,
+            "installIPv6IPPool": True,
+            "ipv4Subnet": "10.250.0.0/24",
+            "ipv4IPRanges": ["10.250.0.10-10.250.0.20"],
+            "ipv4Gateway": "10.250.0.1",
+            "ipv6Subnet": "fd00:250::/64",
+            "ipv6IPRanges": ["fd00:250::10-fd00:250::20"],
+        }
+    }
+    try:
+        stack.helm_install(lab, default_pool)
+        for kind, name in (("spidersubnet", "default-v4-subnet"), ("spidersubnet", "default-v6-subnet")):
+            assert get_json(lab, kind, name)["spec"]["subnet"] in ("10.250.0.0/24", "fd00:250::/64")
+        v4 = get_json(lab, "spiderippool", "default-v4-ippool")["spec"]
+        assert (v4["subnet"], v4["ips"], v4["gateway"], v4["default"]) == (
+            "10.250.0.0/24",
+            ["10.250.0.10-10.250.0.20"],
+            "10.250.0.1",
+            True,
+        )
+        assert get_json(lab, "spiderippool", "default-v6-ippool")["spec"]["ips"] == ["fd00:250::10-fd00:250::20"]
+        # an upgrade runs the Job again: what exists is left as it is (after the install, it is the admin's)
+        lab.kubectl(
+            "patch",
+            "spiderippool",
+            "default-v4-ippool",
+            "--type=merge",
+            "-p",
+            '{"spec":{"ips":["10.250.0.10-10.250.0.15"]}}',
+        )
+        stack.helm_install(lab, default_pool)
+        assert get_json(lab, "spiderippool", "default-v4-ippool")["spec"]["ips"] == ["10.250.0.10-10.250.0.15"]
+    finally:
+        stack.install(lab)
+        for kind, name in (
+            ("spiderippool", "default-v4-ippool"),
+            ("spiderippool", "default-v6-ippool"),
+            ("spidersubnet", "default-v4-subnet"),
+            ("spidersubnet", "default-v6-subnet"),
+        ):
+            lab.kubectl("delete", kind, name, "--ignore-not-found", "--wait=true", "--timeout=60s", check=False)
+
+
+def _multus_pods(lab: Lab) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(lab, "pods", "-n", "kube-system", "-l", "app=multus")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_multus_install_detects_an_existing_multus(controllers: Controllers) -> None:
+    """The walkthrough's order (Multus from its own manifest, then the chart with install=true): no
+    second Multus; without one, the chart's Multus runs on every node; install=false removes it."""
+    from spiderpool_lab import install
+
+    lab = controllers.lab
+    ours = {
+        "multus": {
+            "multusCNI": {
+                "install": True,
+                "image": {"registry": "lab.local", "repository": "multus-cni", "tag": "v4.3.0"},
+            }
+        }
+    }
+    nodes = {n.name for n in lab.nodes()}
+    try:
+        lab.reset_cni_config()
+        install.multus(lab)
+        helm_out = stack.helm_install(lab, ours)
+        assert "already runs (not installed by this" in helm_out, helm_out
+        ds = get_json(lab, "daemonset", "-n", "kube-system", "kube-multus-ds")
+        assert "app.kubernetes.io/instance" not in (ds["metadata"].get("labels") or {}), ds["metadata"]
+        assert len(_multus_pods(lab)) == len(nodes)
+
+        install.remove_multus(lab)
+        helm_out = stack.helm_install(lab, ours)
+        assert "installed by this chart (kube-system/kube-multus-ds)" in helm_out, helm_out
+        ds = get_json(lab, "daemonset", "-n", "kube-system", "kube-multus-ds")
+        assert ds["metadata"]["labels"]["app.kubernetes.io/instance"] == stack.RELEASE
+        procs.wait_for(
+            lambda: (
+                {p["spec"]["nodeName"] for p in _multus_pods(lab) if p["status"].get("phase") == "Running"} == nodes
+                and all(install.multus_conf(lab, n) for n in nodes)
+            ),
+            timeout=120,
+            what="the chart's Multus on every node, with its 00-multus.conf",
+        )
+        stack.helm_install(lab)  # install=false again: Helm removes its Multus
+        procs.wait_for(lambda: not _multus_pods(lab), timeout=120, what="the chart's Multus to go")
+    finally:
+        stack.install(lab)
+        install.remove_multus(lab)
+        lab.reset_cni_config()

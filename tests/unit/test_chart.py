@@ -49,6 +49,7 @@ PROFILES: dict[str, list[str]] = {
         "grafanaDashboard.install=true",
     ],
     "certmanager": ["--set", "spiderpoolController.tls.method=certmanager"],
+    "multus": ["--set", "multus.multusCNI.install=true"],
 }
 
 
@@ -248,3 +249,16 @@ def test_certmanager_profile_reads_its_certificate() -> None:
             "verbs": ["get"],
         }
     ]
+
+
+def test_multus_profile_renders_multus_and_its_crd() -> None:
+    docs = render(*PROFILES["multus"])
+    found = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {
+        ("DaemonSet", "kube-multus-ds"),
+        ("ServiceAccount", "spiderpool-multus"),
+        ("CustomResourceDefinition", "network-attachment-definitions.k8s.cni.cncf.io"),
+    } <= found
+    (crd,) = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert ("DaemonSet", "kube-multus-ds") not in {(d["kind"], d["metadata"]["name"]) for d in render()}
