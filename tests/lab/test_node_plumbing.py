@@ -76,7 +76,15 @@ def test_spiderpool_runs_as_it_ships(agents: Agents, controllers: Controllers) -
     try:
         overlap = pool_manifest("plumb-b", "10.130.0.0/16", ["10.130.0.5"])
         out = lab.kubectl("apply", "--dry-run=server", "-f", "-", input_text=overlap, check=False)
-        assert out.returncode != 0
+
+        def refused() -> bool:
+            # (the webhook judges against its watch of the pools: plumb-a reaches it a moment after
+            # its create returns, so the first try may come before it)
+            nonlocal out
+            out = lab.kubectl("apply", "--dry-run=server", "-f", "-", input_text=overlap, check=False)
+            return out.returncode != 0
+
+        procs.wait_for(refused, timeout=15, what="the webhook to refuse an overlapping pool", detail=lambda: out.stdout)
         assert 'admission webhook "spiderippool.spiderpool.spidernet.io" denied the request' in out.stderr
         assert 'already belong to SpiderIPPool "plumb-a"' in out.stderr
         hooks = get_json(lab, "validatingwebhookconfiguration", "spiderpool-controller")["webhooks"]
