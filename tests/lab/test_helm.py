@@ -433,3 +433,46 @@ def test_multus_install_detects_an_existing_multus(controllers: Controllers) -> 
         stack.install(lab)
         install.remove_multus(lab)
         lab.reset_cni_config()
+
+
+def test_provided_certificate_is_served_as_given(controllers: Controllers) -> None:
+    """tls.method=provided (as certmanager: a Secret the controller only reads): the chart's Secret
+    and CA bundle, the controller serving that certificate, and the webhook answering."""
+    import base64
+
+    from spiderpool.controller import certs
+
+    lab = controllers.lab
+    name = "spiderpool-controller"
+    dns = [name, f"{name}.kube-system", f"{name}.kube-system.svc", f"{name}.kube-system.svc.cluster.local"]
+    given = certs.generate(dns=dns, ips=[])
+    secret = "spiderpool-provided-certs"
+    provided = {
+        "spiderpoolController": {
+            "tls": {
+                "method": "provided",
+                "secretName": secret,
+                "provided": {
+                    "tlsCert": given.cert_pem.decode(),
+                    "tlsKey": given.key_pem.decode(),
+                    "tlsCa": given.ca_pem.decode(),
+                },
+            }
+        }
+    }
+    ca = base64.b64encode(given.ca_pem).decode()
+    try:
+        stack.helm_install(lab, provided)
+        controllers.wait_all()
+        hooks = get_json(lab, "validatingwebhookconfiguration", name)["webhooks"]
+        assert {h["clientConfig"]["caBundle"] for h in hooks} == {ca}
+        procs.wait_for(lambda: _webhook_rejects(lab, "provided"), timeout=60, what="the webhook to answer")
+        data = get_json(lab, "secret", "-n", "kube-system", secret)["data"]
+        assert data["tls.crt"] == base64.b64encode(given.cert_pem).decode()  # read, never rewritten
+        logs = lab.kubectl("logs", "-n", "kube-system", "-l", f"app.kubernetes.io/name={name}", "--tail=-1").stdout
+        assert "webhook serving certificate created" not in logs
+    finally:
+        stack.install(lab)
+        controllers.wait_all()
+    procs.wait_for(lambda: _webhook_rejects(lab, "auto-again"), timeout=60, what="the webhook to answer")
+    assert lab.kubectl("get", "secret", "-n", "kube-system", secret, check=False).returncode != 0  # Helm removed it
