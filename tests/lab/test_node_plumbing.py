@@ -84,7 +84,12 @@ def test_spiderpool_runs_as_it_ships(agents: Agents, controllers: Controllers) -
             out = lab.kubectl("apply", "--dry-run=server", "-f", "-", input_text=overlap, check=False)
             return out.returncode != 0
 
-        procs.wait_for(refused, timeout=15, what="the webhook to refuse an overlapping pool", detail=lambda: out.stdout)
+        def why() -> str:
+            apiserver = [ln for ln in procs.tail(lab.logs / "kube-apiserver.log", 400).splitlines() if "webhook" in ln]
+            logs = lab.kubectl("logs", "-n", NS, "-l", "app.kubernetes.io/name=spiderpool-controller", "--prefix")
+            return "\n".join([out.stdout, *apiserver[-10:], logs.stdout[-3000:]])
+
+        procs.wait_for(refused, timeout=15, what="the webhook to refuse an overlapping pool", detail=why)
         assert 'admission webhook "spiderippool.spiderpool.spidernet.io" denied the request' in out.stderr
         assert 'already belong to SpiderIPPool "plumb-a"' in out.stderr
         hooks = get_json(lab, "validatingwebhookconfiguration", "spiderpool-controller")["webhooks"]

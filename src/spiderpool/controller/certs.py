@@ -52,12 +52,15 @@ class ServingCert:
     def leaf(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
+    def renew_at(self) -> datetime.datetime:
+        """When a third of its lifetime is left."""
+        cert = self.leaf()
+        issued, end = cert.not_valid_before_utc + BACKDATE, cert.not_valid_after_utc
+        return end - (end - issued) * RENEW_AT
+
     def needs_renewal(self, now: datetime.datetime | None = None) -> bool:
         """Less than a third of its lifetime left (or expired)."""
-        cert = self.leaf()
-        now = now or datetime.datetime.now(datetime.UTC)
-        issued, end = cert.not_valid_before_utc + BACKDATE, cert.not_valid_after_utc
-        return (end - now) < (end - issued) * RENEW_AT
+        return (now or datetime.datetime.now(datetime.UTC)) >= self.renew_at()
 
     def covers(self, dns: list[str], ips: list[str]) -> bool:
         cert = x509.load_pem_x509_certificate(self.cert_pem)

@@ -247,8 +247,13 @@ class Controller:
         """Renew (auto) or pick up a renewed certificate; reload it and refresh the CA bundle."""
         a = self.args
         while not self.stop.is_set():
+            # the next check: the interval, or sooner when the served certificate is due (a replica
+            # that started with a certificate another replica made must not outlive it)
+            due = (served.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
+            # (past due and not renewed yet, e.g. by cert-manager: look again every 30 s at most)
+            wait = min(a.cert_check_interval, due + 1.0 if due > 0 else 30.0)
             try:
-                await asyncio.wait_for(self.stop.wait(), a.cert_check_interval)
+                await asyncio.wait_for(self.stop.wait(), max(1.0, wait))
                 return
             except TimeoutError:
                 pass
