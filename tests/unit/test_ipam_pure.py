@@ -11,7 +11,7 @@ import pytest
 from spiderpool.api.annotations import AnnotationError, parse_ippools, parse_namespace_defaults, parse_pod, parse_routes
 from spiderpool.ipam.allocate import FREE, MINE, OTHER, Walker, record_name, usable
 from spiderpool.ipam.ranges import IPSet
-from spiderpool.ipam.result import Assigned, cni_result, routes_for
+from spiderpool.ipam.result import Assigned, assigned_from, routes_for
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, matches, plan_nic
 
 
@@ -245,12 +245,14 @@ def test_routes_and_result_versions() -> None:
         ("10.20.0.0/16", "172.18.0.3"),
     ]
     assert [r.dst for r in routes_for([a], [], clean_gateway=True)] == ["10.10.0.0/16"]
-    old = cni_result([a, b], routes, "0.3.1")
-    assert old["ips"][0] == {"address": "172.18.40.2/16", "gateway": "172.18.0.1", "version": "4"}
-    new = cni_result([a], [], "1.0.0")
-    assert new == {
-        "cniVersion": "1.0.0",
-        "ips": [{"address": "172.18.40.2/16", "gateway": "172.18.0.1"}],
-        "routes": [],
-        "dns": {},
+    # a record and its pool give the same address
+    pool = {
+        "spec": {
+            "subnet": "172.18.0.0/16",
+            "gateway": "172.18.0.1",
+            "routes": [{"dst": "10.10.0.0/16", "gw": "172.18.0.2"}],
+        }
     }
+    record = {"interface": "eth0", "ipVersion": 4, "ip": "172.18.40.2", "pool": "v4-a"}
+    assert assigned_from(pool, record) == a
+    assert assigned_from(None, record).cidr == "172.18.40.2/32"

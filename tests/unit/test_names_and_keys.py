@@ -17,7 +17,7 @@ from spiderpool.ipam import autopool as ap
 from spiderpool.ipam.allocate import held_back
 from spiderpool.ipam.ranges import IPSet
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
-from spiderpool.k8s.rest import ApiError
+from spiderpool.k8s.client import ApiError
 
 #: Kubernetes' label value syntax (apimachinery's validation.IsValidLabelValue)
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -11,8 +11,9 @@ from typing import Any
 from prometheus_client import Counter
 
 from spiderpool.agent.errors import IPAMError
-from spiderpool.agent.ipam import Allocator
+from spiderpool.agent.release import Releaser
 from spiderpool.api.annotations import DEFAULT_ROUTE_NIC
+from spiderpool.api.constants import IP_CONFLICT_QUARANTINE
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.net import veth, vethconf
 
@@ -22,7 +23,6 @@ FIRST_NIC = "eth0"
 #: where the first NIC's routes go when another NIC takes the default route (upstream's table 100)
 FIRST_TABLE = 100
 #: how long an address another host answers for stays out of circulation
-CONFLICT_QUARANTINE = 600.0
 DETECTIONS = Counter("spiderpool_coordinator_detection_failures", "Failed IP conflict / gateway checks", ["kind"])
 
 
@@ -56,14 +56,14 @@ class Coordinator:
     def __init__(
         self,
         pods: WatchCache | None = None,
-        allocator: Allocator | None = None,
+        releaser: Releaser | None = None,
         *,
         coordinators: WatchCache | None = None,
-        conflict_quarantine: float = CONFLICT_QUARANTINE,
+        conflict_quarantine: float = IP_CONFLICT_QUARANTINE,
     ) -> None:
         self.coordinators = coordinators  # SpiderCoordinator "default": the cluster's defaults
         self.pods = pods  # this node's pods: their default-route-nic annotation
-        self.allocator = allocator  # to take back an address that turns out unusable
+        self.releaser = releaser  # to take back an address that turns out unusable
         self.conflict_quarantine = conflict_quarantine
 
     async def _detect(
@@ -74,12 +74,12 @@ class Coordinator:
             return
         kind, ip, message = problem
         uid = str(body.get("podUID") or "")
-        if self.allocator is not None and uid:
+        if self.releaser is not None and uid:
             if kind == "conflict":
                 # Someone else answers for it: hold it for nobody for a while, so the retry gets another.
-                await self.allocator.quarantine_conflict(ip, uid, ifname, self.conflict_quarantine)
+                await self.releaser.quarantine_conflict(ip, uid, ifname, self.conflict_quarantine)
             else:
-                await self.allocator.release_nic(uid, ifname)
+                await self.releaser.release_nic(uid, ifname)
         DETECTIONS.labels(kind).inc()
         pod = f"{body.get('podNamespace')}/{body.get('podName')}"
         log.warning("veth detection failed pod=%s nic=%s problem=%s", pod, ifname, message)

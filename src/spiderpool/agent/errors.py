@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from spiderpool.k8s.rest import ApiError
+from spiderpool.k8s.client import ApiError
 
 #: upstream's prefix of every allocation failure
 ALLOCATION_ERROR = "spiderpool IP allocation error: "
@@ -69,3 +69,17 @@ def explain_api_error(exc: ApiError, who: str) -> IPAMError:
     else:
         fix = f"could not {what}"
     return IPAMError(100, f"{who}: {fix} {raw}", reason="api_error", http=500)
+
+
+def as_ipam_error(exc: Exception, who: str, node: str) -> IPAMError:
+    """Any failure of an allocation as the plugin reports it."""
+    if isinstance(exc, IPAMError):
+        return exc
+    if isinstance(exc, ApiError):
+        return explain_api_error(exc, who)
+    return IPAMError(
+        11,
+        f"{who}: spiderpool-agent on node {node} cannot reach the Kubernetes API ({exc!r}); the runtime retries",
+        reason="api_unreachable",
+        http=503,
+    )

@@ -26,16 +26,11 @@ from spiderpool import config, logs
 from spiderpool.agent.coordinator import Coordinator
 from spiderpool.agent.errors import IPAMError
 from spiderpool.agent.install import install_plugins
-from spiderpool.agent.ipam import Allocator, Settings
+from spiderpool.agent.ipam import IPAM
+from spiderpool.agent.settings import Settings
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.k8s.resources import (
-    SpiderCoordinator,
-    SpiderIPAllocation,
-    SpiderIPPool,
-    SpiderReservedIP,
-    SpiderSubnet,
-)
-from spiderpool.k8s.rest import NAMESPACE, NODE, POD, ApiError, Rest
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.kinds import COORDINATOR, IPALLOCATION, IPPOOL, NAMESPACE, NODE, POD, RESERVEDIP, SUBNET
 
 log = logging.getLogger("spiderpool.agent")
 
@@ -95,20 +90,20 @@ def _error(code: int, msg: str, status: int, details: str = "") -> web.Response:
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.client = Rest.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-agent")
+        self.client = Client.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-agent")
         self.caches = [
-            WatchCache(self.client, SpiderIPPool, "SpiderIPPool"),
-            WatchCache(self.client, SpiderReservedIP, "SpiderReservedIP"),
-            WatchCache(self.client, SpiderIPAllocation, "SpiderIPAllocation"),
+            WatchCache(self.client, IPPOOL),
+            WatchCache(self.client, RESERVEDIP),
+            WatchCache(self.client, IPALLOCATION),
             # the pods of this node, every namespace and node: an allocation reads no API object
             WatchCache(self.client, POD, "Pod", fields={"spec.nodeName": args.node_name}),
             WatchCache(self.client, NAMESPACE, "Namespace"),
             # every node: their names and labels split each pool among the agents (see ipam.allocate)
             WatchCache(self.client, NODE, "Node"),
-            WatchCache(self.client, SpiderSubnet, "SpiderSubnet"),
-            WatchCache(self.client, SpiderCoordinator, "SpiderCoordinator"),
+            WatchCache(self.client, SUBNET),
+            WatchCache(self.client, COORDINATOR),
         ]
-        self.allocator = Allocator(
+        self.ipam = IPAM(
             self.client,
             Settings(
                 node=args.node_name,
@@ -128,14 +123,14 @@ class Agent:
         )
         self.coordinator = Coordinator(
             self.caches[3],
-            self.allocator,
+            self.ipam.releaser,
             coordinators=self.caches[7],
             conflict_quarantine=args.ip_conflict_quarantine,
         )
         self.stop = asyncio.Event()
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
-        if not self.allocator.ready():
+        if not self.ipam.ready():
             return _error(11, "spiderpool-agent is starting: caches not synced yet", 503)
         try:
             body = await request.json()
@@ -151,25 +146,25 @@ class Agent:
             return _error(11, f"Kubernetes API unreachable, try again: {exc}", 503)
 
     async def healthy(self, _: web.Request) -> web.Response:
-        if not self.allocator.ready():
+        if not self.ipam.ready():
             return _error(11, "spiderpool-agent is starting: caches not synced yet", 503)
         return web.json_response({"ok": True, "node": self.args.node_name})
 
     async def allocate(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.allocator.allocate)
+        return await self._guard(request, self.ipam.allocator.allocate)
 
     async def release(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.allocator.release)
+        return await self._guard(request, self.ipam.releaser.release)
 
     async def check(self, request: web.Request) -> web.Response:
         async def run(body: dict[str, Any]) -> dict[str, Any]:
-            self.allocator.check(body)
+            self.ipam.releaser.check(body)
             return {"ok": True}
 
         return await self._guard(request, run)
 
     async def gc(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.allocator.gc)
+        return await self._guard(request, self.ipam.releaser.gc)
 
     async def coordinator_add(self, request: web.Request) -> web.Response:
         return await self._guard(request, self.coordinator.add)
@@ -196,7 +191,7 @@ class Agent:
         )
         log.info("plugins installed dir=%s files=%s", a.cni_bin_dir, ",".join(p.name for p in installed))
         tasks = [asyncio.create_task(c.run()) for c in self.caches]
-        tasks.append(asyncio.create_task(self.allocator.resync_endpoints()))
+        tasks.append(asyncio.create_task(self.ipam.endpoints.resync()))
 
         api = web.Application()
         api.add_routes(
@@ -224,9 +219,9 @@ class Agent:
         log.info("serving node=%s socket=%s", a.node_name, sock)
         try:
             await self.stop.wait()
-            await asyncio.wait_for(self.allocator.flush_endpoints(), 10)
+            await asyncio.wait_for(self.ipam.endpoints.flush(), 10)
         finally:
-            self.allocator.stop_endpoint_workers()
+            self.ipam.endpoints.stop()
             for t in tasks:
                 t.cancel()
             await runner.cleanup()

@@ -32,3 +32,9 @@ def name_label(name: str) -> str:
     digest = hashlib.sha256(name.encode()).hexdigest()[:_HASH_CHARS]
     head = name[: LABEL_VALUE_MAX - _HASH_CHARS - 1].rstrip("-_.")
     return f"{head}-{digest}"
+
+
+#: seconds an address another host turned out to use is held for nobody (detectIPConflict)
+IP_CONFLICT_QUARANTINE = 600.0
+#: seconds a deleted SpiderIPPool must hold no IP before its finalizer comes off
+POOL_FINALIZER_GRACE = 10.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
@@ -25,29 +26,30 @@ from spiderpool.api import annotations as ann
 from spiderpool.api.constants import name_label
 from spiderpool.controller.admission import pool_sets
 from spiderpool.controller.cache import ObjectCache
-from spiderpool.controller.workqueue import BatchQueue
+from spiderpool.controller.workqueue import WorkQueue
 from spiderpool.ipam import autopool as ap
 from spiderpool.ipam.ranges import IPSet, RangeError, cidr_label, parse_cidr
 from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.client import ApiError, Client, preconditions
 from spiderpool.k8s.events import EventRecorder
-from spiderpool.k8s.resources import SpiderIPPool, SpiderReservedIP
-from spiderpool.k8s.rest import ApiError, Kind, Rest
+from spiderpool.k8s.kinds import IPPOOL, RESERVEDIP, Kind
 
 log = logging.getLogger(__name__)
 
-POOL = Kind.of(SpiderIPPool)
+POOL = IPPOOL
 AUTO_POOL_CHANGES = Counter("spiderpool_controller_auto_pool_changes_total", "Auto-pool writes", ["action"])
 BATCH_SECONDS = 0.1
+SAID_MAX = 4096
 
 
 class AppPoolReconciler:
-    def __init__(self, rest: Rest, cache: ObjectCache, *, default_extra: int = ap.DEFAULT_EXTRA_IPS) -> None:
+    def __init__(self, rest: Client, cache: ObjectCache, *, default_extra: int = ap.DEFAULT_EXTRA_IPS) -> None:
         self.rest, self.cache, self.default_extra = rest, cache, default_extra
         self.apps = {
             kind: WatchCache(rest, Kind(group, version, plural, True), kind)
             for kind, (group, version, plural) in ap.APP_KINDS.items()
         }
-        self.reserved = WatchCache(rest, SpiderReservedIP, "SpiderReservedIP")
+        self.reserved = WatchCache(rest, RESERVEDIP)
         for c in self.apps.values():
             c.listeners.append(lambda kind, key, _obj: self.enqueue(kind, key))
         cache.listeners.append(self._on_pool_or_subnet)
@@ -55,9 +57,10 @@ class AppPoolReconciler:
         # addresses gets them as soon as a reservation that held them goes).
         self.reserved.listeners.append(lambda *_: self._enqueue_all())
         self.recorder = EventRecorder(rest, "spiderpool-controller")
-        self.queue = BatchQueue("auto-pool", BATCH_SECONDS, retry_on=(ApiError,), retry_pause=0.5)
-        self._said: dict[tuple[str, str], str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # (app uid, reason) -> last message, for one event each
+        self.queue = WorkQueue("auto-pool", BATCH_SECONDS)
+        #: (app uid, reason) -> the last message said, so each is said once (bounded: oldest out)
+        self._said: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _later(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run an event write off the reconcile path (keeping a reference until it is done)."""
@@ -304,7 +307,8 @@ class AppPoolReconciler:
             if pool["metadata"].get("deletionTimestamp"):
                 continue
             try:
-                await self.rest.delete(POOL, pool["metadata"]["name"])
+                # (preconditions: never a pool re-created or changed since the cache saw it)
+                await self.rest.delete(POOL, pool["metadata"]["name"], preconditions=preconditions(pool))
             except ApiError as exc:
                 if exc.code != 404:
                     raise
@@ -335,6 +339,9 @@ class AppPoolReconciler:
         if self._said.get((app.uid, reason)) == message:
             return
         self._said[(app.uid, reason)] = message
+        self._said.move_to_end((app.uid, reason))
+        while len(self._said) > SAID_MAX:
+            self._said.popitem(last=False)
         involved = {
             "apiVersion": f"{app.group}/{app.version}",
             "kind": app.kind,

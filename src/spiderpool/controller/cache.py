@@ -8,17 +8,17 @@ from collections.abc import Callable
 
 from spiderpool.controller.admission import Snapshot
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.k8s.resources import SpiderIPAllocation, SpiderIPPool, SpiderSubnet
-from spiderpool.k8s.rest import Rest
+from spiderpool.k8s.client import Client
+from spiderpool.k8s.kinds import IPALLOCATION, IPPOOL, SUBNET
 
 Listener = Callable[[str, str], None]  # (kind, name)
 
 
 class ObjectCache:
-    def __init__(self, client: Rest) -> None:
-        self.pool_cache = WatchCache(client, SpiderIPPool, "SpiderIPPool")
-        self.subnet_cache = WatchCache(client, SpiderSubnet, "SpiderSubnet")
-        self.record_cache = WatchCache(client, SpiderIPAllocation, "SpiderIPAllocation")
+    def __init__(self, client: Client) -> None:
+        self.pool_cache = WatchCache(client, IPPOOL)
+        self.subnet_cache = WatchCache(client, SUBNET)
+        self.record_cache = WatchCache(client, IPALLOCATION)
         self.pools = self.pool_cache.items
         self.subnets = self.subnet_cache.items
         self.records = self.record_cache.items

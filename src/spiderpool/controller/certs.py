@@ -18,15 +18,15 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from lightkube import ApiError, AsyncClient
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Secret
 
 from spiderpool.certs import BACKDATE, VALIDITY, new_key, sign, x509_name
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.kinds import SECRET
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def generate(
     )
 
 
-def _from_secret(secret: Secret) -> ServingCert | None:
-    data = secret.data or {}
+def _from_secret(secret: dict[str, Any]) -> ServingCert | None:
+    data = secret.get("data") or {}
     try:
         return ServingCert(
             ca_pem=base64.b64decode(data["ca.crt"]),
@@ -126,19 +126,19 @@ def _from_secret(secret: Secret) -> ServingCert | None:
         return None
 
 
-async def read(client: AsyncClient, *, namespace: str, name: str) -> ServingCert | None:
+async def read(client: Client, *, namespace: str, name: str) -> ServingCert | None:
     """The certificate in the Secret, or None while it is missing or incomplete."""
     try:
-        secret = await client.get(Secret, name, namespace=namespace)
+        secret = await client.get(SECRET, name, namespace)
     except ApiError as exc:
-        if exc.status.code != 404:
+        if exc.code != 404:
             raise
         return None
     return _from_secret(secret)
 
 
 async def ensure(
-    client: AsyncClient,
+    client: Client,
     *,
     namespace: str,
     name: str,
@@ -149,10 +149,11 @@ async def ensure(
     """Read the shared serving certificate, creating, replacing or renewing it when missing,
     unfit or near its end."""
     for _ in range(5):
+        secret: dict[str, Any] | None
         try:
-            secret = await client.get(Secret, name, namespace=namespace)
+            secret = await client.get(SECRET, name, namespace)
         except ApiError as exc:
-            if exc.status.code != 404:
+            if exc.code != 404:
                 raise
             secret = None
         current = _from_secret(secret) if secret is not None else None
@@ -160,23 +161,29 @@ async def ensure(
             return current
         previous = _first_pem(current.ca_pem) if current is not None else b""
         fresh = generate(dns=dns, ips=ips, validity=validity, previous_ca=previous)
-        body = Secret(
-            metadata=ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/name": "spiderpool"}),
-            type="kubernetes.io/tls",
-            data={
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "spiderpool"},
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": meta,
+            "type": "kubernetes.io/tls",
+            "data": {
                 "ca.crt": base64.b64encode(fresh.ca_pem).decode(),
                 "tls.crt": base64.b64encode(fresh.cert_pem).decode(),
                 "tls.key": base64.b64encode(fresh.key_pem).decode(),
             },
-        )
+        }
         try:
             if secret is None:
-                await client.create(body)
+                await client.create(SECRET, body)
             else:
-                assert secret.metadata is not None
                 # a precondition: of two replicas renewing at once, one wins and the other re-reads
-                body.metadata.resourceVersion = secret.metadata.resourceVersion  # type: ignore[union-attr]
-                await client.replace(body)
+                meta["resourceVersion"] = secret["metadata"]["resourceVersion"]
+                await client.replace(SECRET, body)
             verb = "renewed" if current is not None else "created"
             log.info(
                 "webhook serving certificate %s secret=%s/%s not_after=%s",
@@ -187,7 +194,7 @@ async def ensure(
             )
             return fresh
         except ApiError as exc:
-            if exc.status.code not in (409,):
+            if exc.code != 409:
                 raise
             # another replica won the race: read what it stored
     raise RuntimeError(f"could not settle the webhook certificate in secret {namespace}/{name}")

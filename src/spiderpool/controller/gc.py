@@ -23,20 +23,23 @@ from spiderpool.api.constants import LABEL_RECORD_POD_UID
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.ipam import gc
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.k8s.resources import SpiderIPAllocation
-from spiderpool.k8s.rest import NODE, POD, STATEFULSET, ApiError, Kind, Rest
+from spiderpool.k8s.client import ApiError, Client, preconditions
+from spiderpool.k8s.kinds import IPALLOCATION, LEASE, NODE, POD, STATEFULSET
+from spiderpool.k8s.retry import TRANSIENT, Backoff
 
 log = logging.getLogger(__name__)
 
-RECORD = Kind.of(SpiderIPAllocation)
-LEASE = Kind("coordination.k8s.io", "v1", "leases", True)
+RECORD = IPALLOCATION
+ERRORS = Counter("spiderpool_controller_gc_errors", "GC decisions that failed and are tried again", ["stage"])
 RELEASED = Counter("spiderpool_controller_gc_released_ips", "IPs taken back by garbage collection", ["reason"])
 QUARANTINED = Counter("spiderpool_controller_gc_quarantined_ips", "IPs put in quarantine", ["reason"])
 BATCH_SECONDS = 0.5
+#: a record whose release failed on the API is tried again this soon
+RETRY_SECONDS = 5.0
 
 
 class GarbageCollector:
-    def __init__(self, rest: Rest, cache: ObjectCache, settings: gc.Settings, *, scan_interval: float) -> None:
+    def __init__(self, rest: Client, cache: ObjectCache, settings: gc.Settings, *, scan_interval: float) -> None:
         self.rest, self.cache, self.settings, self.scan_interval = rest, cache, settings, scan_interval
         self.pods = WatchCache(rest, POD, "Pod")
         self.nodes = WatchCache(rest, NODE, "Node")
@@ -52,8 +55,16 @@ class GarbageCollector:
         try:
             for c in (*caches, self.cache.record_cache):
                 await c.synced.wait()
+            backoff = Backoff(1.0, self.scan_interval)
             while True:
-                next_due = await self.scan()
+                try:
+                    next_due = await self.scan()
+                    backoff.reset()
+                except Exception as exc:
+                    # never the end of GC: the API may be restarting under us; look again soon
+                    ERRORS.labels("scan").inc()
+                    log.warning("gc scan failed, retrying error=%r", exc)
+                    next_due = time.time() + backoff.next()
                 timeout = max(0.5, min(self.scan_interval, next_due - time.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
@@ -79,7 +90,13 @@ class GarbageCollector:
                     await self._act(name, record, verdict)
                 except ApiError as exc:
                     if exc.code not in (404, 409):  # gone, or changed under us: the next scan sees it
+                        ERRORS.labels("record").inc()
                         log.warning("gc failed record=%s error=%s", name, exc)
+                        next_due = min(next_due, now + RETRY_SECONDS)
+                except TRANSIENT as exc:
+                    ERRORS.labels("record").inc()
+                    log.warning("gc failed record=%s error=%r", name, exc)
+                    next_due = min(next_due, now + RETRY_SECONDS)
             next_due = min(next_due, self._due(record, pod, now))
         return next_due
 
@@ -134,15 +151,7 @@ class GarbageCollector:
             )
             return
         # Preconditions: never delete a record that was re-created for another pod meanwhile.
-        await self.rest.request(
-            "DELETE",
-            RECORD.path(None, name),
-            {
-                "apiVersion": "v1",
-                "kind": "DeleteOptions",
-                "preconditions": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
-            },
-        )
+        await self.rest.delete(RECORD, name, preconditions=preconditions(record))
         self.cache.record_cache.apply_local(None, key=name)
         RELEASED.labels(verdict.reason).inc()
         reason = spec.get("releaseReason") if verdict.reason == "quarantine_over" else verdict.reason

@@ -15,19 +15,15 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from typing import Any
-
-import aiohttp
 
 from spiderpool import logs
 from spiderpool.api.v2beta1 import GROUP, VERSION
-from spiderpool.k8s.rest import ApiError, Kind, Rest
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.kinds import COORDINATOR, IPPOOL, SUBNET, Kind
+from spiderpool.k8s.retry import Backoff, until
 
 log = logging.getLogger("spiderpool.init")
-COORDINATOR = Kind(GROUP, VERSION, "spidercoordinators", False)
-SUBNET = Kind(GROUP, VERSION, "spidersubnets", False)
-IPPOOL = Kind(GROUP, VERSION, "spiderippools", False)
 ENDPOINTSLICE = Kind("discovery.k8s.io", "v1", "endpointslices", True)
 DEFAULT_COORDINATOR = "default"
 
@@ -60,7 +56,7 @@ def _spec(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k != "name" and v not in ("", None, [])}
 
 
-async def _webhook_ready(rest: Rest, namespace: str, service: str) -> bool:
+async def _webhook_ready(rest: Client, namespace: str, service: str) -> bool:
     path = ENDPOINTSLICE.path(namespace)
     found = await rest.request("GET", path, params={"labelSelector": f"kubernetes.io/service-name={service}"})
     for eps in found.get("items") or []:
@@ -70,29 +66,25 @@ async def _webhook_ready(rest: Rest, namespace: str, service: str) -> bool:
     return False
 
 
-async def wait_for_webhook(rest: Rest, namespace: str, service: str, wait: float) -> None:
-    deadline = time.monotonic() + wait
-    delay = 1.0
-    while True:
-        try:
-            if await _webhook_ready(rest, namespace, service):
-                log.info("controller webhook ready service=%s/%s", namespace, service)
-                return
-            reason = "no ready endpoint yet"
-        except (ApiError, OSError, aiohttp.ClientError) as exc:
-            reason = str(exc)
-        if time.monotonic() + delay > deadline:
-            raise SystemExit(
-                f"spiderpool-init: the controller's webhook Service {namespace}/{service} has no ready endpoint"
-                f" after {wait:.0f}s ({reason}); see `kubectl -n {namespace} describe pods"
-                " -l app.kubernetes.io/name=spiderpool-controller`"
-            )
-        log.info("waiting for the controller webhook service=%s/%s reason=%s", namespace, service, reason)
-        await asyncio.sleep(delay)  # a poll with back-off, bounded by the deadline above
-        delay = min(delay * 2, 10.0)
+async def wait_for_webhook(rest: Client, namespace: str, service: str, wait: float) -> None:
+    """Until a replica of the controller serves the webhook (bounded by ``wait`` seconds)."""
+
+    async def ready() -> bool | None:
+        return True if await _webhook_ready(rest, namespace, service) else None
+
+    deadline = asyncio.get_running_loop().time() + wait
+    what = f"the controller webhook service={namespace}/{service} has no ready endpoint yet"
+    if await until(ready, what=what, log=log, deadline=deadline, backoff=Backoff(1.0, 10.0), errors=(ApiError,)):
+        log.info("controller webhook ready service=%s/%s", namespace, service)
+        return
+    raise SystemExit(
+        f"spiderpool-init: the controller's webhook Service {namespace}/{service} has no ready endpoint"
+        f" after {wait:.0f}s; see `kubectl -n {namespace} describe pods"
+        " -l app.kubernetes.io/name=spiderpool-controller`"
+    )
 
 
-async def ensure_coordinator(rest: Rest, spec: dict[str, Any]) -> str:
+async def ensure_coordinator(rest: Client, spec: dict[str, Any]) -> str:
     """Create the default SpiderCoordinator, or bring its spec to the chart's values."""
     # "" is "not set": left out of a new object, removed (a merge patch's null) from an existing one
     wanted = {k: (None if v == "" else v) for k, v in spec.items()}
@@ -118,7 +110,7 @@ async def ensure_coordinator(rest: Rest, spec: dict[str, Any]) -> str:
     return "updated"
 
 
-async def ensure_created(rest: Rest, kind: Kind, kind_name: str, fields: dict[str, Any]) -> str:
+async def ensure_created(rest: Client, kind: Kind, kind_name: str, fields: dict[str, Any]) -> str:
     name = str(fields["name"])
     try:
         await rest.get(kind, name)
@@ -137,7 +129,7 @@ async def ensure_created(rest: Rest, kind: Kind, kind_name: str, fields: dict[st
 
 
 async def run(args: argparse.Namespace) -> None:
-    rest = Rest.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-init")
+    rest = Client.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-init")
     try:
         await wait_for_webhook(rest, args.namespace, args.webhook_service, args.wait)
         if args.coordinator is not None:

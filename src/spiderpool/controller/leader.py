@@ -14,15 +14,20 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
-from lightkube import ApiError, AsyncClient
-from lightkube.resources.coordination_v1 import Lease
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
+
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.kinds import LEASE
+from spiderpool.k8s.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 IS_LEADER = Gauge("spiderpool_controller_is_leader", "1 while this replica holds the leader Lease")
+WORK_RESTARTS = Counter(
+    "spiderpool_controller_leader_work_restarts", "Times the leader's work ended while it led, and was started again"
+)
 
 
 def _now() -> datetime.datetime:
@@ -36,7 +41,7 @@ def _fmt(t: datetime.datetime) -> str:
 class LeaderElector:
     def __init__(
         self,
-        client: AsyncClient,
+        client: Client,
         *,
         name: str,
         namespace: str,
@@ -54,12 +59,11 @@ class LeaderElector:
 
     async def _get(self) -> dict[str, Any] | None:
         try:
-            lease = await self.client.get(Lease, self.name, namespace=self.namespace)
+            return await self.client.get(LEASE, self.name, self.namespace)
         except ApiError as exc:
-            if exc.status.code == 404:
+            if exc.code == 404:
                 return None
             raise
-        return cast(dict[str, Any], lease.to_dict())
 
     async def try_acquire_or_renew(self) -> bool:
         now = _now()
@@ -77,10 +81,10 @@ class LeaderElector:
                 "spec": {**spec, "acquireTime": _fmt(now), "leaseTransitions": 0},
             }
             try:
-                await self.client.create(cast(Lease, Lease.from_dict(body)))
+                await self.client.create(LEASE, body)
                 return True
             except ApiError as exc:
-                if exc.status.code == 409:
+                if exc.code == 409:
                     return False
                 raise
         cur = current.get("spec", {})
@@ -101,18 +105,25 @@ class LeaderElector:
             new_spec["leaseTransitions"] = int(cur.get("leaseTransitions") or 0) + 1
         current["spec"] = new_spec
         try:
-            await self.client.replace(cast(Lease, Lease.from_dict(current)))
+            await self.client.replace(LEASE, current)  # carries the resourceVersion read: compare-and-swap
         except ApiError as exc:
-            if exc.status.code == 409:
+            if exc.code == 409:
                 return False
             raise
         return True
 
     async def run(self, on_started: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
-        """Campaign until ``stop``; run ``on_started`` (as a task) while leading."""
+        """Campaign until ``stop``; run ``on_started`` (as a task) while leading.
+
+        The work is supervised: should it end while we lead (it is meant to run until cancelled),
+        it is logged, counted in ``spiderpool_controller_leader_work_restarts_total`` and started
+        again after a back-off, at the latest by the next renewal. A leader never sits on the
+        Lease with its work dead."""
         work: asyncio.Task[None] | None = None
         last_renew = 0.0
         loop = asyncio.get_running_loop()
+        backoff = Backoff(self.retry_period / 2, self.lease_duration)
+        restart_at = 0.0
         try:
             while not stop.is_set():
                 try:
@@ -126,7 +137,16 @@ class LeaderElector:
                         self.is_leader = True
                         IS_LEADER.set(1)
                         log.info("became leader lease=%s/%s identity=%s", self.namespace, self.name, self.identity)
-                        work = asyncio.create_task(on_started())
+                        work = asyncio.create_task(on_started(), name="leader-work")
+                        backoff.reset()
+                    elif work is not None and work.done():
+                        if not restart_at:
+                            _report_end(work)
+                            restart_at = loop.time() + backoff.next()
+                        if loop.time() >= restart_at:
+                            WORK_RESTARTS.inc()
+                            log.warning("restarting the leader's work lease=%s/%s", self.namespace, self.name)
+                            work, restart_at = asyncio.create_task(on_started(), name="leader-work"), 0.0
                 elif self.is_leader and loop.time() - last_renew > self.renew_deadline:
                     log.warning("lost leadership lease=%s/%s identity=%s", self.namespace, self.name, self.identity)
                     self.is_leader = False
@@ -152,7 +172,17 @@ class LeaderElector:
                 return
             current["spec"]["holderIdentity"] = ""
             current["spec"]["leaseDurationSeconds"] = 1
-            await self.client.replace(cast(Lease, Lease.from_dict(current)))
+            await self.client.replace(LEASE, current)
             log.info("released leadership lease=%s/%s", self.namespace, self.name)
         except Exception as exc:
             log.warning("could not release lease error=%s", exc)
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        log.error("the leader's work was cancelled while leading; it is started again")
+    elif task.exception() is not None:
+        exc = task.exception()
+        log.error("the leader's work failed while leading; it is started again", exc_info=exc)
+    else:
+        log.error("the leader's work ended while leading; it is started again")

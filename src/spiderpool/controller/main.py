@@ -22,8 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-import httpx2
-import lightkube
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -35,8 +33,8 @@ from spiderpool.controller.gc import GarbageCollector
 from spiderpool.controller.leader import LeaderElector
 from spiderpool.controller.status import StatusReconciler
 from spiderpool.ipam import gc
-from spiderpool.k8s.client import async_client
-from spiderpool.k8s.rest import ApiError, Rest
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.retry import until
 
 log = logging.getLogger("spiderpool.controller")
 
@@ -116,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra seconds after a terminating pod's deletion time before its stopped containers free its IPs",
     )
     p.add_argument(
+        "--pool-finalizer-grace",
+        type=float,
+        default=10.0,
+        help="seconds a deleted SpiderIPPool must hold no IP before its finalizer comes off",
+    )
+    p.add_argument(
         "--controller-user",
         action="append",
         default=[],
@@ -143,9 +147,8 @@ def _cert_names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 class Controller:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.client = async_client(args.kubeconfig, field_manager="spiderpool-controller")
-        self.rest = Rest.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-controller")
-        self.cache = ObjectCache(self.rest)
+        self.client = Client.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-controller")
+        self.cache = ObjectCache(self.client)
         self.settings = admission.Settings(enable_ipv4=not args.disable_ipv4, enable_ipv6=not args.disable_ipv6)
         self.stop = asyncio.Event()
         self.serving = False
@@ -177,7 +180,7 @@ class Controller:
         if self.args.controller_user:
             return frozenset(self.args.controller_user)
         try:
-            user = await self.rest.whoami()
+            user = await self.client.whoami()
         except (ApiError, OSError, aiohttp.ClientError) as exc:
             user = ""
             log.warning("cannot tell this controller's user; auto-pools are not protected error=%s", exc)
@@ -197,45 +200,29 @@ class Controller:
 
     async def _serving_cert(self) -> certs.ServingCert:
         """The certificate to serve; with certmanager/provided, wait (loudly) for its Secret."""
-        delay = 1.0
-        while True:
-            try:
-                found = await self._load_cert()
-                if found is not None:
-                    return found
-                log.warning(
-                    "waiting for the webhook certificate secret=%s/%s (tls method %s): is its issuer ready?",
-                    self.args.namespace,
-                    self.args.webhook_secret,
-                    self.args.tls_method,
-                )
-            except (lightkube.ApiError, httpx2.HTTPError, OSError) as exc:
-                log.warning("cannot read the webhook certificate, retrying error=%s", exc)
-            try:  # back-off between attempts, or the stop signal
-                await asyncio.wait_for(self.stop.wait(), delay)
-                raise SystemExit("stopped while waiting for the webhook certificate")
-            except TimeoutError:
-                delay = min(delay * 2, 30.0)
+        a = self.args
+        found = await until(
+            self._load_cert,
+            what=f"the webhook certificate in secret {a.namespace}/{a.webhook_secret} (tls method {a.tls_method});"
+            " is its issuer ready?",
+            log=log,
+            stop=self.stop,
+            errors=(ApiError,),
+        )
+        if found is None:
+            raise SystemExit("stopped while waiting for the webhook certificate")
+        return found
 
     async def _register(self, ca_pem: bytes, service: tuple[str, str, int] | None) -> None:
         """Write the CA bundle into the webhook configurations (the chart creates them; a pod can
         start a moment before they exist), retrying with back-off until it is done or we stop."""
-        delay = 1.0
-        while True:
-            try:
-                await webhook.register(self.client, ca_pem, url_base=self.args.webhook_url, service=service)
-                return
-            except (lightkube.ApiError, httpx2.HTTPError, OSError) as exc:
-                log.warning(
-                    "cannot register the webhooks in %s (installed by the chart), retrying error=%s",
-                    webhook.CONFIG_NAME,
-                    exc,
-                )
-            try:
-                await asyncio.wait_for(self.stop.wait(), delay)
-                return
-            except TimeoutError:
-                delay = min(delay * 2, 30.0)
+
+        async def attempt() -> bool:
+            await webhook.register(self.client, ca_pem, url_base=self.args.webhook_url, service=service)
+            return True
+
+        what = f"registering the webhooks in {webhook.CONFIG_NAME} (installed by the chart)"
+        await until(attempt, what=what, log=log, stop=self.stop, errors=(ApiError,))
 
     async def _follow_cert(
         self,
@@ -272,11 +259,14 @@ class Controller:
                 log.warning("webhook certificate check failed, retrying error=%s", exc)
 
     async def leading(self) -> None:
-        status = StatusReconciler(self.client, self.cache)
-        apps = AppPoolReconciler(self.rest, self.cache, default_extra=self.args.auto_pool_extra_ips)
+        """The leader's reconcilers, each its own task. They run until cancelled; should one end
+        (an error, a cancel from outside), the others are stopped and this raises, so that the
+        leader elector starts them all again (and counts it)."""
         a = self.args
+        status = StatusReconciler(self.client, self.cache, finalizer_grace=a.pool_finalizer_grace)
+        apps = AppPoolReconciler(self.client, self.cache, default_extra=a.auto_pool_extra_ips)
         collector = GarbageCollector(
-            self.rest,
+            self.client,
             self.cache,
             gc.Settings(
                 stale_lease=a.gc_stale_lease,
@@ -286,12 +276,21 @@ class Controller:
             ),
             scan_interval=a.gc_interval,
         )
-        loops = [status.run(), apps.run()]
+        loops = {"status": status.run(), "auto-pools": apps.run()}
         if a.gc_disabled:
             log.info("garbage collection of IPs is disabled (--gc-disabled)")
         else:
-            loops.append(collector.run())
-        await asyncio.gather(*loops)
+            loops["gc"] = collector.run()
+        tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        ended = next(iter(done))
+        why = "cancelled" if ended.cancelled() else repr(ended.exception())
+        raise RuntimeError(f"reconciler {ended.get_name()} ended ({why})")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -338,7 +337,6 @@ class Controller:
             for r in reversed(runners):
                 await r.cleanup()
             await self.client.close()
-            await self.rest.close()
             log.info("controller stopped identity=%s", a.identity)
 
 

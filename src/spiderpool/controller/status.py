@@ -1,8 +1,11 @@
 """Keeps SpiderIPPool and SpiderSubnet status true, and runs their finalizers (leader only).
 
 - Pool: ``totalIPCount`` = |ips - excludeIPs|; ``allocatedIPCount`` = the number of allocation
-  records. The finalizer is removed once a deleted pool holds no allocation, so a pool deleted
-  while IPs are in use stays Terminating until they are released.
+  records. A pool deleted while IPs are in use stays Terminating until they are released; its
+  finalizer comes off only after it has held no record for a grace period (``finalizer_grace``,
+  10 s by default, as Kubernetes' ServiceCIDR controller waits): an agent whose cache has not yet
+  seen the deletion may be creating a record in it at that very moment, and the grace lets that
+  record be seen (and the pool kept) instead of it pointing at a pool that is gone.
 - Subnet: ``controlledIPPools`` is the ledger of which IPs each pool of the subnet holds;
   ``allocatedIPCount`` counts those IPs, ``totalIPCount`` = |ips - excludeIPs|. The finalizer is
   removed once no pool of the subnet is left.
@@ -16,19 +19,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from typing import Any
 
-from lightkube import ApiError, AsyncClient
-from lightkube.types import PatchType
 from prometheus_client import Counter
 
 from spiderpool.api import constants as c
 from spiderpool.controller.admission import link_to_subnet, pool_sets
 from spiderpool.controller.cache import ObjectCache
-from spiderpool.controller.workqueue import BatchQueue
+from spiderpool.controller.workqueue import WorkQueue
 from spiderpool.ipam.autopool import L_APP_GV, owner_of, subnet_of
 from spiderpool.ipam.ranges import IPSet, RangeError, parse_cidr
-from spiderpool.k8s.resources import SpiderIPPool, SpiderSubnet
+from spiderpool.k8s.client import ApiError, Client, preconditions
+from spiderpool.k8s.kinds import IPPOOL, SUBNET, Kind
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ ADOPTIONS = Counter(
     "spiderpool_controller_subnet_adoptions_total", "Pools linked to their SpiderSubnet by the controller"
 )
 BATCH_SECONDS = 0.2
+#: how long a deleted pool must hold no record before its finalizer comes off
+FINALIZER_GRACE = 10.0
 
 
 def pool_status(pool: dict[str, Any], allocated: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -95,10 +100,13 @@ def subnet_status(subnet: dict[str, Any], pools: list[dict[str, Any]]) -> dict[s
 
 
 class StatusReconciler:
-    def __init__(self, client: AsyncClient, cache: ObjectCache) -> None:
+    def __init__(self, client: Client, cache: ObjectCache, *, finalizer_grace: float = FINALIZER_GRACE) -> None:
         self.client = client
         self.cache = cache
-        self.queue = BatchQueue("status", BATCH_SECONDS, retry_on=(ApiError,))
+        self.finalizer_grace = finalizer_grace
+        self.queue = WorkQueue("status", BATCH_SECONDS)
+        #: deleted pools seen without a record: name -> since when (monotonic)
+        self._empty_since: dict[str, float] = {}
         cache.listeners.append(self.enqueue)
 
     def enqueue(self, kind: str, name: str) -> None:
@@ -125,10 +133,10 @@ class StatusReconciler:
             else:
                 await self.reconcile_subnet(name)
         except ApiError as exc:
-            if exc.status.code != 404:  # gone meanwhile: nothing to do
+            if exc.code != 404:  # gone meanwhile: nothing to do
                 raise
 
-    async def _finalize(self, res: Any, obj: dict[str, Any], releasable: bool) -> None:
+    async def _finalize(self, res: Kind, obj: dict[str, Any], releasable: bool) -> None:
         meta = obj["metadata"]
         finalizers = list(meta.get("finalizers") or [])
         deleting = bool(meta.get("deletionTimestamp"))
@@ -139,27 +147,40 @@ class StatusReconciler:
         else:
             return
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
-        await self.client.patch(res, meta["name"], patch, patch_type=PatchType.MERGE)
+        await self.client.patch(res, meta["name"], patch)
         log.info("finalizer %s kind=%s name=%s", "removed" if deleting else "added", obj.get("kind"), meta["name"])
 
-    async def _write_status(self, res: Any, obj: dict[str, Any], want: dict[str, Any], kind: str) -> dict[str, Any]:
+    async def _write_status(self, res: Kind, obj: dict[str, Any], want: dict[str, Any], kind: str) -> dict[str, Any]:
         """Write the status if it differs; return the object as it now stands."""
         have = obj.get("status") or {}
         if all(have.get(k) == v for k, v in want.items()):
             return obj
-        updated = await self.client.patch(
-            res.Status, obj["metadata"]["name"], {"status": want}, patch_type=PatchType.MERGE
-        )
+        updated = await self.client.patch(res, obj["metadata"]["name"], {"status": want}, subresource="status")
         STATUS_WRITES.labels(kind).inc()
-        return dict(updated.to_dict())
+        return updated
 
     async def reconcile_pool(self, name: str) -> None:
         pool = self.cache.pools.get(name)
         if pool is None:
+            self._empty_since.pop(name, None)
             return
         allocated = self.cache.allocations().get(name, {})
-        pool = await self._write_status(SpiderIPPool, pool, pool_status(pool, allocated), "SpiderIPPool")
-        await self._finalize(SpiderIPPool, pool, releasable=not allocated)
+        pool = await self._write_status(IPPOOL, pool, pool_status(pool, allocated), "SpiderIPPool")
+        await self._finalize(IPPOOL, pool, releasable=self._empty_long_enough(pool, bool(allocated)))
+
+    def _empty_long_enough(self, pool: dict[str, Any], allocated: bool) -> bool:
+        """A deleted pool may lose its finalizer: no record for ``finalizer_grace`` seconds."""
+        name = str(pool["metadata"]["name"])
+        if allocated or not pool["metadata"].get("deletionTimestamp"):
+            self._empty_since.pop(name, None)
+            return False
+        now = time.monotonic()
+        since = self._empty_since.setdefault(name, now)
+        left = since + self.finalizer_grace - now
+        if left > 0:
+            self.queue.add_after(("SpiderIPPool", name), left)  # look again when the grace is over
+            return False
+        return True
 
     async def _adopt(self, subnet: dict[str, Any], pool: dict[str, Any]) -> None:
         """A pool of the subnet's CIDR belongs to it (owner reference and label) and inherits its
@@ -182,7 +203,7 @@ class StatusReconciler:
         if spec:
             patch["spec"] = spec
         # (the resourceVersion makes it a compare-and-swap: a pool changed meanwhile is looked at again)
-        await self.client.patch(SpiderIPPool, meta["name"], patch, patch_type=PatchType.MERGE)
+        await self.client.patch(IPPOOL, meta["name"], patch)
         ADOPTIONS.inc()
         log.info(
             "pool adopted by its subnet pool=%s subnet=%s inherited=%s",
@@ -197,7 +218,7 @@ class StatusReconciler:
             return
         cidr = _cidr(subnet)
         pools = [p for p in self.cache.pools.values() if cidr is not None and _cidr(p) == cidr]
-        subnet = await self._write_status(SpiderSubnet, subnet, subnet_status(subnet, pools), "SpiderSubnet")
+        subnet = await self._write_status(SUBNET, subnet, subnet_status(subnet, pools), "SpiderSubnet")
         if not subnet["metadata"].get("deletionTimestamp"):
             for pool in pools:
                 await self._adopt(subnet, pool)
@@ -206,5 +227,5 @@ class StatusReconciler:
             for pool in pools:
                 owned = subnet_of(pool) == name
                 if owned and not pool["metadata"].get("deletionTimestamp"):
-                    await self.client.delete(SpiderIPPool, pool["metadata"]["name"])
-        await self._finalize(SpiderSubnet, subnet, releasable=not pools)
+                    await self.client.delete(IPPOOL, pool["metadata"]["name"], preconditions=preconditions(pool))
+        await self._finalize(SUBNET, subnet, releasable=not pools)

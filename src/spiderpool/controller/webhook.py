@@ -19,17 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from lightkube import AsyncClient
-from lightkube.resources.admissionregistration_v1 import (
-    MutatingWebhookConfiguration,
-    ValidatingWebhookConfiguration,
-)
-from lightkube.types import PatchType
 from prometheus_client import Counter, Histogram
 
 from spiderpool.api.v2beta1 import GROUP, VERSION
 from spiderpool.controller import admission
 from spiderpool.controller.cache import ObjectCache
+from spiderpool.k8s.client import Client
+from spiderpool.k8s.kinds import MUTATING_WEBHOOKS, VALIDATING_WEBHOOKS
 
 log = logging.getLogger(__name__)
 
@@ -181,24 +177,10 @@ def configurations(
 
 
 async def register(
-    client: AsyncClient, ca_pem: bytes, *, url_base: str | None = None, service: tuple[str, str, int] | None = None
+    client: Client, ca_pem: bytes, *, url_base: str | None = None, service: tuple[str, str, int] | None = None
 ) -> None:
     """Create or update both configurations (server-side apply, so replicas converge)."""
     mutating, validating = configurations(ca_pem, url_base=url_base, service=service)
-    await client.patch(
-        MutatingWebhookConfiguration,
-        CONFIG_NAME,
-        mutating,
-        patch_type=PatchType.APPLY,
-        field_manager="spiderpool-controller",
-        force=True,
-    )
-    await client.patch(
-        ValidatingWebhookConfiguration,
-        CONFIG_NAME,
-        validating,
-        patch_type=PatchType.APPLY,
-        field_manager="spiderpool-controller",
-        force=True,
-    )
+    await client.apply(MUTATING_WEBHOOKS, mutating)
+    await client.apply(VALIDATING_WEBHOOKS, validating)
     log.info("webhook configurations registered name=%s", CONFIG_NAME)

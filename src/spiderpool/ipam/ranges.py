@@ -83,10 +83,6 @@ class IPSet:
             out.append(iv)
         return cls(family, out)
 
-    @classmethod
-    def from_network(cls, net: IPNetwork) -> IPSet:
-        return cls(net.version, [Interval(int(net.network_address), int(net.broadcast_address))])
-
     def __len__(self) -> int:
         # len() must be an int that fits an index; IPv6 sets can be larger, so use count().
         return min(self.count(), 2**62)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from spiderpool.api.annotations import Route
+from spiderpool.ipam.allocate import prefix_of
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,23 @@ class Assigned:
         return f"{self.ip}/{self.prefix}"
 
 
+def assigned_from(pool: Mapping[str, Any] | None, record: Mapping[str, Any]) -> Assigned:
+    """The address of a record (its ``spec``) with its pool's prefix, gateway and routes; a pool
+    that is gone leaves a host prefix and no gateway."""
+    spec = (pool or {}).get("spec", {})
+    routes = tuple(Route(r["dst"], r["gw"]) for r in spec.get("routes") or [])
+    prefix = prefix_of(dict(pool)) if pool else (32 if int(record["ipVersion"]) == 4 else 128)
+    return Assigned(
+        str(record["interface"]),
+        int(record["ipVersion"]),
+        str(record["ip"]),
+        prefix,
+        str(record["pool"]),
+        spec.get("gateway"),
+        routes,
+    )
+
+
 def routes_for(assigned: Iterable[Assigned], extra: Iterable[Route], *, clean_gateway: bool) -> list[Route]:
     """Default route via each family's gateway (unless cleaned), pool routes, and the annotation routes
     whose next hop lies in one of this NIC's subnets."""
@@ -43,24 +61,3 @@ def routes_for(assigned: Iterable[Assigned], extra: Iterable[Route], *, clean_ga
         if any(gw.version == n.version and gw in n for n in nets):
             out.append(r)
     return list(dict.fromkeys(out))
-
-
-def cni_result(
-    assigned: list[Assigned], routes: list[Route], cni_version: str, dns: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """An IPAM plugin result (no interfaces, as the spec wants from IPAM) in the requested version."""
-    old = cni_version in ("0.3.0", "0.3.1", "0.4.0")
-    ips = []
-    for a in assigned:
-        entry: dict[str, Any] = {"address": a.cidr}
-        if a.gateway:
-            entry["gateway"] = a.gateway
-        if old:
-            entry["version"] = str(a.family)
-        ips.append(entry)
-    return {
-        "cniVersion": cni_version,
-        "ips": ips,
-        "routes": [{"dst": r.dst, "gw": r.gw} for r in routes],
-        "dns": dns or {},
-    }

@@ -2,21 +2,33 @@
 
 Reads cost no API call. A listener is told of every change (kind of object, key), so reconcilers
 and indexes can follow the cache without a second watch.
+
+Writes this process makes are applied at once (``apply_local``), before their watch event. Then a
+watch event can arrive late, older than what is cached: it is judged by resourceVersion and never
+undoes a newer local write. (resourceVersions are compared as the integers etcd makes them; one
+that is not an integer is never judged stale.) A local delete leaves a tombstone until the
+watch's own DELETED event (or the next list) settles it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from spiderpool.k8s.rest import ApiError, Kind, Rest
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.kinds import Kind
+from spiderpool.k8s.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 #: (kind, key, object); on deletion the object is the last one seen and the key is gone from the cache
 Listener = Callable[[str, str, dict[str, Any]], None]
+
+#: local deletes remembered until their watch event comes (a bound, should events be lost)
+TOMBSTONES = 4096
 
 
 def key_of(obj: dict[str, Any]) -> str:
@@ -24,35 +36,61 @@ def key_of(obj: dict[str, Any]) -> str:
     return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else str(meta["name"])
 
 
+def _rv(obj: dict[str, Any] | None) -> int | None:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None
+
+
+def older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    """``obj`` is an earlier version than ``than`` (by resourceVersion)."""
+    a, b = _rv(obj), _rv(than)
+    return a is not None and b is not None and a < b
+
+
 class WatchCache:
     def __init__(
         self,
-        rest: Rest,
-        res: Kind | Any,
-        kind: str,
+        client: Client,
+        res: Kind,
+        kind: str = "",
         *,
         namespace: str | None = None,
         fields: dict[str, str] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
-        """``res`` is a Kind or a lightkube resource class; ``namespace`` None or "*" watches a namespaced
-        kind in every namespace; ``fields`` is a field selector."""
-        self.rest, self.kind = rest, kind
-        self.res = res if isinstance(res, Kind) else Kind.of(res)
+        """``namespace`` None or "*" watches a namespaced kind in every namespace; ``fields`` is a
+        field selector."""
+        self.client, self.res, self.kind = client, res, kind or res.name
         self.namespace = None if namespace in (None, "*") else namespace
         self.fields = ",".join(f"{k}={v}" for k, v in (fields or {}).items())
         self.items: dict[str, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self.listeners: list[Listener] = []
+        self.backoff = backoff or Backoff(0.5, 30.0)
+        #: key -> the last version we deleted ourselves
+        self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.items.get(key)
 
     def _set(self, obj: dict[str, Any]) -> None:
         key = key_of(obj)
+        if older(obj, self.items.get(key)):
+            return  # a late event: we hold a newer version already
+        gone = self._tombstones.get(key)
+        if gone is not None:
+            if not older(gone, obj):
+                return  # a late event of what we deleted
+            del self._tombstones[key]  # created again since
         self.items[key] = obj
         self._notify(key, obj)
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: str, last: dict[str, Any] | None = None) -> None:
+        if last is not None and older(last, self.items.get(key)):
+            return  # the deletion of an earlier incarnation; the cached one was created after it
+        self._tombstones.pop(key, None)
         old = self.items.pop(key, None)
         if old is not None:
             self._notify(key, old)
@@ -62,16 +100,29 @@ class WatchCache:
             listener(self.kind, key, obj)
 
     def apply_local(self, obj: dict[str, Any] | None, *, key: str | None = None) -> None:
-        """Record a write this process made, before its watch event arrives."""
-        if obj is None and key is not None:
-            self._drop(key)
-        elif obj is not None:
+        """Record a write this process made, before its watch event arrives: ``obj`` as the
+        server answered it, or None and ``key`` for a delete."""
+        if obj is not None:
             self._set(obj)
+            return
+        if key is None:
+            return
+        old = self.items.pop(key, None)
+        if old is not None:
+            self._tombstones[key] = old
+            self._tombstones.move_to_end(key)
+            while len(self._tombstones) > TOMBSTONES:
+                self._tombstones.popitem(last=False)
+            self._notify(key, old)
 
     async def _relist(self) -> str:
-        items, rv = await self.rest.list(self.res, self.namespace, fields=self.fields)
+        items, rv = await self.client.list(self.res, self.namespace, fields=self.fields)
         fresh = {key_of(d): d for d in items}
+        listed = {"metadata": {"resourceVersion": rv}}
+        self._tombstones.clear()  # the list is the truth now
         for key in set(self.items) - set(fresh):
+            if older(listed, self.items[key]):
+                continue  # written by us after the list was taken
             self._drop(key)
         for d in fresh.values():
             self._set(d)
@@ -79,29 +130,35 @@ class WatchCache:
         return rv
 
     async def run(self) -> None:
+        """List, then watch from the list's resourceVersion; resume a watch the server ended where
+        it ended, re-list on 410 Gone, and back off (jittered, growing) on every failure."""
         rv = ""
         while True:
             try:
                 if not rv:
                     rv = await self._relist()
-                events = self.rest.watch(self.res, self.namespace, resource_version=rv, fields=self.fields)
+                events = self.client.watch(self.res, self.namespace, resource_version=rv, fields=self.fields)
                 async for event, obj in events:
-                    rv = str(obj.get("metadata", {}).get("resourceVersion") or rv)
-                    if event == "BOOKMARK":
-                        continue
                     if event == "DELETED":
-                        self._drop(key_of(obj))
-                    else:
+                        self._drop(key_of(obj), obj)
+                    elif event != "BOOKMARK":
                         self._set(obj)
+                    # (after the event is applied: a watch resumed from here misses nothing)
+                    rv = str(obj.get("metadata", {}).get("resourceVersion") or rv)
+                    self.backoff.reset()
                 # the server closed the watch (its timeout): resume from where it ended
+                continue
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
-                if exc.code != 410:  # 410 Gone: our resourceVersion is too old, a re-list is the cure
+                if exc.code == 410:  # our resourceVersion is too old: a re-list is the cure
+                    rv = ""
+                    if self.backoff.failures == 0:
+                        self.backoff.next()  # a first 410 re-lists at once; repeated ones back off
+                        continue
+                else:
                     log.warning("watch broke kind=%s error=%s", self.kind, exc)
-                    await asyncio.sleep(1)
-                rv = ""
             except Exception as exc:
-                log.warning("watch broke kind=%s error=%s", self.kind, exc)
-                await asyncio.sleep(1)  # back off before re-listing
-                rv = ""
+                # (the connection, most often: resumed from the last resourceVersion seen)
+                log.warning("watch broke kind=%s error=%r", self.kind, exc)
+            await asyncio.sleep(self.backoff.next())

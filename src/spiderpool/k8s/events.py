@@ -16,7 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from spiderpool.k8s.rest import EVENT, ApiError, Rest
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.kinds import EVENT
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _now() -> str:
 
 
 class EventRecorder:
-    def __init__(self, client: Rest, component: str, host: str = "", cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, client: Client, component: str, host: str = "", cache_size: int = CACHE_SIZE) -> None:
         self.client, self.component, self.host = client, component, host
         self.cache_size = cache_size
         self._seen: OrderedDict[tuple[str, ...], _Seen] = OrderedDict()

@@ -1,0 +1,369 @@
+"""An ADD: the pure selection and candidate logic of ``spiderpool.ipam``, with the API at the edges.
+
+The path of one allocation, top-down: ``allocate`` -> ``_allocate`` (the pod, its annotations,
+what it already holds) -> auto-pools (wait for the controller) -> ``plan_nic`` (which pools) ->
+``_take`` per family (walk the candidates, ``Records.create`` until one is ours). An allocation is
+the creation of a record named after the IP: the apiserver refuses a second object of that name,
+so no address can be held twice whatever the agents do concurrently; an agent that loses a race
+moves to its next candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+
+from spiderpool.agent.endpoints import Activity, EndpointWriter
+from spiderpool.agent.errors import USED_OUT, IPAMError, as_ipam_error
+from spiderpool.agent.events import PodEvents
+from spiderpool.agent.metrics import ALLOCATION_FAILURES, ALLOCATIONS, LATENCY
+from spiderpool.agent.pods import Objects, PodLocks, PodView
+from spiderpool.agent.records import Records
+from spiderpool.agent.settings import Settings
+from spiderpool.api import annotations as ann
+from spiderpool.api.objects import Record, RecordSpec
+from spiderpool.ipam.allocate import Walker, eligible_nodes, held_back, usable
+from spiderpool.ipam.autopool import L_APP_UID, App, owned_by
+from spiderpool.ipam.ranges import IPSet
+from spiderpool.ipam.result import Assigned, assigned_from, routes_for
+from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
+from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.client import ApiError
+from spiderpool.k8s.kinds import NAMESPACE, NODE
+
+log = logging.getLogger(__name__)
+
+MAX_TRIES_PER_POOL = 64
+#: pools and nodes -> eligible nodes, cached per resourceVersion (cleared past this size)
+ELIGIBLE_CACHE_MAX = 1024
+
+
+def reserved_by_name(reserved: WatchCache) -> dict[str, IPSet]:
+    """Each SpiderReservedIP's addresses."""
+    out = {}
+    for name, r in reserved.items.items():
+        spec = r.get("spec", {})
+        ips = spec.get("ips") or []
+        family = spec.get("ipVersion") or (6 if ips and ":" in str(ips[0]) else 4)
+        try:
+            out[name] = IPSet.parse(int(family), ips)
+        except ValueError:
+            continue
+    return out
+
+
+class Allocator:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        records: Records,
+        objects: Objects,
+        endpoints: EndpointWriter,
+        events: PodEvents,
+        locks: PodLocks,
+        activity: Activity,
+        pools: WatchCache,
+        reserved: WatchCache,
+        subnets: WatchCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.records, self.objects, self.endpoints, self.events = records, objects, endpoints, events
+        self.locks, self.activity = locks, activity
+        self.pools, self.reserved, self.subnets = pools, reserved, subnets
+        self._walker = Walker(settings.node)
+        self._eligible_cache: dict[tuple[str, str, int], list[str]] = {}
+        self._nodes_generation = 0
+        if objects.nodes is not None:
+            objects.nodes.listeners.append(self._on_node)
+        self._pools_changed = asyncio.Event()
+        pools.listeners.append(lambda *_: self._pools_changed.set())
+        records.cache.listeners.append(lambda *_: self._pools_changed.set())
+
+    def _on_node(self, _kind: str, _key: str, _obj: dict[str, Any]) -> None:
+        self._nodes_generation += 1
+
+    async def allocate(self, req: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        ALLOCATIONS.inc()
+        ns, name, ifname = str(req.get("podNamespace", "")), str(req.get("podName", "")), str(req.get("ifName", ""))
+        try:
+            with self.activity.busy():
+                async with self.locks.hold(f"{ns}/{name}"):
+                    reply = await self._allocate(req, ns, name, ifname)
+            LATENCY.observe(time.monotonic() - started)
+            return reply
+        except (IPAMError, ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            err = as_ipam_error(exc, f"pod {ns}/{name}", self.settings.node).prefixed()
+            ALLOCATION_FAILURES.labels(err.reason).inc()
+            if err.reason not in ("pod_gone",):
+                await self.events.warn(ns, name, str(req.get("podUID", "")), "IPAllocationFailed", err.msg)
+            raise err from None
+
+    async def _allocate(self, req: dict[str, Any], ns: str, name: str, ifname: str) -> dict[str, Any]:
+        pod = await self.objects.pod(ns, name)
+        if pod is not None and req.get("podUID") and pod.uid != req["podUID"]:
+            pod = await self.objects.pod(ns, name, fresh=True)  # the cache may lag a re-created pod
+        if pod is None:
+            raise IPAMError(3, f"pod {ns}/{name} does not exist", reason="pod_gone", http=404)
+        uid = str(req.get("podUID") or pod.uid)
+        if uid != pod.uid:
+            raise IPAMError(
+                3, f"pod {ns}/{name} was re-created (uid {pod.uid}, CNI asked for {uid})", reason="pod_gone", http=409
+            )
+        if not pod.alive():
+            raise IPAMError(3, f"pod {ns}/{name} is terminating; no IP is allocated to it", reason="pod_gone", http=409)
+        try:
+            pod_ann = ann.parse_pod(pod.meta.get("annotations"))
+        except ann.AnnotationError as exc:
+            raise IPAMError(7, f"pod {ns}/{name}: {exc}", reason="bad_annotation", http=400) from None
+        for warning in pod_ann.warnings:  # upstream ignores unknown keys silently; we allocate, and say so
+            await self.events.warn(ns, name, pod.uid, "UnknownAnnotationKey", warning)
+
+        # What the pod already holds for this NIC (a repeated ADD, a new sandbox, an ADD whose reply was
+        # lost, a StatefulSet pod re-created under its name) is returned, never allocated twice.
+        held = self.records.of(pod.uid, ifname)
+        if not held and pod.owner_kind == "StatefulSet":
+            held = await self._adopt_statefulset(pod, ifname, req)
+        if held:
+            reused = [assigned_from(self.pools.items.get(r["spec"]["pool"]), r["spec"]) for r in held]
+            routes = routes_for(reused, pod_ann.routes, clean_gateway=bool(held[0]["spec"].get("cleanGateway")))
+            self.endpoints.mark(pod.key, pod.uid)
+            return _reply(reused, routes, ifname)
+
+        app = None
+        if pod_ann.subnets or self._names_subnets(pod_ann.ippool):
+            app = await self.objects.app_of(pod)
+            pod_ann = await self._with_auto_pools(pod, pod_ann, app, ifname)
+        ctx = await self._context(pod, pod_ann, app)
+        netconf = NetconfDefaults(
+            ipv4=tuple(req.get("defaultIPv4IPPool") or ()),
+            ipv6=tuple(req.get("defaultIPv6IPPool") or ()),
+            clean_gateway=bool(req.get("cleanGateway")),
+        )
+        try:
+            plan = plan_nic(ctx, ifname, self.pools.items, netconf=netconf, families=self.settings.families)
+        except SelectionError as exc:
+            raise IPAMError(100, str(exc), reason="no_available_pool", http=409) from None
+        assigned: list[Assigned] = []
+        try:
+            for cand in plan.families:
+                assigned.append(
+                    await self._take(cand.family, cand.pools, pod, ifname, req, cand.rejected, plan.clean_gateway)
+                )
+        except IPAMError:
+            for a in assigned:  # all families or none
+                await self.records.delete(a.ip, pod.uid)
+            raise
+        routes = routes_for(assigned, pod_ann.routes, clean_gateway=plan.clean_gateway)
+        self.endpoints.mark(pod.key, pod.uid)
+        log.info(
+            "allocated pod=%s uid=%s nic=%s ips=%s",
+            pod.key,
+            pod.uid,
+            ifname,
+            ",".join(f"{a.ip}({a.pool})" for a in assigned),
+        )
+        return _reply(assigned, routes, ifname)
+
+    # ------------------------------------------------------- auto-pools
+    def _names_subnets(self, choice: ann.PoolChoice | None) -> bool:
+        """``ippool`` naming SpiderSubnets, not pools (the reference walkthrough's form): the controller
+        serves it as the ``subnet`` annotation, and so does the agent."""
+        if choice is None or self.subnets is None:
+            return False
+        names = [*choice.ipv4, *choice.ipv6]
+        return bool(names) and all(n in self.subnets.items and n not in self.pools.items for n in names)
+
+    async def _with_auto_pools(
+        self, pod: PodView, pod_ann: ann.PodAnnotations, app: App, ifname: str
+    ) -> ann.PodAnnotations:
+        if pod_ann.subnets:
+            choice = next((c for c in pod_ann.subnets if c.interface == ifname), None)
+            if choice is None:
+                return replace(pod_ann, subnets=())  # no auto-pool for this NIC: the other sources decide
+        else:
+            assert pod_ann.ippool is not None
+            choice = ann.PoolChoice(ifname, pod_ann.ippool.ipv4[:1], pod_ann.ippool.ipv6[:1])
+        names: dict[int, tuple[str, ...]] = {4: (), 6: ()}
+        for family, subnets in ((4, choice.ipv4), (6, choice.ipv6)):
+            if subnets and family in self.settings.families:
+                names[family] = (await self._auto_pool(pod, app, ifname, family, subnets[0]),)
+        auto = ann.PoolChoice(ifname, names[4], names[6])
+        return replace(pod_ann, ippool=None, ippools=(), auto_pools=(auto,))
+
+    def _find_auto_pool(self, app: App, ifname: str, family: int) -> dict[str, Any] | None:
+        for pool in self.pools.items.values():
+            labels = pool["metadata"].get("labels") or {}
+            if (
+                owned_by(pool, app, ifname, family)
+                and labels.get(L_APP_UID) == app.uid
+                and not pool["metadata"].get("deletionTimestamp")
+            ):
+                return pool
+        return None
+
+    def _has_free(self, pool: dict[str, Any]) -> bool:
+        space = usable(pool, list(reserved_by_name(self.reserved).values()))
+        return any(str(ip) not in self.records.used and str(ip) not in self.records.inflight for ip in space)
+
+    async def _auto_pool(self, pod: PodView, app: App, ifname: str, family: int, subnet: str) -> str:
+        """The name of the pod's auto-pool, once the controller has made it ready (bounded wait)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.auto_pool_wait
+        while True:
+            pool = self._find_auto_pool(app, ifname, family)
+            if pool is not None and self._has_free(pool):
+                return str(pool["metadata"]["name"])
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._pools_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pools_changed.wait(), remaining)
+        if pool is not None:
+            return str(pool["metadata"]["name"])  # full: the allocation explains that it is used up
+        raise IPAMError(
+            11,
+            f"pod {pod.key}: the IPv{family} auto-pool of {app.describe()} for "
+            f"interface {ifname} (from SpiderSubnet {subnet}) is not there after {self.settings.auto_pool_wait:.0f}s;"
+            " is spiderpool-controller running? See the events of the application",
+            reason="auto_pool_not_ready",
+            http=503,
+        )
+
+    async def _context(self, pod: PodView, pod_ann: ann.PodAnnotations, app: App | None = None) -> PodContext:
+        ns = pod.meta["namespace"]
+        nsobj = await self.objects.get(self.objects.namespaces, NAMESPACE, ns)
+        node_name = pod.obj.get("spec", {}).get("nodeName") or self.settings.node
+        node = await self.objects.get(self.objects.nodes, NODE, node_name)
+        try:
+            ns_defaults = ann.parse_namespace_defaults(nsobj["metadata"].get("annotations"))
+        except ann.AnnotationError as exc:
+            raise IPAMError(7, f"namespace {ns}: {exc}", reason="bad_annotation", http=400) from None
+        return PodContext(
+            namespace=ns,
+            name=pod.meta["name"],
+            # an auto-pool's podAffinity names the pod's application, not its labels
+            labels={**(pod.meta.get("labels") or {}), **(app.pod_labels() if app else {})},
+            node=node_name,
+            node_labels=node["metadata"].get("labels") or {},
+            namespace_labels=nsobj["metadata"].get("labels") or {},
+            annotations=pod_ann,
+            namespace_defaults=ns_defaults,
+            networks=ann.multus_networks(pod.meta.get("annotations"), ns, self.settings.cluster_network),
+        )
+
+    # ------------------------------------------------------------ take
+    async def _take(
+        self,
+        family: int,
+        pool_names: tuple[str, ...],
+        pod: PodView,
+        ifname: str,
+        req: dict[str, Any],
+        rejected: tuple[tuple[str, str], ...],
+        clean: bool,
+    ) -> Assigned:
+        reasons = [f"{n}: {r}" for n, r in rejected]
+        by_name = reserved_by_name(self.reserved)
+        reserved = list(by_name.values())
+        used, inflight = self.records.used, self.records.inflight
+        for pool_name in pool_names:
+            pool = self.pools.get(pool_name)
+            if pool is None:
+                reasons.append(f"{pool_name}: no such SpiderIPPool")
+                continue
+            space = usable(pool, reserved)
+            tries = 0
+            eligible = self._eligible(pool)
+            active = self.records.pool_nodes.get(pool_name, {}).keys()
+            for ip in self._walker.candidates(pool_name, space, self.records.held_by, eligible, active):
+                tries += 1
+                if tries > MAX_TRIES_PER_POOL:
+                    break
+                inflight.add(ip)
+                try:
+                    spec: RecordSpec = {
+                        "ip": ip,
+                        "pool": pool_name,
+                        "ipVersion": family,
+                        "namespace": pod.meta["namespace"],
+                        "pod": pod.meta["name"],
+                        "podUID": pod.uid,
+                        "interface": ifname,
+                        "node": self.settings.node,
+                        "containerID": str(req.get("containerID", "")),
+                        "cleanGateway": clean,
+                        "ownerKind": pod.owner_kind,
+                        "ownerName": pod.owner_name,
+                    }
+                    if await self.records.create(spec):
+                        return assigned_from(pool, spec)
+                finally:
+                    inflight.discard(ip)
+            if tries == 0 or all(str(ip) in used for ip in space):
+                # (all() stops at the first free address: it costs at most the number of used ones)
+                reasons.append(
+                    f"{pool_name}: {USED_OUT}: all {space.count()} usable IPs are allocated (the pool is used up)"
+                    + held_back(pool, by_name)
+                )
+            else:
+                reasons.append(f"{pool_name}: every free IP was taken concurrently; retry")
+        raise IPAMError(
+            100,
+            f"no IPv{family} address for interface {ifname} of pod {pod.key}: " + "; ".join(reasons),
+            reason="ip_used_out",
+            http=409,
+        )
+
+    def _eligible(self, pool: dict[str, Any]) -> list[str]:
+        """The nodes the pool serves (see ``Walker``), recomputed when the pool or a node changes."""
+        nodes = self.objects.nodes
+        if nodes is None:
+            return []
+        key = (pool["metadata"]["name"], pool["metadata"].get("resourceVersion", ""), self._nodes_generation)
+        if key not in self._eligible_cache:
+            if len(self._eligible_cache) > ELIGIBLE_CACHE_MAX:
+                self._eligible_cache.clear()
+            labels = {name: n["metadata"].get("labels") or {} for name, n in nodes.items.items()}
+            self._eligible_cache[key] = eligible_nodes(pool, labels)
+        return self._eligible_cache[key]
+
+    async def _adopt_statefulset(self, pod: PodView, ifname: str, req: dict[str, Any]) -> list[Record]:
+        """Move the records of a StatefulSet pod's predecessor (same name, old uid) to this pod."""
+        ns, name = pod.meta["namespace"], pod.meta["name"]
+        old = [
+            r
+            for r in self.records.all()
+            if r["spec"]["namespace"] == ns
+            and r["spec"]["pod"] == name
+            and r["spec"]["interface"] == ifname
+            and r["spec"].get("ownerKind") == "StatefulSet"
+            and not r["spec"].get("quarantineUntil")  # taken back by the garbage collector: nobody's
+        ]
+        adopted = [await self.records.move_to(r, pod.uid, str(req.get("containerID", ""))) for r in old]
+        if adopted:
+            log.info(
+                "StatefulSet pod keeps its IPs pod=%s uid=%s ips=%s",
+                pod.key,
+                pod.uid,
+                ",".join(r["spec"]["ip"] for r in adopted),
+            )
+        return adopted
+
+
+def _reply(assigned: list[Assigned], routes: list[ann.Route], ifname: str) -> dict[str, Any]:
+    return {
+        "ips": [
+            {"version": a.family, "address": a.cidr, "nic": ifname, "ipPool": a.pool, "gateway": a.gateway}
+            for a in assigned
+        ],
+        "routes": [{"ifName": ifname, "dst": r.dst, "gw": r.gw} for r in routes],
+    }
