@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 LAB := $(BIN)/spiderpool-lab
 NODES ?= 2
 
-.PHONY: deps demo demo-down test lint lab-build down clean-venv manifest
+.PHONY: deps demo demo-down test unit lint lab-build down clean-venv manifest
 
 # The product with its dev tools, and the lab (test tooling, a package of its own: never in the product).
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
@@ -30,10 +30,16 @@ demo-down: $(VENV)/.installed
 test: deps lint lab-build
 	$(BIN)/pytest
 
+## unit: the fast loop: lint, pure tests, in-process tests against a loopback apiserver (no root, no lab)
+unit: lint
+	$(LAB) build etcd kubernetes
+	$(BIN)/pytest tests/unit tests/inproc
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src lab bench tests
 	$(BIN)/ruff format --check src lab bench tests
 	$(BIN)/mypy src lab/spiderpool_lab
+	$(BIN)/lint-imports --no-cache
 
 lab-build: $(VENV)/.installed
 	$(LAB) build

@@ -14,8 +14,6 @@ from tests.consistency import problems
 from tests.helpers import get_json
 from tests.stack import Agents
 
-API = "spiderpool.spidernet.io/v2beta1"
-
 
 def macvlan_spiderpool(name: str = "macvlan-conf", version: str = "0.3.1", **ipam: Any) -> dict[str, Any]:
     """The walkthrough's NetworkAttachmentDefinition config (without the veth plugin)."""

@@ -22,14 +22,8 @@ import shutil
 from importlib.util import cache_from_source
 from pathlib import Path
 
-from spiderpool.cni import spiderpool_ipam, spiderpool_veth
+from spiderpool.cni.plugins import PLUGINS
 
-#: installed name -> module source ("coordinator" is upstream's name for what the walkthrough calls veth)
-PLUGINS = {
-    "spiderpool": Path(spiderpool_ipam.__file__),
-    "veth": Path(spiderpool_veth.__file__),
-    "coordinator": Path(spiderpool_veth.__file__),
-}
 MODULE_DIR = ".spiderpool"
 
 

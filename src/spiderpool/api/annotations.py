@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from spiderpool.ipam.ranges import RangeError, parse_cidr, parse_ip
+from spiderpool.api.addresses import RangeError, parse_cidr, parse_ip
 
 IPPOOL = "ipam.spidernet.io/ippool"
 IPPOOLS = "ipam.spidernet.io/ippools"

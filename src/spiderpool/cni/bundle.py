@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from spiderpool.agent.install import PLUGINS
+from spiderpool.cni.plugins import PLUGINS
 
 
 def build(out: Path, *, progress: bool = True) -> dict[str, Path]:

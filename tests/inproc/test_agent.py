@@ -1,0 +1,208 @@
+"""The agent's allocator, release and endpoint writer against a real apiserver (no nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from spiderpool.agent.ipam import IPAM
+from spiderpool.agent.settings import Settings
+from spiderpool.api.objects import new_record
+from spiderpool.controller.cache import ObjectCache
+from spiderpool.controller.status import StatusReconciler
+from spiderpool.ipam.allocate import record_name
+from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.client import ApiError, Client
+from spiderpool.k8s.kinds import ENDPOINT, IPALLOCATION, IPPOOL, RESERVEDIP, SUBNET
+from spiderpool.k8s.kinds import POD as POD_KIND
+from tests.inproc.conftest import eventually, gone, make_pod, pool_body, unique
+
+NODE = "node1"
+
+
+@contextlib.asynccontextmanager
+async def agent(client: Client, *, watch: bool = True) -> AsyncIterator[IPAM]:
+    """An agent's IP service on its own caches. ``watch=False``: the caches are listed once and
+    then follow nothing (an agent whose watch lags, as far as the test needs it to)."""
+    pools, reserved, records = (
+        WatchCache(client, IPPOOL),
+        WatchCache(client, RESERVEDIP),
+        WatchCache(client, IPALLOCATION),
+    )
+    ipam = IPAM(
+        client, Settings(node=NODE), pools=pools, reserved=reserved, records=records, subnets=WatchCache(client, SUBNET)
+    )
+    tasks = []
+    for c in ipam.caches:
+        if watch:
+            tasks.append(asyncio.create_task(c.run()))
+        else:
+            await c._relist()
+    await eventually(ipam.ready, within=30, what="the agent's caches")
+    try:
+        yield ipam
+    finally:
+        ipam.endpoints.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def add(pod: dict[str, Any], ifname: str = "eth0", **extra: Any) -> dict[str, Any]:
+    meta = pod["metadata"]
+    return {
+        "podNamespace": meta["namespace"],
+        "podName": meta["name"],
+        "podUID": meta["uid"],
+        "ifName": ifname,
+        "containerID": f"c-{meta['uid'][:8]}",
+        **extra,
+    }
+
+
+async def test_allocate_writes_a_record_and_an_endpoint_and_release_removes_both(
+    client: Client, namespace: str
+) -> None:
+    pool = unique("pool")
+    await client.create(IPPOOL, pool_body(pool, "10.61.0.0/24", ["10.61.0.10-10.61.0.12"], gateway="10.61.0.1"))
+    pod = await make_pod(client, namespace, "web")
+    async with agent(client) as ipam:
+        reply = await ipam.allocator.allocate(add(pod, defaultIPv4IPPool=[pool]))
+        assert [ip["address"] for ip in reply["ips"]] == ["10.61.0.10/24"]
+        assert reply["routes"] == [{"ifName": "eth0", "dst": "0.0.0.0/0", "gw": "10.61.0.1"}]
+        record = await client.get(IPALLOCATION, record_name("10.61.0.10"))
+        assert record["spec"]["podUID"] == pod["metadata"]["uid"]
+        assert record["metadata"]["labels"]["ipam.spidernet.io/pod-uid"] == pod["metadata"]["uid"]
+        # a repeated ADD gets the same address, and nothing more is allocated
+        again = await ipam.allocator.allocate(add(pod, defaultIPv4IPPool=[pool]))
+        assert again["ips"] == reply["ips"]
+        await ipam.endpoints.flush()
+        endpoint = await client.get(ENDPOINT, "web", namespace)
+        assert endpoint["status"]["current"]["ips"] == [
+            {
+                "interface": "eth0",
+                "cleanGateway": False,
+                "ipv4": "10.61.0.10/24",
+                "ipv4Pool": pool,
+                "ipv4Gateway": "10.61.0.1",
+            }
+        ]
+        assert endpoint["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+
+        await client.delete(POD_KIND, "web", namespace)
+        released = await ipam.releaser.release(add(pod))
+        assert released["released"] == ["10.61.0.10"]
+        assert await gone(client, IPALLOCATION, record_name("10.61.0.10"))
+        await ipam.endpoints.flush()
+        assert await gone(client, ENDPOINT, "web", namespace)
+        assert len(ipam.locks) == 0  # no lock left behind per pod
+
+
+async def test_a_del_with_a_stale_cache_never_deletes_another_pods_record(client: Client, namespace: str) -> None:
+    """The race of the issue, forced: the record is released and re-created for another pod under
+    the agent's feet; the agent's cache still shows the first pod's."""
+    pool = unique("pool")
+    await client.create(IPPOOL, pool_body(pool, "10.62.0.0/24", ["10.62.0.10"]))
+    first = await make_pod(client, namespace, "first")
+    async with agent(client, watch=False) as ipam:
+        ip = "10.62.0.10"
+        spec = {
+            "ip": ip, "pool": pool, "ipVersion": 4, "namespace": namespace, "pod": "first",
+            "podUID": first["metadata"]["uid"], "interface": "eth0", "node": NODE, "containerID": "c1",
+            "cleanGateway": False, "ownerKind": "", "ownerName": "",
+        }  # fmt: skip
+        created = await client.create(IPALLOCATION, dict(new_record(record_name(ip), spec)))  # type: ignore[arg-type]
+        ipam.records.cache.apply_local(created)  # what the agent's cache last saw
+        # under its feet: released, and taken by another pod (same name: the IP)
+        await client.delete(IPALLOCATION, record_name(ip))
+        other = {**spec, "pod": "second", "podUID": "uid-of-second", "containerID": "c2"}
+        await client.create(IPALLOCATION, dict(new_record(record_name(ip), other)))  # type: ignore[arg-type]
+        await client.delete(POD_KIND, "first", namespace)
+
+        result = await ipam.releaser.release(add(first))
+        assert result["released"] == []
+        kept = await client.get(IPALLOCATION, record_name(ip))
+        assert kept["spec"]["podUID"] == "uid-of-second", "the other pod's record was deleted"
+
+        # and a record the cache does not know at all is read before it is deleted
+        ipam.records.cache.apply_local(None, key=record_name(ip))
+        assert not await ipam.records.delete(ip, first["metadata"]["uid"])
+        assert not await gone(client, IPALLOCATION, record_name(ip))
+
+
+async def test_a_pool_deleted_under_a_lagging_agent_keeps_its_finalizer_while_it_holds_an_ip(
+    client: Client, namespace: str
+) -> None:
+    """An agent whose cache has not seen the deletion allocates from the pool right after it: the
+    pool must not lose its finalizer (and vanish) under that record."""
+    grace = 3.0
+    cache = ObjectCache(client)
+    status = StatusReconciler(client, cache, finalizer_grace=grace)
+    tasks = [asyncio.create_task(cache.run()), asyncio.create_task(status.run())]
+    pool = unique("pool")
+    try:
+        await client.create(IPPOOL, pool_body(pool, "10.63.0.0/24", ["10.63.0.10-10.63.0.11"]))
+
+        async def finalized() -> bool:
+            return "spiderpool.spidernet.io" in ((await client.get(IPPOOL, pool))["metadata"].get("finalizers") or [])
+
+        await eventually(finalized, within=30, what="the controller to add the pool's finalizer")
+        pod = await make_pod(client, namespace, "late")
+        async with agent(client, watch=False) as ipam:  # it listed the pool alive, and then saw nothing
+            await client.delete(IPPOOL, pool)
+            # the controller has seen the deletion of the empty pool, and judged it
+            await eventually(lambda: pool in status._empty_since, within=30, what="the controller to see the deletion")
+            reply = await ipam.allocator.allocate(add(pod, defaultIPv4IPPool=[pool]))
+            assert reply["ips"][0]["ipPool"] == pool
+
+            async def counted() -> bool:
+                return int(((await client.get(IPPOOL, pool)).get("status") or {}).get("allocatedIPCount") or 0) == 1
+
+            await eventually(counted, within=30, what="the controller to count the record")
+            loop = asyncio.get_running_loop()
+            past_grace = loop.time() + grace + 2
+            while loop.time() < past_grace:  # (a negative check: the grace passes, the pool stays)
+                current = await client.get(IPPOOL, pool)
+                assert current["metadata"].get("finalizers"), "the finalizer came off while the pool holds an IP"
+                await asyncio.sleep(0.2)
+
+            await client.delete(POD_KIND, "late", namespace)
+            assert (await ipam.releaser.release(add(pod)))["released"] == ["10.63.0.10"]
+            await eventually(lambda: gone(client, IPPOOL, pool), within=30, what="the empty pool to go")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_create_retried_by_the_client_is_recognised_as_ours(client: Client, namespace: str) -> None:
+    """A create whose first try was carried out but answered nothing (the connection broke) comes
+    back 409 on the retry: the record is ours, not another allocator's."""
+    pool = unique("pool")
+    await client.create(IPPOOL, pool_body(pool, "10.64.0.0/24", ["10.64.0.10"]))
+    pod = await make_pod(client, namespace, "retried")
+    async with agent(client) as ipam:
+        spec = {
+            "ip": "10.64.0.10", "pool": pool, "ipVersion": 4, "namespace": namespace, "pod": "retried",
+            "podUID": pod["metadata"]["uid"], "interface": "eth0", "node": NODE, "containerID": "c1",
+            "cleanGateway": False, "ownerKind": "", "ownerName": "",
+        }  # fmt: skip
+        await client.create(IPALLOCATION, dict(new_record(record_name("10.64.0.10"), spec)))  # type: ignore[arg-type]
+        real = client.create
+
+        async def answered_409_after_a_retry(kind: Any, obj: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return await real(kind, obj)
+            except ApiError as exc:
+                exc.attempts = 2
+                raise
+
+        client.create = answered_409_after_a_retry  # type: ignore[method-assign]
+        try:
+            assert await ipam.records.create(spec)  # type: ignore[arg-type]
+            other = {**spec, "podUID": "someone-else"}
+            assert not await ipam.records.create(other)  # type: ignore[arg-type]
+        finally:
+            client.create = real  # type: ignore[method-assign]
