@@ -95,7 +95,7 @@ class EndpointWriter:
         pods = {
             (r["spec"]["namespace"], r["spec"]["pod"], r["spec"]["podUID"])
             for r in self.records.all()
-            if r["spec"]["node"] == self.node
+            if r["spec"].get("node") == self.node
         }
         for ns, name, uid in pods:
             self.mark(f"{ns}/{name}", uid)

@@ -93,7 +93,7 @@ class Records:
             return FREE
         record = self.get(record_name(ip))
         # (a create just lost to another agent leaves the IP used but not yet in the cache: OTHER)
-        return MINE if record is not None and record["spec"]["node"] == self.node else OTHER
+        return MINE if record is not None and record["spec"].get("node") == self.node else OTHER
 
     # ------------------------------------------------------------ writes
     async def create(self, spec: RecordSpec) -> bool:
@@ -122,7 +122,11 @@ class Records:
                 return False  # released again meanwhile: the next candidate then
             raise
         have = current["spec"]
-        if (have["podUID"], have["interface"], have["node"]) != (spec["podUID"], spec["interface"], spec["node"]):
+        if (have["podUID"], have["interface"], have.get("node")) != (
+            spec["podUID"],
+            spec["interface"],
+            spec.get("node"),
+        ):
             return False
         self.cache.apply_local(dict(current))
         return True

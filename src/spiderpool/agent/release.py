@@ -44,7 +44,9 @@ class Releaser:
         uid = str(req.get("podUID") or "")
         container = str(req.get("containerID") or "")
         if not uid and container:
-            uid = next((r["spec"]["podUID"] for r in self.records.all() if r["spec"]["containerID"] == container), "")
+            uid = next(
+                (r["spec"]["podUID"] for r in self.records.all() if r["spec"].get("containerID") == container), ""
+            )
         pod = None
         if ns and name:
             pod = await self.objects.pod(ns, name)
@@ -81,7 +83,7 @@ class Releaser:
         out = []
         for record in self.records.of(""):  # quarantined records hold no pod
             spec = record["spec"]
-            if not container or spec["containerID"] != container:
+            if not container or spec.get("containerID") != container:
                 continue
             if (spec["namespace"], spec["pod"]) != (ns, name) or (ifname and spec["interface"] != ifname):
                 continue
@@ -112,7 +114,7 @@ class Releaser:
         if not owner_kind:
             rec = next(iter(self.records.of(uid)), None)
             if rec is not None:
-                owner_kind, owner_name = rec["spec"]["ownerKind"], rec["spec"]["ownerName"]
+                owner_kind, owner_name = rec["spec"].get("ownerKind", ""), rec["spec"].get("ownerName", "")
         if owner_kind != "StatefulSet" or not owner_name:
             return False
         try:
@@ -158,7 +160,7 @@ class Releaser:
         released = []
         for record in self.records.all():
             spec = record["spec"]
-            if spec["node"] != self.settings.node or (spec["containerID"], spec["interface"]) in valid:
+            if spec.get("node") != self.settings.node or (spec.get("containerID"), spec["interface"]) in valid:
                 continue
             if spec.get("quarantineUntil"):
                 continue  # the controller's to free

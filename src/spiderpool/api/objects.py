@@ -27,7 +27,8 @@ class Meta(TypedDict, total=False):
 
 
 class RecordSpec(TypedDict):
-    """A ``SpiderIPAllocation``: one IP held by one pod's NIC (or by nobody, in quarantine)."""
+    """A ``SpiderIPAllocation``: one IP held by one pod's NIC (or by nobody, in quarantine).
+    Required as the CRD requires them; we always write the rest, but read them as optional."""
 
     ip: str
     pool: str
@@ -36,11 +37,11 @@ class RecordSpec(TypedDict):
     pod: str
     podUID: str
     interface: str
-    node: str
-    containerID: str
-    cleanGateway: bool
-    ownerKind: str
-    ownerName: str
+    node: NotRequired[str]
+    containerID: NotRequired[str]
+    cleanGateway: NotRequired[bool]
+    ownerKind: NotRequired[str]
+    ownerName: NotRequired[str]
     quarantineUntil: NotRequired[str]
     releaseReason: NotRequired[str]
 
@@ -119,3 +120,50 @@ def new_endpoint(namespace: str, name: str, status: EndpointStatus, owners: list
         "metadata": {"name": name, "namespace": namespace, "ownerReferences": owners},
         "status": status,
     }
+
+
+class PoolSpec(TypedDict, total=False):
+    """A ``SpiderIPPool``'s spec (a ``SpiderSubnet``'s has the address fields of it)."""
+
+    ipVersion: int
+    subnet: str
+    ips: list[str]
+    excludeIPs: list[str]
+    gateway: str
+    routes: list[Route]
+    default: bool
+    disable: bool
+    nodeName: list[str]
+    nodeAffinity: dict[str, Any]
+    namespaceName: list[str]
+    namespaceAffinity: dict[str, Any]
+    podAffinity: dict[str, Any]
+    multusName: list[str]
+
+
+class PoolStatus(TypedDict):
+    """Upstream's: ``allocatedIPs`` is a JSON map IP -> holder (None when empty)."""
+
+    allocatedIPs: str | None
+    allocatedIPCount: int
+    totalIPCount: int
+
+
+class SubnetStatus(TypedDict):
+    """Upstream's: ``controlledIPPools`` is a JSON map pool -> its IPs (and application)."""
+
+    controlledIPPools: str | None
+    allocatedIPCount: int
+    totalIPCount: int
+
+
+class Pool(TypedDict):
+    apiVersion: str
+    kind: str
+    metadata: Meta
+    spec: PoolSpec
+    status: NotRequired[PoolStatus]
+
+
+def as_pool(obj: dict[str, Any]) -> Pool:
+    return cast(Pool, obj)

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from spiderpool.api.constants import LABEL_RECORD_POD_UID
+from spiderpool.api.objects import Record, as_record, held_for
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.ipam import gc
 from spiderpool.k8s.cache import WatchCache
@@ -78,13 +78,14 @@ class GarbageCollector:
         """Judge every record once; return when the next time-based decision falls due."""
         now = time.time()
         next_due = now + self.scan_interval
-        for name, record in list(self.cache.records.items()):
-            spec = record.get("spec") or {}
-            pod = self.pods.get(f"{spec.get('namespace')}/{spec.get('pod')}")
-            node_name = str(spec.get("node") or "")
+        for name, obj in list(self.cache.records.items()):
+            record = as_record(obj)
+            spec = record["spec"]
+            pod = self.pods.get(f"{spec['namespace']}/{spec['pod']}")
+            node_name = spec.get("node", "")
             health = gc.node_health(self.nodes.get(node_name), self.leases.get(f"kube-node-lease/{node_name}"), now)
-            sts = self.statefulsets.get(f"{spec.get('namespace')}/{spec.get('ownerName')}")
-            verdict = gc.judge(record, pod, health, sts, now, self.settings)
+            sts = self.statefulsets.get(f"{spec['namespace']}/{spec.get('ownerName')}")
+            verdict = gc.judge(obj, pod, health, sts, now, self.settings)
             if verdict.release:
                 try:
                     await self._act(name, record, verdict)
@@ -100,8 +101,8 @@ class GarbageCollector:
             next_due = min(next_due, self._due(record, pod, now))
         return next_due
 
-    def _due(self, record: dict[str, Any], pod: dict[str, Any] | None, now: float) -> float:
-        spec = record.get("spec") or {}
+    def _due(self, record: Record, pod: dict[str, Any] | None, now: float) -> float:
+        spec = record["spec"]
         times = [
             gc.parse_time(spec.get("quarantineUntil")),
             (gc.parse_time(record["metadata"].get("creationTimestamp")) or now) + self.settings.min_age,
@@ -114,40 +115,36 @@ class GarbageCollector:
         future = [t for t in times if t is not None and now < t < math.inf]
         return min(future) if future else now + self.scan_interval
 
-    async def _act(self, name: str, record: dict[str, Any], verdict: gc.Verdict) -> None:
+    async def _act(self, name: str, record: Record, verdict: gc.Verdict) -> None:
         spec = record["spec"]
-        holder = f"{spec.get('namespace')}/{spec.get('pod')} uid={spec.get('podUID')}"
+        holder = f"{spec['namespace']}/{spec['pod']} uid={spec['podUID']}"
         if verdict.confirm:
             try:
-                live = await self.rest.get(POD, str(spec.get("pod")), str(spec.get("namespace")))
+                live = await self.rest.get(POD, spec["pod"], spec["namespace"])
             except ApiError as exc:
                 if exc.code != 404:
                     raise
             else:
-                if live["metadata"].get("uid") == spec.get("podUID"):
+                if live["metadata"].get("uid") == spec["podUID"]:
                     return  # our pod cache lagged: the pod is there
-        meta = record["metadata"]
         if verdict.quarantine:
             until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.settings.quarantine)
-            updated = {
-                **record,
-                "metadata": {**meta, "labels": {**(meta.get("labels") or {}), LABEL_RECORD_POD_UID: ""}},
-                "spec": {
-                    **spec,
-                    "podUID": "",
-                    "quarantineUntil": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "releaseReason": verdict.reason,
-                },
-            }
-            self.cache.record_cache.apply_local(await self.rest.replace(RECORD, updated))
+            updated = held_for(
+                record,
+                "",
+                quarantineUntil=until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                releaseReason=verdict.reason,
+            )
+            # (a PUT with the resourceVersion read: a record changed meanwhile is refused, 409)
+            self.cache.record_cache.apply_local(await self.rest.replace(RECORD, dict(updated)))
             QUARANTINED.labels(verdict.reason).inc()
             log.info(
                 "ip quarantined ip=%s pool=%s holder=%s reason=%s until=%s",
-                spec.get("ip"),
-                spec.get("pool"),
+                spec["ip"],
+                spec["pool"],
                 holder,
                 verdict.reason,
-                updated["spec"]["quarantineUntil"],
+                updated["spec"].get("quarantineUntil"),
             )
             return
         # Preconditions: never delete a record that was re-created for another pod meanwhile.
@@ -155,4 +152,4 @@ class GarbageCollector:
         self.cache.record_cache.apply_local(None, key=name)
         RELEASED.labels(verdict.reason).inc()
         reason = spec.get("releaseReason") if verdict.reason == "quarantine_over" else verdict.reason
-        log.info("ip released ip=%s pool=%s holder=%s reason=%s", spec.get("ip"), spec.get("pool"), holder, reason)
+        log.info("ip released ip=%s pool=%s holder=%s reason=%s", spec["ip"], spec["pool"], holder, reason)

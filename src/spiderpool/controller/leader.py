@@ -123,7 +123,7 @@ class LeaderElector:
         last_renew = 0.0
         loop = asyncio.get_running_loop()
         backoff = Backoff(self.retry_period / 2, self.lease_duration)
-        restart_at = 0.0
+        restart_at = started_at = 0.0
         try:
             while not stop.is_set():
                 try:
@@ -137,16 +137,19 @@ class LeaderElector:
                         self.is_leader = True
                         IS_LEADER.set(1)
                         log.info("became leader lease=%s/%s identity=%s", self.namespace, self.name, self.identity)
-                        work = asyncio.create_task(on_started(), name="leader-work")
+                        work, started_at = asyncio.create_task(on_started(), name="leader-work"), loop.time()
                         backoff.reset()
                     elif work is not None and work.done():
                         if not restart_at:
                             _report_end(work)
+                            if loop.time() - started_at > 2 * self.lease_duration:
+                                backoff.reset()  # it ran a good while: not a crash loop
                             restart_at = loop.time() + backoff.next()
                         if loop.time() >= restart_at:
                             WORK_RESTARTS.inc()
                             log.warning("restarting the leader's work lease=%s/%s", self.namespace, self.name)
-                            work, restart_at = asyncio.create_task(on_started(), name="leader-work"), 0.0
+                            work, started_at = asyncio.create_task(on_started(), name="leader-work"), loop.time()
+                            restart_at = 0.0
                 elif self.is_leader and loop.time() - last_renew > self.renew_deadline:
                     log.warning("lost leadership lease=%s/%s identity=%s", self.namespace, self.name, self.identity)
                     self.is_leader = False

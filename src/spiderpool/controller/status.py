@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from spiderpool.api import constants as c
+from spiderpool.api.objects import PoolStatus, SubnetStatus
 from spiderpool.controller.admission import link_to_subnet, pool_sets
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.workqueue import WorkQueue
@@ -44,7 +45,7 @@ BATCH_SECONDS = 0.2
 FINALIZER_GRACE = 10.0
 
 
-def pool_status(pool: dict[str, Any], allocated: dict[str, dict[str, str]]) -> dict[str, Any]:
+def pool_status(pool: dict[str, Any], allocated: dict[str, dict[str, str]]) -> PoolStatus:
     """Counts, and upstream's ``allocatedIPs`` JSON map, derived from the pool's allocation records."""
     sets = pool_sets(pool.get("spec", {}))
     total = sets[1].count() if sets else 0
@@ -62,7 +63,7 @@ def _cidr(obj: dict[str, Any]) -> str | None:
         return None
 
 
-def subnet_status(subnet: dict[str, Any], pools: list[dict[str, Any]]) -> dict[str, Any]:
+def subnet_status(subnet: dict[str, Any], pools: list[dict[str, Any]]) -> SubnetStatus:
     """The subnet's ledger and counts, from the pools that share its CIDR."""
     sets = pool_sets(subnet.get("spec", {}))
     if sets is None:
@@ -150,7 +151,9 @@ class StatusReconciler:
         await self.client.patch(res, meta["name"], patch)
         log.info("finalizer %s kind=%s name=%s", "removed" if deleting else "added", obj.get("kind"), meta["name"])
 
-    async def _write_status(self, res: Kind, obj: dict[str, Any], want: dict[str, Any], kind: str) -> dict[str, Any]:
+    async def _write_status(
+        self, res: Kind, obj: dict[str, Any], want: PoolStatus | SubnetStatus, kind: str
+    ) -> dict[str, Any]:
         """Write the status if it differs; return the object as it now stands."""
         have = obj.get("status") or {}
         if all(have.get(k) == v for k, v in want.items()):

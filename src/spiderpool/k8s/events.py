@@ -18,6 +18,7 @@ from typing import Any
 
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import EVENT
+from spiderpool.k8s.retry import TRANSIENT
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class EventRecorder:
                 await self._create(seen, involved, event_type, reason, message)
             except ApiError as exc:
                 log.warning("event not recorded reason=%s error=%s", reason, exc)
-            except (OSError, TimeoutError) as exc:
+            except TRANSIENT as exc:
                 log.warning("event not recorded reason=%s error=%r", reason, exc)
 
     async def _bump(self, seen: _Seen) -> bool:
