@@ -73,6 +73,7 @@ class ApiServer:
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",  # (no kubernetes Service endpoints on loopback)
                 f"--secure-port={self.port}",
                 f"--tls-cert-file={p.apiserver_cert}",
                 f"--tls-private-key-file={p.apiserver_key}",
@@ -82,6 +83,8 @@ class ApiServer:
                 f"--service-account-signing-key-file={p.sa_key}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=RBAC",
+                # no controller-manager makes service accounts: pods are created without one
+                "--disable-admission-plugins=ServiceAccount",
                 "--profiling=false",
             ],
         )

@@ -56,7 +56,7 @@ async def test_429_waits_for_retry_after_and_5xx_are_retried(
         assert seen[1] - seen[0] >= 1.0  # the server's Retry-After
         # bounded: a server that keeps failing is given up on after the policy's attempts
         seen.clear()
-        script += [_status(503)] * 4
+        script += [_status(503) for _ in range(4)]
         with pytest.raises(ApiError) as err:
             await client.get(NAMESPACE, "x")
         assert err.value.code == 503

@@ -79,6 +79,7 @@ async def test_killing_the_leaders_gc_task_restarts_it_within_the_lease(apiserve
             "--identity=inproc",
             "--gc-min-age=0",
             "--gc-quarantine=1",
+            "--gc-interval=5",  # (a planted record is found by the periodic scan: no pod event wakes GC)
         ]
     )
     ctl = Controller(args)
