@@ -23,11 +23,14 @@ free_port = procs.free_port
 NS = "kube-system"
 
 RELEASE = "spiderpool"
-#: the controller's flags on the tests' time scale (garbage collection)
+#: the controller's flags on the tests' time scale (garbage collection; a deleted pool's grace
+#: before its finalizer comes off, 10 s by default: the tests delete many pools and wait for them,
+#: and tests/inproc/test_agent.py tests the grace itself)
 CONTROLLER_ARGS = [
     "--gc-quarantine=10",
     "--gc-stale-lease=15",
     "--gc-min-age=15",
+    "--pool-finalizer-grace=2",
 ]
 
 
