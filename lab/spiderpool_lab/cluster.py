@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spiderpool_lab import build, forward, netns, nodens, noderuntime, paths, pki, procs, topology
 from spiderpool_lab.progress import say, step
 
@@ -160,32 +158,7 @@ class Lab:
             return resp.status, raw.decode(errors="replace")
 
     def _write_kubeconfig(self, path: Path, identity: str, server: str) -> None:
-        user = f"lab-{identity}"
-        conf = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "lab",
-                    "cluster": {
-                        "server": server,
-                        "certificate-authority": str(self.pki.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {
-                        "client-certificate": str(self.pki.client_cert(identity)),
-                        "client-key": str(self.pki.client_key(identity)),
-                    },
-                }
-            ],
-            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": user}}],
-            "current-context": "lab",
-        }
-        path.write_text(yaml.safe_dump(conf))
+        pki.write_kubeconfig(self.pki, path, identity=identity, server=server)
 
     def _start(
         self,

@@ -14,8 +14,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from spiderpool.api import crds
 from spiderpool_lab import build, pki, procs
 
@@ -93,14 +91,8 @@ class ApiServer:
     def stop_apiserver(self) -> None:
         """Stop the apiserver (etcd keeps the data): clients see refused connections until
         ``start_apiserver``."""
-        if self._apiserver is not None:
-            self._apiserver.terminate()
-            try:
-                self._apiserver.wait(30)
-            except subprocess.TimeoutExpired:
-                self._apiserver.kill()
-                self._apiserver.wait()
-            self._apiserver = None
+        _stop(self._apiserver)
+        self._apiserver = None
 
     def ready(self) -> bool:
         if self._apiserver is not None and self._apiserver.poll() is not None:
@@ -136,33 +128,22 @@ class ApiServer:
         )
 
     def _write_kubeconfig(self) -> None:
-        conf = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": "envtest", "cluster": {"server": self.url, "certificate-authority": str(self.pki.ca_cert)}}
-            ],
-            "users": [
-                {
-                    "name": ADMIN,
-                    "user": {
-                        "client-certificate": str(self.pki.client_cert(ADMIN)),
-                        "client-key": str(self.pki.client_key(ADMIN)),
-                    },
-                }
-            ],
-            "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": ADMIN}}],
-            "current-context": "envtest",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(conf))
+        pki.write_kubeconfig(self.pki, self.kubeconfig, identity=ADMIN, server=self.url, name="envtest")
 
     def close(self) -> None:
         self.stop_apiserver()
-        if self._etcd is not None:
-            self._etcd.terminate()
-            try:
-                self._etcd.wait(30)
-            except subprocess.TimeoutExpired:
-                self._etcd.kill()
-                self._etcd.wait()
+        _stop(self._etcd)
+        self._etcd = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 30 s; reaped either way."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

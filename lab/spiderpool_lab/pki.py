@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -74,6 +75,28 @@ class Pki:
 
     def exists(self) -> bool:
         return all(p.exists() for p in (self.ca_cert, self.apiserver_cert, self.sa_key, self.client_cert("admin")))
+
+
+def write_kubeconfig(pki: Pki, path: Path, *, identity: str, server: str, name: str = "lab") -> None:
+    """A kubeconfig for ``server`` as the client ``identity`` of this PKI."""
+    user = f"{name}-{identity}"
+    conf = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority": str(pki.ca_cert)}}],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(pki.client_cert(identity)),
+                    "client-key": str(pki.client_key(identity)),
+                },
+            }
+        ],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
+        "current-context": name,
+    }
+    path.write_text(yaml.safe_dump(conf))
 
 
 def create(directory: Path, *, service_ip: str, extra_ips: tuple[str, ...] = ()) -> Pki:

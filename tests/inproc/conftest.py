@@ -7,12 +7,14 @@ import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from spiderpool.api.objects import RecordSpec, new_record
+from spiderpool.ipam.allocate import record_name
 from spiderpool.k8s.client import ApiError, Client
-from spiderpool.k8s.kinds import NAMESPACE, POD
+from spiderpool.k8s.kinds import IPALLOCATION, NAMESPACE, POD
 from spiderpool_lab.envtest import ApiServer
 
 _names = itertools.count(1)
@@ -58,6 +60,20 @@ async def make_pod(client: Client, namespace: str, name: str, node: str = "node1
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
     }
     return await client.create(POD, body)
+
+
+def record_spec(ip: str, pool: str, namespace: str, pod: str, uid: str, **extra: Any) -> RecordSpec:
+    """A record's spec as an agent on node1 writes it."""
+    spec: RecordSpec = {
+        "ip": ip, "pool": pool, "ipVersion": 4, "namespace": namespace, "pod": pod, "podUID": uid,
+        "interface": "eth0", "node": "node1", "containerID": "c1", "cleanGateway": False,
+        "ownerKind": "", "ownerName": "",
+    }  # fmt: skip
+    return cast(RecordSpec, {**spec, **extra})
+
+
+async def create_record(client: Client, spec: RecordSpec) -> dict[str, Any]:
+    return await client.create(IPALLOCATION, dict(new_record(record_name(spec["ip"]), spec)))
 
 
 def pool_body(name: str, subnet: str, ips: list[str], **spec: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from typing import Any
 
 from spiderpool.agent.ipam import IPAM
 from spiderpool.agent.settings import Settings
-from spiderpool.api.objects import new_record
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.status import StatusReconciler
 from spiderpool.ipam.allocate import record_name
@@ -17,7 +16,7 @@ from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import ENDPOINT, IPALLOCATION, IPPOOL, RESERVEDIP, SUBNET
 from spiderpool.k8s.kinds import POD as POD_KIND
-from tests.inproc.conftest import eventually, gone, make_pod, pool_body, unique
+from tests.inproc.conftest import create_record, eventually, gone, make_pod, pool_body, record_spec, unique
 
 NODE = "node1"
 
@@ -108,17 +107,12 @@ async def test_a_del_with_a_stale_cache_never_deletes_another_pods_record(client
     first = await make_pod(client, namespace, "first")
     async with agent(client, watch=False) as ipam:
         ip = "10.62.0.10"
-        spec = {
-            "ip": ip, "pool": pool, "ipVersion": 4, "namespace": namespace, "pod": "first",
-            "podUID": first["metadata"]["uid"], "interface": "eth0", "node": NODE, "containerID": "c1",
-            "cleanGateway": False, "ownerKind": "", "ownerName": "",
-        }  # fmt: skip
-        created = await client.create(IPALLOCATION, dict(new_record(record_name(ip), spec)))  # type: ignore[arg-type]
+        spec = record_spec(ip, pool, namespace, "first", first["metadata"]["uid"])
+        created = await create_record(client, spec)
         ipam.records.cache.apply_local(created)  # what the agent's cache last saw
         # under its feet: released, and taken by another pod (same name: the IP)
         await client.delete(IPALLOCATION, record_name(ip))
-        other = {**spec, "pod": "second", "podUID": "uid-of-second", "containerID": "c2"}
-        await client.create(IPALLOCATION, dict(new_record(record_name(ip), other)))  # type: ignore[arg-type]
+        await create_record(client, record_spec(ip, pool, namespace, "second", "uid-of-second", containerID="c2"))
         await client.delete(POD_KIND, "first", namespace)
 
         result = await ipam.releaser.release(add(first))
@@ -184,12 +178,8 @@ async def test_a_create_retried_by_the_client_is_recognised_as_ours(client: Clie
     await client.create(IPPOOL, pool_body(pool, "10.64.0.0/24", ["10.64.0.10"]))
     pod = await make_pod(client, namespace, "retried")
     async with agent(client) as ipam:
-        spec = {
-            "ip": "10.64.0.10", "pool": pool, "ipVersion": 4, "namespace": namespace, "pod": "retried",
-            "podUID": pod["metadata"]["uid"], "interface": "eth0", "node": NODE, "containerID": "c1",
-            "cleanGateway": False, "ownerKind": "", "ownerName": "",
-        }  # fmt: skip
-        await client.create(IPALLOCATION, dict(new_record(record_name("10.64.0.10"), spec)))  # type: ignore[arg-type]
+        spec = record_spec("10.64.0.10", pool, namespace, "retried", pod["metadata"]["uid"])
+        await create_record(client, spec)
         real = client.create
 
         async def answered_409_after_a_retry(kind: Any, obj: dict[str, Any]) -> dict[str, Any]:
@@ -201,8 +191,8 @@ async def test_a_create_retried_by_the_client_is_recognised_as_ours(client: Clie
 
         client.create = answered_409_after_a_retry  # type: ignore[method-assign]
         try:
-            assert await ipam.records.create(spec)  # type: ignore[arg-type]
-            other = {**spec, "podUID": "someone-else"}
-            assert not await ipam.records.create(other)  # type: ignore[arg-type]
+            assert await ipam.records.create(spec)
+            other = record_spec("10.64.0.10", pool, namespace, "retried", "someone-else")
+            assert not await ipam.records.create(other)
         finally:
             client.create = real  # type: ignore[method-assign]

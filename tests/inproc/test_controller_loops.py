@@ -9,7 +9,6 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from spiderpool.api.objects import new_record
 from spiderpool.controller import leader
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.gc import GarbageCollector
@@ -20,7 +19,7 @@ from spiderpool.ipam.allocate import record_name
 from spiderpool.k8s.client import Client
 from spiderpool.k8s.kinds import IPALLOCATION
 from spiderpool_lab.envtest import ApiServer
-from tests.inproc.conftest import eventually, gone, unique
+from tests.inproc.conftest import create_record, eventually, gone, record_spec, unique
 
 
 def metric(name: str, **labels: str) -> float:
@@ -29,14 +28,13 @@ def metric(name: str, **labels: str) -> float:
 
 async def plant(client: Client, ip: str, *, pod: str, quarantine_until: str = "") -> None:
     """A record for a pod that does not exist."""
-    spec: dict[str, Any] = {
-        "ip": ip, "pool": "nowhere", "ipVersion": 4, "namespace": "default", "pod": pod,
-        "podUID": "" if quarantine_until else f"uid-{pod}", "interface": "eth0", "node": "node1",
-        "containerID": "c", "cleanGateway": False, "ownerKind": "", "ownerName": "",
-    }  # fmt: skip
     if quarantine_until:
-        spec["quarantineUntil"], spec["releaseReason"] = quarantine_until, "pod_deleted"
-    await client.create(IPALLOCATION, dict(new_record(record_name(ip), spec)))  # type: ignore[arg-type]
+        spec = record_spec(
+            ip, "nowhere", "default", pod, "", quarantineUntil=quarantine_until, releaseReason="pod_deleted"
+        )
+    else:
+        spec = record_spec(ip, "nowhere", "default", pod, f"uid-{pod}")
+    await create_record(client, spec)
 
 
 async def test_gc_keeps_working_after_the_apiserver_restarts_under_it(apiserver: ApiServer, client: Client) -> None:

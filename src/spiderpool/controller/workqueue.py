@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Gauge
 
 from spiderpool.k8s.client import ApiError
-from spiderpool.k8s.retry import Backoff
+from spiderpool.k8s.retry import TRANSIENT, Backoff
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class WorkQueue:
         delay = backoff.next()
         FAILURES.labels(self.name).inc()
         kind, name = key
-        if isinstance(exc, ApiError | OSError | TimeoutError):
+        if isinstance(exc, (ApiError, *TRANSIENT)):  # the API's trouble, not ours: no traceback
             log.warning("%s reconcile failed kind=%s key=%s retry_in=%.1fs error=%s", self.name, kind, name, delay, exc)
         else:  # a bug, most likely: the traceback, and still a retry
             log.error("%s reconcile crashed kind=%s key=%s retry_in=%.1fs", self.name, kind, name, delay, exc_info=exc)

@@ -33,9 +33,11 @@ class Credentials:
     token_file: str = ""
 
     def read_token(self) -> str:
-        if self.token_file:
-            return Path(self.token_file).read_text().strip()  # a small local file: not worth a thread
-        return self.token
+        return _read_token(self.token_file) if self.token_file else self.token
+
+
+def _read_token(path: str) -> str:
+    return Path(path).read_text().strip()  # a small local file: not worth a thread
 
 
 def load(kubeconfig: str | None = None) -> Credentials:
@@ -54,8 +56,7 @@ def in_cluster() -> Credentials:
         host = f"[{host}]"
     ctx = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
     token_file = str(SERVICE_ACCOUNT / "token")
-    creds = Credentials(f"https://{host}:{port}", ctx, token_file=token_file)
-    return Credentials(creds.server, ctx, creds.read_token(), token_file)
+    return Credentials(f"https://{host}:{port}", ctx, _read_token(token_file), token_file)
 
 
 def from_file(path: Path) -> Credentials:
@@ -95,10 +96,8 @@ def from_dict(doc: dict[str, Any], *, base: Path, where: str = "kubeconfig") -> 
     token_file = str(user.get("tokenFile") or "")
     if token_file and not Path(token_file).is_absolute():
         token_file = str(base / token_file)
-    creds = Credentials(server, ctx, str(user.get("token") or ""), token_file)
-    if token_file and not creds.token:
-        creds = Credentials(server, ctx, creds.read_token(), token_file)
-    return creds
+    token = str(user.get("token") or "") or (_read_token(token_file) if token_file else "")
+    return Credentials(server, ctx, token, token_file)
 
 
 def _material(section: dict[str, Any], key: str, base: Path) -> tuple[str | None, bytes | None]:
