@@ -241,6 +241,9 @@ class Lab:
         with step("cluster ready"):
             # (a node without a CNI config is registered but never Ready: the kubelet waits for one)
             self._wait_ready(nodes, ready=cni != "none")
+        with step("pod CIDR routes and kubeadm-config"):
+            self.route_pod_cidrs()
+            self.ensure_kubeadm_config()
         leaks = topology.root_routes_to_lab()
         if leaks:
             raise LabError(f"the root namespace routes lab subnets: {leaks}")
@@ -358,6 +361,11 @@ class Lab:
                         f"--cluster-signing-key-file={self.pki.ca_key}",
                         "--use-service-account-credentials=true",
                         f"--service-cluster-ip-range={topology.SERVICE_CIDR}",
+                        # every node gets a pod CIDR (node.spec.podCIDR), for the overlay-style cluster
+                        # CNI (bridge + host-local) that the overlay tests run beside the underlay
+                        "--allocate-node-cidrs=true",
+                        f"--cluster-cidr={topology.POD_CIDR}",
+                        "--node-cidr-mask-size=24",
                         "--controllers=*",
                         *common,
                     ]
@@ -626,7 +634,86 @@ class Lab:
             detail=lambda: procs.tail(self._log("kube-controller-manager")),
         )
 
+    # --------------------------------------------------- the cluster's pod CIDRs
+    def pod_cidrs(self) -> dict[str, str]:
+        """node -> its ``spec.podCIDR`` (allocated by kube-controller-manager)."""
+        code, body = self.api("GET", "/api/v1/nodes")
+        if code != 200:
+            return {}
+        return {
+            item["metadata"]["name"]: item["spec"]["podCIDR"]
+            for item in body.get("items", [])
+            if item.get("spec", {}).get("podCIDR")
+        }
+
+    def route_pod_cidrs(self) -> None:
+        """Each node routes the other nodes' pod CIDRs to them over the first underlay, as Flannel's
+        host-gw mode does (inside the nodes' namespaces only)."""
+        names = [n.name for n in self.nodes()]
+        procs.wait_for(
+            lambda: all(n in self.pod_cidrs() for n in names), timeout=60, what=f"pod CIDRs of nodes {names}"
+        )
+        cidrs, u = self.pod_cidrs(), topology.UNDERLAYS[0]
+        for node in self.nodes():
+            routes = [
+                f"route replace {cidrs[other.name]} via {u.node_ip4(other.index)} dev {u.node_if}"
+                for other in self.nodes()
+                if other.name != node.name
+            ]
+            if routes:
+                netns.ip_batch(topology.node_netns(self.prefix, node.name), routes)
+
+    def ensure_kubeadm_config(self) -> None:
+        """``kube-system/kubeadm-config``, as kubeadm writes it: where cluster add-ons (spiderpool's
+        SpiderCoordinator among them) read the cluster's pod and service CIDRs."""
+        cluster = (
+            "apiVersion: kubeadm.k8s.io/v1beta4\n"
+            "kind: ClusterConfiguration\n"
+            "networking:\n"
+            "  dnsDomain: cluster.local\n"
+            f"  podSubnet: {topology.POD_CIDR}\n"
+            f"  serviceSubnet: {topology.SERVICE_CIDR}\n"
+        )
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+            "data": {"ClusterConfiguration": cluster},
+        }
+        code, _ = self.api("GET", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+        if code == 404:
+            code, answer = self.api("POST", "/api/v1/namespaces/kube-system/configmaps", body)
+            if code not in (201, 409):
+                raise LabError(f"creating kube-system/kubeadm-config failed: {code} {answer}")
+
     # ------------------------------------------------------------- CNI config
+    def bridge_conflist(self, node_name: str) -> dict[str, Any]:
+        """An overlay-style cluster CNI: the reference bridge plugin (cni0, the pods' gateway) and
+        host-local over the node's pod CIDR, routed between nodes by ``route_pod_cidrs``."""
+        node = self.node(node_name)
+        cidr = self.pod_cidrs().get(node_name)
+        if cidr is None:
+            raise LabError(f"{node_name} has no pod CIDR yet (kube-controller-manager allocates them)")
+        return {
+            "cniVersion": "1.0.0",
+            "name": "lab-bridge",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": str(node.var_lib_cni / "networks"),
+                        "ranges": [[{"subnet": cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                }
+            ],
+        }
+
     def macvlan_conflist(self, node_name: str) -> dict[str, Any]:
         """The reference macvlan + host-local config; each node gets a disjoint range."""
         node = self.node(node_name)

@@ -23,13 +23,15 @@ POOL = "p-dp"
 
 
 def conflist() -> dict[str, Any]:
-    """The walkthrough's NetworkAttachmentDefinition config, service_cidr set to the lab's."""
+    """The walkthrough's NetworkAttachmentDefinition config without its service_cidr: the
+    SpiderCoordinator's status (the cluster's ServiceCIDRs) gives the Service route. (The
+    walkthrough's own tests keep its explicit service_cidr.)"""
     return {
         "cniVersion": "0.3.1",
         "name": "macvlan-conf",
         "plugins": [
             {"type": "macvlan", "master": "eth0", "mode": "bridge", "ipam": {"type": "spiderpool"}},
-            {"type": "veth", "service_cidr": [topology.SERVICE_CIDR]},
+            {"type": "veth"},
         ],
     }
 

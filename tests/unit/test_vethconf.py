@@ -42,6 +42,7 @@ def test_walkthrough_keys() -> None:
         ({"policyRoutes": [{"dst": "10.0.0.0/8", "gw": "fd00::1"}]}, "policyRoutes[0].gw", "not of the family"),
         ({"txQueueLen": -1}, "txQueueLen", "from 0"),
         ({"vethLinkAddress": "10.0.0.1"}, "vethLinkAddress", "IPv4 link-local"),
+        ({"mode": "overlayy"}, "mode", "is not a mode"),
     ],
 )
 def test_bad_keys_are_named(conf: dict[str, object], key: str, message: str) -> None:
@@ -73,3 +74,26 @@ def test_policy_routes_tx_queue_and_link_address() -> None:
     assert vethconf.parse({"vethLinkAddress": ""}).veth_link_address is None
     spec = {"policyRoutes": [{"dst": "10.9.0.0/16", "gw": "172.18.0.1"}], "txQueueLen": 500}
     assert vethconf.parse(vethconf.with_defaults({}, spec)).policy_routes == (("10.9.0.0/16", "172.18.0.1"),)
+
+
+def test_the_discovered_cidrs_sit_under_the_config() -> None:
+    """A NAD without service_cidr gets the SpiderCoordinator status' service and pod CIDRs; a NAD
+    that names them (either spelling) keeps its own."""
+    status = {"phase": "Synced", "serviceCIDR": ["10.96.0.0/16"], "overlayPodCIDR": ["10.244.0.0/16"]}
+    bare = vethconf.parse(vethconf.with_defaults({"type": "coordinator"}, {}, status))
+    assert set(bare.hijack) == {"10.96.0.0/16", "10.244.0.0/16"}
+    walkthrough = {"type": "veth", "service_cidr": "10.233.0.0/18"}
+    assert set(vethconf.parse(vethconf.with_defaults(walkthrough, {}, status)).hijack) == {
+        "10.233.0.0/18",
+        "10.244.0.0/16",
+    }
+    own = {"serviceCIDR": ["10.97.0.0/16"], "cluster_cidr": ["10.250.0.0/16"]}
+    assert set(vethconf.parse(vethconf.with_defaults(own, {}, status)).hijack) == {"10.97.0.0/16", "10.250.0.0/16"}
+
+
+def test_mode_comes_from_the_config_or_the_spidercoordinator() -> None:
+    assert vethconf.parse({}).mode == "auto"
+    assert vethconf.parse(vethconf.with_defaults({}, {"mode": "overlay"})).mode == "overlay"
+    assert vethconf.parse(vethconf.with_defaults({"mode": "underlay"}, {"mode": "overlay"})).mode == "underlay"
+    # upstream's plugin spells it "disable", its CRD "disabled": both mean the same here
+    assert vethconf.parse({"mode": "disable"}).mode == vethconf.parse({"mode": "disabled"}).mode == "disabled"

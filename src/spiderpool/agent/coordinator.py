@@ -11,11 +11,12 @@ from typing import Any
 from prometheus_client import Counter
 
 from spiderpool.agent.errors import IPAMError
+from spiderpool.agent.events import PodEvents
 from spiderpool.agent.release import Releaser
 from spiderpool.api.annotations import DEFAULT_ROUTE_NIC
 from spiderpool.api.constants import IP_CONFLICT_QUARANTINE
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.net import veth, vethconf
+from spiderpool.net import fastnl, overlay, veth, vethconf
 
 log = logging.getLogger(__name__)
 CALLS = Counter("spiderpool_coordinator_calls", "veth plugin calls", ["command", "outcome"])
@@ -26,9 +27,11 @@ FIRST_TABLE = 100
 DETECTIONS = Counter("spiderpool_coordinator_detection_failures", "Failed IP conflict / gateway checks", ["kind"])
 
 
-def _config(body: dict[str, Any], defaults: dict[str, Any] | None = None) -> vethconf.VethConfig:
+def _config(
+    body: dict[str, Any], defaults: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+) -> vethconf.VethConfig:
     try:
-        return vethconf.parse(vethconf.with_defaults(dict(body.get("config") or {}), defaults))
+        return vethconf.parse(vethconf.with_defaults(dict(body.get("config") or {}), defaults, status))
     except vethconf.ConfigError as exc:
         raise IPAMError(7, f"invalid veth plugin config: {exc}", reason="bad_config", http=400) from None
 
@@ -60,7 +63,9 @@ class Coordinator:
         *,
         coordinators: WatchCache | None = None,
         conflict_quarantine: float = IP_CONFLICT_QUARANTINE,
+        events: PodEvents | None = None,
     ) -> None:
+        self.events = events  # a pod's Event when the cluster's coordinator is not ready
         self.coordinators = coordinators  # SpiderCoordinator "default": the cluster's defaults
         self.pods = pods  # this node's pods: their default-route-nic annotation
         self.releaser = releaser  # to take back an address that turns out unusable
@@ -95,16 +100,91 @@ class Coordinator:
         found = self.coordinators.get("default") if self.coordinators else None
         return dict(found.get("spec") or {}) if found else None
 
+    def _status(self) -> dict[str, Any] | None:
+        found = self.coordinators.get("default") if self.coordinators else None
+        return dict(found.get("status") or {}) if found else None
+
+    async def _require_synced(self, body: dict[str, Any]) -> None:
+        """The SpiderCoordinator's CIDRs are what a pod's routes are made of: while the controller
+        cannot say them (NotReady), an ADD fails with its reason rather than make a pod without its
+        Service routes. No SpiderCoordinator at all means plugin defaults only (nothing to wait for)."""
+        status = self._status()
+        if status is None or status.get("phase") == "Synced":
+            return
+        why = status.get("reason") or "its status has not been written yet: is spiderpool-controller running?"
+        message = f"SpiderCoordinator default is {status.get('phase') or 'not synced'}: {why}"
+        ns, name, uid = str(body.get("podNamespace")), str(body.get("podName")), str(body.get("podUID") or "")
+        if self.events is not None and name:
+            await self.events.warn(ns, name, uid, "CoordinatorNotReady", message)
+        raise IPAMError(100, message, reason="coordinator_not_ready", http=503)
+
+    def config_for(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """The coordinator settings a pod gets when its network config sets none (upstream's
+        CoordinatorConfig): SpiderCoordinator spec + status, the pod's default-route-nic annotation."""
+        status = self._status()
+        if status is not None and status.get("phase") != "Synced":
+            raise IPAMError(
+                100,
+                f"SpiderCoordinator default is not Synced: {status.get('reason') or 'no status yet'}",
+                reason="coordinator_not_ready",
+                http=500,
+            )
+        spec = self._defaults() or {}
+        out = {k: v for k, v in spec.items() if v is not None}
+        out["serviceCIDR"] = list((status or {}).get("serviceCIDR") or [])
+        out["overlayPodCIDR"] = list((status or {}).get("overlayPodCIDR") or [])
+        out.setdefault("mode", "auto")
+        out.setdefault("tunePodRoutes", True)
+        nic = self._default_nic(pod, vethconf.VethConfig(default_route_nic=spec.get("podDefaultRouteNIC") or None))
+        out["podDefaultRouteNIC"] = nic or ""
+        return out
+
+    async def _mode(self, cfg: vethconf.VethConfig, ifname: str, netns: str) -> str:
+        """upstream's resolution of ``auto``: underlay for eth0 or when the pod has veth0 (eth0 is ours),
+        else overlay (eth0 is the cluster CNI's)."""
+        if cfg.mode != "auto":
+            return cfg.mode
+        if ifname == FIRST_NIC:
+            return "underlay"
+        has_veth = await asyncio.to_thread(veth.run_in_netns, netns, lambda: fastnl.index(veth.POD_VETH) is not None)
+        return "underlay" if has_veth else "overlay"
+
     async def add(self, body: dict[str, Any]) -> dict[str, Any]:
-        cfg = _config(body, self._defaults())
+        cfg = _config(body, self._defaults(), self._status())
         conf = body["config"]
         prev = dict(conf.get("prevResult") or {})
         ifname, netns, cid = str(body["ifName"]), str(body["netns"]), str(body["containerID"])
+        result = {**prev, "cniVersion": conf.get("cniVersion", prev.get("cniVersion"))}
+        if cfg.mode == "disabled":
+            return {"result": result}
+        await self._require_synced(body)
         ips = _pod_ips(prev, ifname)
+        mode = await self._mode(cfg, ifname, netns)
+        if mode == "overlay" and ifname == FIRST_NIC:
+            raise IPAMError(
+                7,
+                f"coordinator mode overlay on {ifname}: in overlay mode {FIRST_NIC} is the cluster CNI's;"
+                " chain the coordinator to the underlay NICs only, or use mode underlay",
+                reason="bad_config",
+                http=400,
+            )
         if cfg.detect_ip_conflict or cfg.detect_gateway:
             await self._detect(body, netns, ifname, ips, cfg)
         try:
-            if ifname == FIRST_NIC:
+            if mode == "overlay":
+                added = []
+                await asyncio.to_thread(
+                    overlay.setup,
+                    netns,
+                    ifname,
+                    ips,
+                    _table_for(ifname),
+                    cfg,
+                    default_nic=self._default_nic(body, cfg) == ifname,
+                    first=FIRST_NIC,
+                    first_table=FIRST_TABLE,
+                )
+            elif ifname == FIRST_NIC:
                 added = await asyncio.to_thread(veth.setup_first_nic, netns, cid, ips, cfg)
             else:
                 added = []
@@ -122,18 +202,22 @@ class Coordinator:
             pod = f"{body.get('podNamespace')}/{body.get('podName')}"
             raise IPAMError(100, f"veth: pod {pod} interface {ifname}: {exc!r}", reason="netlink", http=500) from None
         CALLS.labels("add", "ok").inc()
-        result = {**prev, "cniVersion": conf.get("cniVersion", prev.get("cniVersion"))}
         result["interfaces"] = [*(prev.get("interfaces") or []), *added]
         return {"result": result}
 
     async def delete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             conf = vethconf.with_defaults(dict(body.get("config") or {}), self._defaults())
-            table = vethconf.parse(conf).host_rule_table
+            cfg = vethconf.parse(conf)
         except vethconf.ConfigError:
-            table = vethconf.VethConfig().host_rule_table  # a DEL must not fail over a config typo
-        if str(body.get("ifName")) == FIRST_NIC:
+            cfg = vethconf.VethConfig()  # a DEL must not fail over a config typo
+        table, ifname = cfg.host_rule_table, str(body.get("ifName"))
+        if ifname == FIRST_NIC:
             await asyncio.to_thread(veth.teardown, str(body["containerID"]), table)
+        elif cfg.mode in ("auto", "overlay"):
+            # (an underlay net1 put no route on the node; removing none is harmless, so no need to
+            # tell the modes apart at DEL, when the namespace may be gone)
+            await asyncio.to_thread(overlay.teardown, str(body.get("netns") or ""), table, FIRST_NIC)
         CALLS.labels("del", "ok").inc()
         return {"ok": True}
 

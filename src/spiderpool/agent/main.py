@@ -126,6 +126,7 @@ class Agent:
             self.ipam.releaser,
             coordinators=self.caches[7],
             conflict_quarantine=args.ip_conflict_quarantine,
+            events=self.ipam.allocator.events,
         )
         self.stop = asyncio.Event()
 
@@ -175,6 +176,16 @@ class Agent:
     async def coordinator_check(self, request: web.Request) -> web.Response:
         return await self._guard(request, self.coordinator.check)
 
+    async def coordinator_config(self, request: web.Request) -> web.Response:
+        """upstream's ``GET /v1/coordinator/config``: the cluster's coordinator settings for a pod
+        (``?podNamespace=&podName=``), 500 while the SpiderCoordinator is not Synced."""
+        if not self.ipam.ready():
+            return _error(11, "spiderpool-agent is starting: caches not synced yet", 503)
+        try:
+            return web.json_response(self.coordinator.config_for(dict(request.query)))
+        except IPAMError as err:
+            return _error(err.code, err.msg, 500)
+
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -204,6 +215,7 @@ class Agent:
                 web.post("/v1/coordinator/add", self.coordinator_add),
                 web.post("/v1/coordinator/del", self.coordinator_del),
                 web.post("/v1/coordinator/check", self.coordinator_check),
+                web.get("/v1/coordinator/config", self.coordinator_config),
             ]
         )
         sock = _prepare_socket(Path(a.socket))

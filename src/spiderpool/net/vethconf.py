@@ -13,7 +13,9 @@ from typing import Any
 #: keys every CNI config may carry
 _CNI_KEYS = {"cniVersion", "name", "type", "prevResult", "runtimeConfig", "capabilities", "args", "cniVersions"}
 #: accepted for compatibility and ignored, as upstream does
-_IGNORED = {"detectOptions", "logOptions", "only_hardware", "mode"}
+_IGNORED = {"detectOptions", "logOptions", "only_hardware"}
+#: upstream's modes; its plugin spells the last one ``disable`` while its CRD says ``disabled``: both work
+MODES = ("auto", "underlay", "overlay", "disabled", "disable")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,8 @@ class VethConfig:
     tx_queue_len: int = 0
     #: an IPv4 link-local address for veth0 (for sidecars such as Istio's that need one)
     veth_link_address: str | None = None
+    #: auto (underlay when the NIC is eth0 or veth0 exists, else overlay), underlay, overlay, disabled
+    mode: str = "auto"
 
 
 def _cidrs(key: str, value: Any) -> tuple[str, ...]:
@@ -153,6 +157,10 @@ def parse(conf: dict[str, Any]) -> VethConfig:
             out["tx_queue_len"] = _int(key, value, 0, 2**31 - 1, "1000")
         elif key == "vethLinkAddress":
             out["veth_link_address"] = _link_address(key, value)
+        elif key == "mode":
+            if value not in MODES:
+                raise ConfigError(key, f"{value!r} is not a mode", "one of auto, underlay, overlay, disabled")
+            out["mode"] = "disabled" if value == "disable" else value
         elif key in ("podDefaultCniNic", "hostRPFilter"):
             continue  # eth0 is the first NIC here; the node's rp_filter is the admin's
         else:
@@ -160,7 +168,7 @@ def parse(conf: dict[str, Any]) -> VethConfig:
                 {"service_cidr", "cluster_cidr", "additional_cidr", "hardware_prefix", "rp_filter", "move_routes"}
                 | {"serviceCIDR", "hijackCIDR", "podMACPrefix", "podRPFilter", "tunePodRoutes", "podDefaultRouteNIC"}
                 | {"hostRuleTable", "vethMTU", "detectIPConflict", "detectGateway", "policyRoutes", "txQueueLen"}
-                | {"vethLinkAddress"}
+                | {"vethLinkAddress", "mode", "overlayPodCIDR", "cluster_cidr", "additional_cidr"}
             )
             raise ConfigError(key, "is not a key of the veth plugin", f"one of {', '.join(known)}")
     return VethConfig(hijack=tuple(dict.fromkeys(hijack)), **out)
@@ -189,12 +197,27 @@ _COORDINATOR_DEFAULTS = (
 )
 
 
-def with_defaults(conf: dict[str, Any], coordinator_spec: dict[str, Any] | None) -> dict[str, Any]:
-    """The network config with the SpiderCoordinator's values under it: a key the config sets wins."""
+#: status fields of the SpiderCoordinator -> the config keys (either spelling) that, when set, win over them
+_STATUS_DEFAULTS = {
+    "serviceCIDR": ("service_cidr", "serviceCIDR"),
+    "overlayPodCIDR": ("cluster_cidr", "overlayPodCIDR"),
+}
+
+
+def with_defaults(
+    conf: dict[str, Any], coordinator_spec: dict[str, Any] | None, coordinator_status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The network config with the SpiderCoordinator's values under it: a key the config sets wins.
+    The status gives the discovered service and pod CIDRs, so a config without ``service_cidr``
+    still routes Services through the host."""
     merged: dict[str, Any] = {}
-    for key in _COORDINATOR_DEFAULTS:
+    for key in (*_COORDINATOR_DEFAULTS, "mode"):
         value = (coordinator_spec or {}).get(key)
         if value is None or value == "" or (key == "podRPFilter" and value == -1):
             continue
         merged[key] = value
+    for key, spellings in _STATUS_DEFAULTS.items():
+        value = (coordinator_status or {}).get(key)
+        if value and not any(conf.get(k) not in (None, "", []) for k in spellings):
+            merged[key] = value
     return {**merged, **conf}
