@@ -29,6 +29,7 @@ from spiderpool import config, logs
 from spiderpool.controller import admission, certs, webhook
 from spiderpool.controller.apps import AppPoolReconciler
 from spiderpool.controller.cache import ObjectCache
+from spiderpool.controller.coordinator import CoordinatorReconciler
 from spiderpool.controller.gc import GarbageCollector
 from spiderpool.controller.leader import LeaderElector
 from spiderpool.controller.status import StatusReconciler
@@ -125,6 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="user name(s) this controller writes as (default: asked of the apiserver); only they may"
         " change an auto-pool's IPs",
+    )
+    p.add_argument(
+        "--cni-conf-dir",
+        default="/etc/cni/net.d",
+        help="the node's CNI configuration directory, read for a SpiderCoordinator's podCIDRType auto",
     )
     p.add_argument("--log-level", default=None)
     return config.parse_args(
@@ -276,7 +282,8 @@ class Controller:
             ),
             scan_interval=a.gc_interval,
         )
-        loops = {"status": status.run(), "auto-pools": apps.run()}
+        coordinator = CoordinatorReconciler(self.client, cni_conf_dir=a.cni_conf_dir)
+        loops = {"status": status.run(), "auto-pools": apps.run(), "coordinator": coordinator.run()}
         if a.gc_disabled:
             log.info("garbage collection of IPs is disabled (--gc-disabled)")
         else:

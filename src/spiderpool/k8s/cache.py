@@ -58,13 +58,15 @@ class WatchCache:
         *,
         namespace: str | None = None,
         fields: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         """``namespace`` None or "*" watches a namespaced kind in every namespace; ``fields`` is a
-        field selector."""
+        field selector, ``labels`` a label selector (equality)."""
         self.client, self.res, self.kind = client, res, kind or res.name
         self.namespace = None if namespace in (None, "*") else namespace
         self.fields = ",".join(f"{k}={v}" for k, v in (fields or {}).items())
+        self.labels = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
         self.items: dict[str, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -116,7 +118,7 @@ class WatchCache:
             self._notify(key, old)
 
     async def _relist(self) -> str:
-        items, rv = await self.client.list(self.res, self.namespace, fields=self.fields)
+        items, rv = await self.client.list(self.res, self.namespace, fields=self.fields, labels=self.labels)
         fresh = {key_of(d): d for d in items}
         listed = {"metadata": {"resourceVersion": rv}}
         self._tombstones.clear()  # the list is the truth now
@@ -137,7 +139,9 @@ class WatchCache:
             try:
                 if not rv:
                     rv = await self._relist()
-                events = self.client.watch(self.res, self.namespace, resource_version=rv, fields=self.fields)
+                events = self.client.watch(
+                    self.res, self.namespace, resource_version=rv, fields=self.fields, labels=self.labels
+                )
                 async for event, obj in events:
                     if event == "DELETED":
                         self._drop(key_of(obj), obj)
