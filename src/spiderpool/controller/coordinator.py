@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ KUBEADM_CONFIG = "kubeadm-config"
 CILIUM_CONFIG = "cilium-config"
 KCM_LABELS = {"component": "kube-controller-manager"}
 RESYNC_SECONDS = 60.0
+#: how often the CNI configuration directory is looked at for changes
+CNI_DIR_POLL = 3.0
 BATCH_SECONDS = 0.5
 #: a CNI configuration larger than this is not one
 MAX_CNI_FILE = 1 << 20
@@ -212,6 +215,25 @@ class CoordinatorReconciler:
             decision.reason or "-",
         )
 
+    def _cni_signature(self) -> tuple[tuple[str, int, int], ...]:
+        try:
+            return tuple(
+                sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(self.cni_conf_dir))
+            )
+        except OSError:
+            return ()
+
+    async def _follow_cni_dir(self) -> None:
+        """A new first CNI config (a CNI installed, Multus regenerating its file) changes what
+        ``auto`` means: look again within seconds, not at the next resync (a stat per file)."""
+        seen = self._cni_signature()
+        while True:
+            await asyncio.sleep(CNI_DIR_POLL)  # (a period: inotify needs more than the stdlib)
+            now = await asyncio.to_thread(self._cni_signature)
+            if now != seen:
+                seen = now
+                self.enqueue_all()
+
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(self.resync)  # (a period, not a wait for something)
@@ -223,11 +245,12 @@ class CoordinatorReconciler:
         tasks += [asyncio.create_task(self._after_sync(c)) for c in self._base()]
         try:
             await self.discover()
+            tasks.append(asyncio.create_task(self._follow_cni_dir()))
             tasks.append(asyncio.create_task(self._resync()))
             tasks.append(asyncio.create_task(self.queue.run(self.reconcile)))
-            # (only the work queue and the resync end, and only by an error: then so does this)
-            await asyncio.wait(tasks[-2:], return_when=asyncio.FIRST_COMPLETED)
-            for t in tasks[-2:]:
+            # (only these end, and only by an error: then so does this)
+            await asyncio.wait(tasks[-3:], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks[-3:]:
                 if t.done():
                     t.result()
         finally:
