@@ -70,6 +70,9 @@ class F:
     default: Any = None
     format: str | None = None
     preserve_unknown: bool = False
+    #: drop every ``default`` of the (object) type's schema: where an absent field must stay absent,
+    #: e.g. so that a value given elsewhere (a cluster-wide default) still applies
+    no_defaults: bool = False
     #: schema facts for the items of a list (or values of a map)
     items: F | None = None
 
@@ -148,8 +151,20 @@ def schema_for(tp: Any, f: F | None = None) -> dict[str, Any]:
     if tp is Any:
         return _apply({"type": "object", "x-kubernetes-preserve-unknown-fields": True}, f)
     if dataclasses.is_dataclass(tp):
-        return _apply(object_schema(tp), f)
+        schema = object_schema(tp)
+        if f is not None and f.no_defaults:
+            _drop_defaults(schema)
+        return _apply(schema, f)
     raise TypeError(f"no schema mapping for {tp!r}")
+
+
+def _drop_defaults(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+    for sub in schema.get("properties", {}).values():
+        _drop_defaults(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            _drop_defaults(schema[key])
 
 
 def object_schema(cls: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from spiderpool.api import constants as c
 from spiderpool.api.v2beta1 import API_VERSION
+from spiderpool.controller import nad
 from spiderpool.ipam.autopool import owner_of
 from spiderpool.ipam.ranges import IPSet, RangeError, cidr_label, parse_cidr, parse_ip, parse_range
 
@@ -239,7 +240,7 @@ def validate(
     if kind == "SpiderReservedIP":
         return _validate_ranges(spec, ("ips",)) + _validate_family_enabled(spec.get("ipVersion"), settings)
     if kind == "SpiderMultusConfig":
-        return _validate_multus(spec)
+        return _validate_multus(obj)
     return []
 
 
@@ -409,20 +410,182 @@ def _validate_subnet(obj: Obj, spec: Obj, old: Obj | None, snap: Snapshot, setti
     return errors
 
 
-def _validate_multus(spec: Obj) -> list[str]:
-    errors = []
-    if spec.get("cniType") == "custom" and spec.get("customCNI"):
-        try:
-            conf = json.loads(spec["customCNI"])
-            if not isinstance(conf, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            errors.append(f"spec.customCNI: not a JSON object ({exc}); give a CNI config or conflist as JSON")
+# What the SMC schema cannot say: its annotations (the schema sees no metadata but the name), JSON
+# inside strings, and the sub-configs the CRD keeps schemaless (ovs, ibsriov, ipoib).
+_CUSTOM_EXAMPLE = '{"cniVersion":"0.3.1","name":"net1","plugins":[{"type":"macvlan","master":"eth0"}]}'
+_IB_LINK_STATES = ("auto", "enable", "disable")
+
+
+def _validate_multus(obj: Obj) -> list[str]:
+    """SpiderMultusConfig rules beyond its schema; ``obj`` is the whole object (annotations)."""
+    spec = _spec(obj)
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    errors = _multus_annotations(annotations)
+    cni_type = spec.get("cniType") or "custom"
+    if cni_type == "custom":
+        errors += _custom_cni(spec.get("customCNI"))
+        if spec.get("chainCNIJsonData"):
+            errors.append(
+                "spec.chainCNIJsonData: not used with cniType custom, whose customCNI is taken as written;"
+                " add the plugins to customCNI's plugins list instead"
+            )
+        if spec.get("coordinator"):
+            errors.append(
+                "spec.coordinator: not used with cniType custom, whose customCNI is taken as written;"
+                ' add a {"type":"coordinator"} plugin to customCNI\'s plugins list instead'
+            )
     for i, item in enumerate(spec.get("chainCNIJsonData") or []):
+        where = f"spec.chainCNIJsonData[{i}]"
         try:
             plugin = json.loads(item)
-            if not isinstance(plugin, dict) or "type" not in plugin:
-                raise ValueError("needs an object with a 'type'")
         except ValueError as exc:
-            errors.append(f'spec.chainCNIJsonData[{i}]: not a CNI plugin config ({exc}); e.g. {{"type":"tuning"}}')
+            errors.append(
+                f'{where}: not JSON ({exc}); give one plugin config as a JSON object, e.g. {{"type":"tuning"}}'
+            )
+            continue
+        if not isinstance(plugin, dict):
+            errors.append(f'{where}: not a JSON object; give one plugin config, e.g. {{"type":"tuning"}}')
+        elif not isinstance(plugin.get("type"), str) or not plugin["type"]:
+            errors.append(
+                f'{where}: a plugin config needs a "type" (the plugin to run); e.g. {{"type":"tuning","mtu":1400}}'
+            )
+    for sub, check in (("ovs", _ovs), ("ibsriov", _ibsriov), ("ipoib", _ipoib)):
+        cfg = spec.get(sub)
+        if cfg is None:
+            continue
+        if not isinstance(cfg, dict):
+            errors.append(f"spec.{sub}: must be an object")
+            continue
+        errors += check(cfg)
+        errors += _pools_of(f"spec.{sub}.ippools", cfg.get("ippools"))
+        if spec.get("disableIPAM") and cfg.get("ippools"):
+            errors.append(
+                f"spec.{sub}.ippools: set but spec.disableIPAM is true, so no IPAM would use them;"
+                " remove ippools or set disableIPAM to false"
+            )
     return errors
+
+
+def _multus_annotations(annotations: dict[str, Any]) -> list[str]:
+    errors = []
+    where = f"metadata.annotations[{nad.CR_NAME}]"
+    cr_name = annotations.get(nad.CR_NAME)
+    if cr_name is not None:
+        cr_name = str(cr_name)
+        if len(cr_name) > nad.NAME_MAX:
+            errors.append(
+                f"{where}: {cr_name[:40]}... is {len(cr_name)} characters, but a NetworkAttachmentDefinition"
+                f" name has at most {nad.NAME_MAX}; use a shorter name"
+            )
+        elif not nad.NAME_RE.fullmatch(cr_name):
+            errors.append(
+                f"{where}: {cr_name!r} is not a valid NetworkAttachmentDefinition name (RFC 1123: lowercase"
+                " letters, digits, '-' and '.', starting and ending with a letter or digit); e.g. macvlan-net1,"
+                " or remove the annotation to use the SpiderMultusConfig's name"
+            )
+    version = annotations.get(nad.CNI_VERSION)
+    if version is not None and version not in nad.CNI_VERSIONS:
+        errors.append(
+            f"metadata.annotations[{nad.CNI_VERSION}]: {version!r} is not a CNI version; use one of"
+            f" {', '.join(nad.CNI_VERSIONS)}, or remove the annotation for {nad.DEFAULT_CNI_VERSION}"
+        )
+    conf_name = annotations.get(nad.CNICONFIG_NAME)
+    if conf_name is not None and not nad.CNI_NAME_RE.fullmatch(str(conf_name)):
+        errors.append(
+            f"metadata.annotations[{nad.CNICONFIG_NAME}]: {conf_name!r} is not a CNI network name (letters,"
+            " digits, '_', '.' and '-', starting with a letter or digit); e.g. macvlan-net1"
+        )
+    return errors
+
+
+def _custom_cni(text: Any) -> list[str]:
+    if not isinstance(text, str) or not text:
+        return []  # required by the schema
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        return [
+            f"spec.customCNI: not JSON ({exc}); give a CNI config or conflist as a JSON object, e.g. {_CUSTOM_EXAMPLE}"
+        ]
+    if not isinstance(conf, dict):
+        return [f"spec.customCNI: not a JSON object; give a CNI config or conflist, e.g. {_CUSTOM_EXAMPLE}"]
+    if "plugins" in conf:
+        plugins = conf["plugins"]
+        if not isinstance(plugins, list) or not plugins:
+            return [f"spec.customCNI: plugins must be a non-empty list of plugin configs, e.g. {_CUSTOM_EXAMPLE}"]
+        for i, plugin in enumerate(plugins):
+            if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str) or not plugin["type"]:
+                return [f'spec.customCNI: plugins[{i}] needs a "type" (the plugin to run), e.g. {_CUSTOM_EXAMPLE}']
+        return []
+    if not isinstance(conf.get("type"), str) or not conf["type"]:
+        return [
+            'spec.customCNI: neither "type" (a single plugin config) nor "plugins" (a conflist) is given;'
+            f" e.g. {_CUSTOM_EXAMPLE}"
+        ]
+    return []
+
+
+def _pools_of(where: str, pools: Any) -> list[str]:
+    if pools is None:
+        return []
+    if not isinstance(pools, dict):
+        return [f'{where}: must be an object with ipv4 and/or ipv6 pool names, e.g. {{"ipv4": ["pool-v4"]}}']
+    errors = []
+    for family in ("ipv4", "ipv6"):
+        names = pools.get(family)
+        if names is None:
+            continue
+        if not isinstance(names, list):
+            errors.append(f'{where}.{family}: must be a list of SpiderIPPool names, e.g. ["pool-v4"]')
+            continue
+        for i, name in enumerate(names):
+            if not isinstance(name, str) or len(name) > nad.NAME_MAX or not nad.NAME_RE.fullmatch(name):
+                errors.append(
+                    f"{where}.{family}[{i}]: {name!r} is not a SpiderIPPool name: lowercase letters, digits, '-'"
+                    " and '.', starting and ending with a letter or digit, e.g. pool-v4"
+                )
+    return errors
+
+
+def _whole(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _text(cfg: Obj, key: str) -> bool:
+    return isinstance(cfg.get(key), str) and bool(cfg[key])
+
+
+def _ovs(cfg: Obj) -> list[str]:
+    errors = []
+    if not _text(cfg, "bridge"):
+        errors.append("spec.ovs.bridge: required with cniType ovs; name the OVS bridge on the nodes, e.g. br1")
+    if cfg.get("vlan") is not None and not _whole(cfg["vlan"], 0, 4094):
+        errors.append(f"spec.ovs.vlan: {cfg['vlan']!r} is not a VLAN ID; use a whole number from 0 to 4094")
+    if cfg.get("trunk") is not None and not isinstance(cfg["trunk"], list):
+        errors.append('spec.ovs.trunk: must be a list of VLAN ranges, e.g. [{"minID": 100, "maxID": 200}]')
+    return errors
+
+
+def _ibsriov(cfg: Obj) -> list[str]:
+    errors = []
+    if not _text(cfg, "resourceName"):
+        errors.append(
+            "spec.ibsriov.resourceName: required with cniType ib-sriov; give the device plugin's resource,"
+            " e.g. spidernet.io/mellanox_ib"
+        )
+    if cfg.get("linkState") is not None and cfg["linkState"] not in _IB_LINK_STATES:
+        errors.append(f"spec.ibsriov.linkState: {cfg['linkState']!r} is not one of {', '.join(_IB_LINK_STATES)}")
+    for key in ("rdmaIsolation", "ibKubernetesEnabled"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], bool):
+            errors.append(f"spec.ibsriov.{key}: must be true or false")
+    return errors
+
+
+def _ipoib(cfg: Obj) -> list[str]:
+    master = cfg.get("master")
+    if not isinstance(master, str) or not 0 < len(master) <= 15 or any(ch in master for ch in "/: "):
+        return [
+            f"spec.ipoib.master: {master!r} is not an interface name; name the IPoIB parent interface"
+            " (up to 15 characters), e.g. ib0"
+        ]
+    return []

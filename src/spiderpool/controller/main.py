@@ -32,6 +32,7 @@ from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.coordinator import CoordinatorReconciler
 from spiderpool.controller.gc import GarbageCollector
 from spiderpool.controller.leader import LeaderElector
+from spiderpool.controller.multusconfig import MultusConfigReconciler
 from spiderpool.controller.status import StatusReconciler
 from spiderpool.ipam import gc
 from spiderpool.k8s.client import ApiError, Client
@@ -283,7 +284,13 @@ class Controller:
             scan_interval=a.gc_interval,
         )
         coordinator = CoordinatorReconciler(self.client, cni_conf_dir=a.cni_conf_dir)
-        loops = {"status": status.run(), "auto-pools": apps.run(), "coordinator": coordinator.run()}
+        multus = MultusConfigReconciler(self.client)
+        loops = {
+            "status": status.run(),
+            "auto-pools": apps.run(),
+            "coordinator": coordinator.run(),
+            "multusconfig": multus.run(),
+        }
         if a.gc_disabled:
             log.info("garbage collection of IPs is disabled (--gc-disabled)")
         else:

@@ -42,6 +42,8 @@ DAEMONSET = Kind("apps", "v1", "daemonsets", True, "DaemonSet")
 JOB = Kind("batch", "v1", "jobs", True, "Job")
 CRONJOB = Kind("batch", "v1", "cronjobs", True, "CronJob")
 LEASE = Kind("coordination.k8s.io", "v1", "leases", True, "Lease")
+#: Multus' (the Network Plumbing Working Group's); its CRD comes with Multus, not with Spiderpool
+NAD = Kind("k8s.cni.cncf.io", "v1", "network-attachment-definitions", True, "NetworkAttachmentDefinition")
 SERVICECIDR = Kind("networking.k8s.io", "v1", "servicecidrs", False, "ServiceCIDR")
 #: other CNIs' pools (their CRDs may not be installed: check discovery before watching)
 CALICO_IPPOOL = Kind("crd.projectcalico.org", "v1", "ippools", False, "IPPool")
