@@ -91,6 +91,11 @@ def test_the_discovered_cidrs_sit_under_the_config() -> None:
     assert set(vethconf.parse(vethconf.with_defaults(own, {}, status)).hijack) == {"10.97.0.0/16", "10.250.0.0/16"}
 
 
+def test_pod_rp_filter_minus_one_leaves_it_alone() -> None:
+    assert vethconf.parse({"podRPFilter": -1}).rp_filter is None
+    assert vethconf.parse({"podRPFilter": 2}).rp_filter == 2
+
+
 def test_mode_comes_from_the_config_or_the_spidercoordinator() -> None:
     assert vethconf.parse({}).mode == "auto"
     assert vethconf.parse(vethconf.with_defaults({}, {"mode": "overlay"})).mode == "overlay"

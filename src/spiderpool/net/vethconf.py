@@ -133,8 +133,9 @@ def parse(conf: dict[str, Any]) -> VethConfig:
                 raise ConfigError(key, "must be an object with enabled and value", '{"enabled": true, "value": 2}')
             if _bool("rp_filter.enabled", value.get("enabled", False)):
                 out["rp_filter"] = _int("rp_filter.value", value.get("value", 0), 0, 2, "2")
-        elif key == "podRPFilter":
-            out["rp_filter"] = _int(key, value, 0, 2, "0")
+        elif key == "podRPFilter":  # -1: leave the pod's rp_filter as the kernel set it
+            rp = _int(key, value, -1, 2, "0")
+            out["rp_filter"] = None if rp == -1 else rp
         elif key == "move_routes":
             out["move_routes"] = _bool(key, value)
         elif key == "tunePodRoutes":
