@@ -92,8 +92,7 @@ def overlay(agents: Agents) -> Iterator[Agents]:
     lab.kubectl("apply", "-f", "-", input_text=pool_manifest(POOL, "172.18.0.0/16", ["172.18.61.1-172.18.61.20"]))
     lab.kubectl("apply", "-f", "-", input_text=nad())
     yield agents
-    lab.kubectl("delete", "namespace", NS, "--wait=false")
-    wait_gone(lab, NS, "ov=yes")
+    lab.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=180s")
     wait_no_records(lab, NS, timeout=120)
     lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=60s")
     lab.reset_cni_config()

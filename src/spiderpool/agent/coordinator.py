@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
@@ -64,7 +65,9 @@ class Coordinator:
         coordinators: WatchCache | None = None,
         conflict_quarantine: float = IP_CONFLICT_QUARANTINE,
         events: PodEvents | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        self.state_dir = state_dir  # overlay mode: the node routes each pod's DEL must remove
         self.events = events  # a pod's Event when the cluster's coordinator is not ready
         self.coordinators = coordinators  # SpiderCoordinator "default": the cluster's defaults
         self.pods = pods  # this node's pods: their default-route-nic annotation
@@ -117,6 +120,9 @@ class Coordinator:
         if self.events is not None and name:
             await self.events.warn(ns, name, uid, "CoordinatorNotReady", message)
         raise IPAMError(100, message, reason="coordinator_not_ready", http=503)
+
+    def _record(self, container_id: str, ifname: str) -> Path | None:
+        return self.state_dir / f"{container_id}-{ifname}.json" if self.state_dir else None
 
     def config_for(self, pod: dict[str, Any]) -> dict[str, Any]:
         """The coordinator settings a pod gets when its network config sets none (upstream's
@@ -183,6 +189,7 @@ class Coordinator:
                     default_nic=self._default_nic(body, cfg) == ifname,
                     first=FIRST_NIC,
                     first_table=FIRST_TABLE,
+                    record=self._record(cid, ifname),
                 )
             elif ifname == FIRST_NIC:
                 added = await asyncio.to_thread(veth.setup_first_nic, netns, cid, ips, cfg)
@@ -217,7 +224,9 @@ class Coordinator:
         elif cfg.mode in ("auto", "overlay"):
             # (an underlay net1 put no route on the node; removing none is harmless, so no need to
             # tell the modes apart at DEL, when the namespace may be gone)
-            await asyncio.to_thread(overlay.teardown, str(body.get("netns") or ""), table, FIRST_NIC)
+            record = self._record(str(body["containerID"]), ifname)
+            done = await asyncio.to_thread(overlay.teardown, str(body.get("netns") or ""), table, FIRST_NIC, record)
+            log.info("overlay teardown nic=%s %s", ifname, done)
         CALLS.labels("del", "ok").inc()
         return {"ok": True}
 

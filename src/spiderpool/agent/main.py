@@ -127,6 +127,7 @@ class Agent:
             coordinators=self.caches[7],
             conflict_quarantine=args.ip_conflict_quarantine,
             events=self.ipam.allocator.events,
+            state_dir=Path(args.socket).parent / "overlay",
         )
         self.stop = asyncio.Event()
 

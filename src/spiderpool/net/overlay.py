@@ -22,8 +22,11 @@ Only families eth0 has a gateway of are routed this way (an IPv4-only overlay ro
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import socket
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -108,8 +111,11 @@ def setup(
     default_nic: bool,
     first: str = "eth0",
     first_table: int = 100,
+    record: Path | None = None,
 ) -> None:
-    """Route ``ifname`` (an underlay NIC) beside the cluster CNI's ``first`` NIC; see the module."""
+    """Route ``ifname`` (an underlay NIC) beside the cluster CNI's ``first`` NIC; see the module.
+    The node's routes made are written to ``record`` (JSON), for DEL: at DEL the pod's namespace
+    may already be gone, while the routes stay until the cluster CNI deletes eth0's host end."""
     nodes = node_ips()
 
     def pod_side(pod: IPRoute) -> tuple[int, str, set[int]]:
@@ -171,6 +177,12 @@ def setup(
         return int(peer), fastnl.hwaddr(first), set(gateways)
 
     peer, mac, families = _in_pod(netns, pod_side)
+    made = [{"dst": ip.address, "family": ip.family, "oif": peer} for ip in ips if ip.family in families]
+    if record is not None and made:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(made))
+        tmp.replace(record)
     with IPRoute() as host:
         for ip in ips:
             if ip.family not in families:
@@ -200,7 +212,25 @@ def setup(
                     host.neigh("add", dst=ip.address, lladdr=mac, ifindex=peer, state=NUD_PERMANENT)
 
 
-def teardown(netns: str, host_rule_table: int, first: str = "eth0") -> None:
+def _forget(host: IPRoute, made: list[dict[str, Any]], table: int) -> None:
+    for route in made:
+        family, dst, oif = int(route["family"]), str(route["dst"]), int(route["oif"])
+        with _gone():
+            # (the scope must be the route's: the kernel matches it on delete)
+            host.route(
+                "del",
+                family=_af(family),
+                dst=dst,
+                dst_len=32 if family == 4 else 128,
+                oif=oif,
+                table=table,
+                scope=SCOPE_LINK,
+            )
+        with _gone():
+            host.neigh("del", dst=dst, ifindex=oif)
+
+
+def teardown(netns: str, host_rule_table: int, first: str = "eth0", record: Path | None = None) -> str:
     """Remove the node's routes to the pod's underlay addresses (through eth0's host end); drop the
     shared rule with the table's last route. A namespace already gone took eth0 with it (and so the
     routes): only the rule is left to judge."""
@@ -218,7 +248,12 @@ def teardown(netns: str, host_rule_table: int, first: str = "eth0") -> None:
         peer = run_in_netns(netns, peer_of) if netns else None
     except OSError:
         peer = None
+    made: list[dict[str, Any]] = []
+    if record is not None:
+        with contextlib.suppress(OSError, ValueError):
+            made = list(json.loads(record.read_text()))
     with IPRoute() as host:
+        _forget(host, made, host_rule_table)
         if peer is not None:
             for family in (4, 6):
                 for route in host.route("dump", family=_af(family), table=host_rule_table):
@@ -233,6 +268,7 @@ def teardown(netns: str, host_rule_table: int, first: str = "eth0") -> None:
                             dst_len=route["dst_len"],
                             oif=peer,
                             table=host_rule_table,
+                            scope=route["scope"],
                         )
                     with _gone():
                         host.neigh("del", dst=dst, ifindex=peer)
@@ -242,3 +278,6 @@ def teardown(netns: str, host_rule_table: int, first: str = "eth0") -> None:
                     while _has_rule(host, family, host_rule_table):
                         with _gone():
                             host.rule("del", family=_af(family), table=host_rule_table, priority=RULE_PREF)
+    if record is not None:
+        record.unlink(missing_ok=True)
+    return f"routes_recorded={len(made)} host_end={peer}"
