@@ -266,7 +266,7 @@ CASES = [
     Case(
         "smc-custom-not-json",
         smc("r38", cniType="custom", customCNI="{not json"),
-        "spec.customCNI: not a JSON object",
+        "spec.customCNI: not JSON",
         "webhook",
     ),
     Case(

@@ -103,8 +103,6 @@ CAN_I: list[tuple[str, str, str, str, bool]] = [
     ("spiderpool-controller", "get", "configmaps/coredns", "kube-system", False),
     ("spiderpool-controller", "list", "configmaps", "kube-system", False),
     ("spiderpool-controller", "watch", "servicecidrs.networking.k8s.io", "", True),
-    ("spiderpool-controller", "list", "ippools.crd.projectcalico.org", "", True),
-    ("spiderpool-controller", "watch", "ciliumpodippools.cilium.io", "", True),
     ("spiderpool-controller", "update", "leases.coordination.k8s.io/kube-controller-manager", "kube-system", False),
     ("spiderpool-init", "create", "spidercoordinators.spiderpool.spidernet.io", "", True),
     ("spiderpool-init", "patch", "spidercoordinators.spiderpool.spidernet.io", "", True),
