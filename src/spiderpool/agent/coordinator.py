@@ -222,11 +222,10 @@ class Coordinator:
         if ifname == FIRST_NIC:
             await asyncio.to_thread(veth.teardown, str(body["containerID"]), table)
         elif cfg.mode in ("auto", "overlay"):
-            # (an underlay net1 put no route on the node; removing none is harmless, so no need to
-            # tell the modes apart at DEL, when the namespace may be gone)
+            # (only an overlay ADD leaves a record: an underlay net1 removes nothing)
             record = self._record(str(body["containerID"]), ifname)
-            done = await asyncio.to_thread(overlay.teardown, str(body.get("netns") or ""), table, FIRST_NIC, record)
-            log.info("overlay teardown nic=%s %s", ifname, done)
+            removed = await asyncio.to_thread(overlay.teardown, table, record)
+            log.debug("overlay teardown nic=%s routes=%d", ifname, removed)
         CALLS.labels("del", "ok").inc()
         return {"ok": True}
 

@@ -16,7 +16,8 @@ In the pod:
 
 On the node: ``<net1 IP> dev <eth0's host end> table 500`` and a permanent neighbour (a node cannot
 reach its own macvlan children through their parent NIC), under the shared rule ``from all lookup
-500``. The route goes with eth0's host end, which the cluster CNI deletes; DEL removes it first.
+500``. ADD records the routes (a file per pod NIC in the agent's state directory) and DEL removes
+them: at DEL the pod's namespace may be gone, and the routes last until eth0's host end does.
 Only families eth0 has a gateway of are routed this way (an IPv4-only overlay routes no IPv6).
 """
 
@@ -33,7 +34,6 @@ from pyroute2 import IPRoute
 
 from spiderpool.net import fastnl
 from spiderpool.net.veth import (
-    NUD_PERMANENT,
     POD_VETH,
     RULE_PREF,
     SCOPE_LINK,
@@ -44,12 +44,11 @@ from spiderpool.net.veth import (
     _del_default,
     _exists,
     _gone,
-    _has_rule,
     _in_pod,
-    _lock,
     _tune_nic,
+    drop_rule_if_empty,
+    host_route,
     node_ips,
-    run_in_netns,
 )
 from spiderpool.net.vethconf import VethConfig
 
@@ -187,29 +186,12 @@ def setup(
         for ip in ips:
             if ip.family not in families:
                 continue
-            full = 32 if ip.family == 4 else 128
             mine = [n for n in nodes if _family(n) == ip.family]
-            attrs: dict[str, Any] = {}
+            prefsrc = None
             if mine:  # the node answers from an address the pod routes back through eth0
                 subnet = ipaddress.ip_network(f"{ip.address}/{ip.prefix}", strict=False)
-                same = [n for n in mine if ipaddress.ip_address(n) in subnet]
-                attrs["prefsrc"] = (same or mine)[0]
-            with _lock:
-                if not _has_rule(host, ip.family, cfg.host_rule_table):
-                    with _exists():
-                        host.rule("add", family=_af(ip.family), table=cfg.host_rule_table, priority=RULE_PREF)
-                with _exists():
-                    host.route(
-                        "add",
-                        dst=ip.address,
-                        dst_len=full,
-                        oif=peer,
-                        scope=SCOPE_LINK,
-                        table=cfg.host_rule_table,
-                        **attrs,
-                    )
-                with _exists():
-                    host.neigh("add", dst=ip.address, lladdr=mac, ifindex=peer, state=NUD_PERMANENT)
+                prefsrc = ([n for n in mine if ipaddress.ip_address(n) in subnet] or mine)[0]
+            host_route(host, ip, peer, mac, cfg.host_rule_table, prefsrc)
 
 
 def _forget(host: IPRoute, made: list[dict[str, Any]], table: int) -> None:
@@ -230,54 +212,17 @@ def _forget(host: IPRoute, made: list[dict[str, Any]], table: int) -> None:
             host.neigh("del", dst=dst, ifindex=oif)
 
 
-def teardown(netns: str, host_rule_table: int, first: str = "eth0", record: Path | None = None) -> str:
-    """Remove the node's routes to the pod's underlay addresses (through eth0's host end); drop the
-    shared rule with the table's last route. A namespace already gone took eth0 with it (and so the
-    routes): only the rule is left to judge."""
-
-    def peer_of() -> int | None:
-        eth = fastnl.index(first)
-        if eth is None:
-            return None
-        with IPRoute() as pod:
-            (link,) = pod.link("get", index=eth)
-            peer = link.get_attr("IFLA_LINK")
-        return int(peer) if peer else None
-
-    try:
-        peer = run_in_netns(netns, peer_of) if netns else None
-    except OSError:
-        peer = None
+def teardown(host_rule_table: int, record: Path | None) -> int:
+    """Remove the node's routes to the pod's underlay addresses, as ``setup`` recorded them (the
+    pod's namespace may be gone by DEL, the routes stay until the cluster CNI deletes eth0's host
+    end); drop the shared rule with the table's last route. Returns the routes removed."""
     made: list[dict[str, Any]] = []
     if record is not None:
         with contextlib.suppress(OSError, ValueError):
             made = list(json.loads(record.read_text()))
     with IPRoute() as host:
         _forget(host, made, host_rule_table)
-        if peer is not None:
-            for family in (4, 6):
-                for route in host.route("dump", family=_af(family), table=host_rule_table):
-                    if route.get("RTA_OIF") != peer or route.get("RTA_TABLE", route["table"]) != host_rule_table:
-                        continue
-                    dst = route.get("RTA_DST")
-                    with _gone():
-                        host.route(
-                            "del",
-                            family=_af(family),
-                            dst=dst,
-                            dst_len=route["dst_len"],
-                            oif=peer,
-                            table=host_rule_table,
-                            scope=route["scope"],
-                        )
-                    with _gone():
-                        host.neigh("del", dst=dst, ifindex=peer)
-        with _lock:
-            for family in (4, 6):
-                if not fastnl.table_has_routes(family, host_rule_table):
-                    while _has_rule(host, family, host_rule_table):
-                        with _gone():
-                            host.rule("del", family=_af(family), table=host_rule_table, priority=RULE_PREF)
+        drop_rule_if_empty(host, host_rule_table)
     if record is not None:
         record.unlink(missing_ok=True)
-    return f"routes_recorded={len(made)} host_end={peer}"
+    return len(made)

@@ -220,23 +220,8 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
             mine = [ip for ip in ips if ip.family == family]
             if not mine:
                 continue
-            full = 32 if family == 4 else 128
-            with _lock:
-                if not _has_rule(host, family, cfg.host_rule_table):
-                    with _exists():
-                        host.rule("add", family=_af(family), table=cfg.host_rule_table, priority=RULE_PREF)
-                for ip in mine:
-                    with _exists():
-                        host.route(
-                            "add",
-                            dst=ip.address,
-                            dst_len=full,
-                            oif=host_index,
-                            scope=SCOPE_LINK,
-                            table=cfg.host_rule_table,
-                        )
-                    with _exists():
-                        host.neigh("add", dst=ip.address, lladdr=pod_mac, ifindex=host_index, state=NUD_PERMANENT)
+            for ip in mine:
+                host_route(host, ip, host_index, pod_mac, cfg.host_rule_table)
     return [{"name": host_name, "mac": host_mac}, {"name": POD_VETH, "mac": pod_mac, "sandbox": netns}]
 
 
@@ -341,12 +326,39 @@ def teardown(container_id: str, host_rule_table: int) -> None:
         if index is not None:
             with _gone():
                 host.link("del", index=index)
-        with _lock:
-            for family in (4, 6):
-                if not fastnl.table_has_routes(family, host_rule_table):
-                    while _has_rule(host, family, host_rule_table):
-                        with _gone():
-                            host.rule("del", family=_af(family), table=host_rule_table, priority=RULE_PREF)
+        drop_rule_if_empty(host, host_rule_table)
+
+
+def host_route(host: IPRoute, ip: PodIP, oif: int, mac: str, table: int, prefsrc: str | None = None) -> None:
+    """The node's route to a pod address through ``oif`` in ``table`` (under the shared rule ``from
+    all lookup <table>``, added with the first route), and a permanent neighbour for it."""
+    extra = {"prefsrc": prefsrc} if prefsrc else {}
+    with _lock:
+        if not _has_rule(host, ip.family, table):
+            with _exists():
+                host.rule("add", family=_af(ip.family), table=table, priority=RULE_PREF)
+        with _exists():
+            host.route(
+                "add",
+                dst=ip.address,
+                dst_len=32 if ip.family == 4 else 128,
+                oif=oif,
+                scope=SCOPE_LINK,
+                table=table,
+                **extra,
+            )
+        with _exists():
+            host.neigh("add", dst=ip.address, lladdr=mac, ifindex=oif, state=NUD_PERMANENT)
+
+
+def drop_rule_if_empty(host: IPRoute, table: int) -> None:
+    """The shared rule goes with the table's last route."""
+    with _lock:
+        for family in (4, 6):
+            if not fastnl.table_has_routes(family, table):
+                while _has_rule(host, family, table):
+                    with _gone():
+                        host.rule("del", family=_af(family), table=table, priority=RULE_PREF)
 
 
 def _af(family: int) -> int:
