@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -23,10 +24,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spiderpool import config, logs
+from spiderpool.agent import requests
 from spiderpool.agent.coordinator import Coordinator
 from spiderpool.agent.errors import IPAMError
 from spiderpool.agent.install import install_plugins
 from spiderpool.agent.ipam import IPAM
+from spiderpool.agent.metrics import REQUEST_ERRORS
 from spiderpool.agent.settings import Settings
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError, Client
@@ -131,13 +134,15 @@ class Agent:
         )
         self.stop = asyncio.Event()
 
-    async def _guard(self, request: web.Request, action: Any) -> web.Response:
+    async def _guard(self, request: web.Request, route: str, action: Any) -> web.Response:
         if not self.ipam.ready():
             return _error(11, "spiderpool-agent is starting: caches not synced yet", 503)
         try:
-            body = await request.json()
-        except ValueError:
+            body = requests.check(route, json.loads(await request.read()))
+        except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
             return _error(6, "request body is not JSON", 400)
+        except IPAMError as err:
+            return _error(err.code, err.msg, err.http, err.details)
         try:
             return web.json_response(await action(body))
         except IPAMError as err:
@@ -146,6 +151,10 @@ class Agent:
             return _error(11, f"Kubernetes API error, try again: {exc}", 503)
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             return _error(11, f"Kubernetes API unreachable, try again: {exc}", 503)
+        except Exception as exc:  # a bug: the runtime gets a CNI error (and retries), the log the traceback
+            REQUEST_ERRORS.labels(route).inc()
+            log.exception("request failed route=%s", route)
+            return _error(100, f"spiderpool-agent failed on this request ({type(exc).__name__}); please report it", 500)
 
     async def healthy(self, _: web.Request) -> web.Response:
         if not self.ipam.ready():
@@ -153,29 +162,29 @@ class Agent:
         return web.json_response({"ok": True, "node": self.args.node_name})
 
     async def allocate(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.ipam.allocator.allocate)
+        return await self._guard(request, "allocate", self.ipam.allocator.allocate)
 
     async def release(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.ipam.releaser.release)
+        return await self._guard(request, "release", self.ipam.releaser.release)
 
     async def check(self, request: web.Request) -> web.Response:
         async def run(body: dict[str, Any]) -> dict[str, Any]:
             self.ipam.releaser.check(body)
             return {"ok": True}
 
-        return await self._guard(request, run)
+        return await self._guard(request, "check", run)
 
     async def gc(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.ipam.releaser.gc)
+        return await self._guard(request, "gc", self.ipam.releaser.gc)
 
     async def coordinator_add(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.coordinator.add)
+        return await self._guard(request, "coordinator_add", self.coordinator.add)
 
     async def coordinator_del(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.coordinator.delete)
+        return await self._guard(request, "coordinator_del", self.coordinator.delete)
 
     async def coordinator_check(self, request: web.Request) -> web.Response:
-        return await self._guard(request, self.coordinator.check)
+        return await self._guard(request, "coordinator_check", self.coordinator.check)
 
     async def coordinator_config(self, request: web.Request) -> web.Response:
         """upstream's ``GET /v1/coordinator/config``: the cluster's coordinator settings for a pod

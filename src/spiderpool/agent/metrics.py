@@ -17,3 +17,8 @@ LATENCY = Histogram("spiderpool_ipam_allocation_duration_seconds", "Allocation l
 RELEASE_LATENCY = Histogram(
     "spiderpool_ipam_release_duration_seconds", "Release latency at the agent", buckets=_BUCKETS
 )
+REQUEST_ERRORS = Counter(
+    "spiderpool_agent_request_errors_total",
+    "Socket API requests that failed on a bug (the log has the traceback)",
+    ["route"],
+)

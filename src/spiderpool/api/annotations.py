@@ -80,6 +80,8 @@ def _load(key: str, raw: str, example: str) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise AnnotationError(key, f"not valid JSON ({exc.args[0].split(':')[0]})", example) from None
+    except RecursionError:  # the decoder recurses once per nesting level
+        raise AnnotationError(key, "not valid JSON (nested too deeply)", example) from None
 
 
 def _names(key: str, value: Any, where: str, example: str) -> tuple[str, ...]:
@@ -216,8 +218,9 @@ def parse_ip_number(raw: str) -> tuple[bool, int]:
     text = raw.strip()
     flexible = text.startswith("+")
     digits = text[1:] if flexible else text
-    if not digits.isdigit():
-        raise AnnotationError(IP_NUMBER, f"{raw!r} is not a number", _IP_NUMBER_EXAMPLE)
+    # (str.isdigit() is true for "²" and other digits int() refuses; a pool past 10^6 IPs is a typo)
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 6:
+        raise AnnotationError(IP_NUMBER, f"{raw[:40]!r} is not a number of IPs", _IP_NUMBER_EXAMPLE)
     n = int(digits)
     if not flexible and n == 0:
         raise AnnotationError(IP_NUMBER, "a fixed size of 0 leaves no IP for any pod", _IP_NUMBER_EXAMPLE)
@@ -295,7 +298,9 @@ def multus_networks(annotations: dict[str, str] | None, namespace: str, cluster_
     ann = annotations or {}
     out: dict[str, str] = {}
 
-    def qualify(ref: str, ns: str | None = None) -> str:
+    def qualify(ref: Any, ns: Any = None) -> str:
+        if not isinstance(ref, str) or (ns is not None and not isinstance(ns, str)):
+            raise TypeError("a network reference is a string")
         ref = ref.strip()
         return ref if "/" in ref else f"{ns or namespace}/{ref}"
 
@@ -304,7 +309,7 @@ def multus_networks(annotations: dict[str, str] | None, namespace: str, cluster_
         try:
             first = json.loads(default)[0]
             default = qualify(first["name"], first.get("namespace"))
-        except (ValueError, LookupError, TypeError):
+        except (ValueError, LookupError, TypeError, AttributeError, RecursionError):
             default = ""
     if default or cluster_network:
         out["eth0"] = qualify(default) if default else cluster_network
@@ -313,8 +318,11 @@ def multus_networks(annotations: dict[str, str] | None, namespace: str, cluster_
     if raw.startswith("["):
         try:
             for item in json.loads(raw):
-                entries.append((qualify(item["name"], item.get("namespace")), item.get("interface")))
-        except (ValueError, LookupError, TypeError):
+                iface = item.get("interface")
+                entries.append(
+                    (qualify(item["name"], item.get("namespace")), iface if isinstance(iface, str) else None)
+                )
+        except (ValueError, LookupError, TypeError, AttributeError, RecursionError):
             entries = []
     elif raw:
         for part in raw.split(","):

@@ -67,6 +67,8 @@ def json_loads(text: str | bytes) -> Any:
         value, end = _json.make_scanner(_DecodeContext())(text, start)  # type: ignore[arg-type]
     except StopIteration as exc:
         raise ValueError(f"expecting a JSON value at char {exc.value}") from None
+    except RecursionError:  # the scanner recurses once per nesting level
+        raise ValueError("nested too deeply") from None
     if text[end:].strip(_WS):
         raise ValueError(f"extra data at char {end}")
     return value
@@ -167,7 +169,7 @@ def _call(path: str, method: str, body: Any, sock_path: str) -> Any:
     return reply
 
 
-def load_config(stdin_text: str) -> tuple[dict[str, Any], str]:
+def load_config(stdin_text: str | bytes) -> tuple[dict[str, Any], str]:
     try:
         conf = json_loads(stdin_text)
     except ValueError as exc:
@@ -177,6 +179,8 @@ def load_config(stdin_text: str) -> tuple[dict[str, Any], str]:
     version = conf.get("cniVersion", "0.3.1")
     if version not in SUPPORTED:
         raise CniError(1, f"cniVersion {version!r} is not supported", f"use one of {', '.join(SUPPORTED)}")
+    if not isinstance(conf.get("name", ""), str):
+        raise CniError(7, "the network config's 'name' must be a string", f"got {json_dumps(conf['name'])}")
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CniError(7, "the 'ipam' key is missing or not an object", 'give "ipam": {"type": "spiderpool"}')
@@ -249,7 +253,7 @@ def main() -> int:
     if command == "VERSION":
         sys.stdout.write(json_dumps({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED}))
         return 0
-    stdin_text = sys.stdin.read()
+    stdin_text = sys.stdin.buffer.read()  # bytes: a config that is not UTF-8 is a CNI error, not a traceback
     version = "1.1.0"
     try:
         conf, version = load_config(stdin_text)
@@ -281,10 +285,15 @@ def main() -> int:
             _call("/v1/ipam/ip", "DELETE", body, sock)
         elif command == "CHECK":
             prev = conf.get("prevResult") or {}
+            ips = prev.get("ips") if isinstance(prev, dict) else None
+            if not isinstance(ips, list) or not all(
+                isinstance(ip, dict) and isinstance(ip.get("address"), str) for ip in ips
+            ):
+                raise CniError(7, 'CHECK needs prevResult.ips: a list of {"address": "<ip>/<prefix>"}')
             body = {
                 "containerID": _env("CNI_CONTAINERID"),
                 "ifName": _env("CNI_IFNAME"),
-                "ips": [ip.get("address") for ip in prev.get("ips", [])],
+                "ips": [ip["address"] for ip in ips],
                 **_pod_args(),
             }
             _call("/v1/ipam/check", "POST", body, sock)
@@ -301,6 +310,10 @@ def main() -> int:
             raise CniError(4, f"unknown CNI_COMMAND {command!r}", "expected ADD, DEL, CHECK, VERSION, STATUS or GC")
     except CniError as err:
         return _fail(err, version)
+    except Exception as exc:  # a bug: still a CNI error on stdout, never a traceback the runtime cannot read
+        return _fail(
+            CniError(100, f"spiderpool plugin internal error ({type(exc).__name__}: {exc}); please report it"), version
+        )
     return 0
 
 

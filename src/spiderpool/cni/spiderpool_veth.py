@@ -35,7 +35,7 @@ def main() -> int:
     version = "1.1.0"
     try:
         try:
-            conf = base.json_loads(sys.stdin.read())
+            conf = base.json_loads(sys.stdin.buffer.read())
         except ValueError as exc:
             raise base.CniError(6, f"network config on stdin is not JSON: {exc}") from None
         if not isinstance(conf, dict):
@@ -72,6 +72,9 @@ def main() -> int:
             sys.stdout.write(base.json_dumps(reply["result"]))
     except base.CniError as err:
         return int(base._fail(err, version))
+    except Exception as exc:  # a bug: still a CNI error on stdout, never a traceback the runtime cannot read
+        bug = base.CniError(100, f"veth plugin internal error ({type(exc).__name__}: {exc}); please report it")
+        return int(base._fail(bug, version))
     return 0
 
 

@@ -280,7 +280,11 @@ def _validate_family_enabled(version: Any, settings: Settings) -> list[str]:
 def _validate_ranges(spec: Obj, keys: Iterable[str]) -> list[str]:
     errors = []
     for key in keys:
-        for i, text in enumerate(spec.get(key) or []):
+        value = spec.get(key) or []
+        if not isinstance(value, list):  # (the schema refuses it first; the webhook must not crash on it)
+            errors.append(f"spec.{key}: must be a list of IPs or ranges")
+            continue
+        for i, text in enumerate(value):
             try:
                 parse_range(str(text))
             except RangeError as exc:
@@ -420,7 +424,7 @@ def _validate_multus(obj: Obj) -> list[str]:
     """SpiderMultusConfig rules beyond its schema; ``obj`` is the whole object (annotations)."""
     spec = _spec(obj)
     annotations = obj.get("metadata", {}).get("annotations") or {}
-    errors = _multus_annotations(annotations)
+    errors = _multus_annotations(annotations if isinstance(annotations, dict) else {})
     cni_type = spec.get("cniType") or "custom"
     if cni_type == "custom":
         errors += _custom_cni(spec.get("customCNI"))

@@ -47,6 +47,26 @@ ADMISSION_SECONDS = Histogram(
 )
 
 
+ADMISSION_ERRORS = Counter(
+    "spiderpool_controller_admission_errors_total",
+    "Admission requests the webhook failed to judge (a bug: the log has the traceback)",
+    ["kind", "webhook"],
+)
+
+
+def _internal_error(mode: str, kind: str, req: Any, exc: Exception) -> dict[str, Any]:
+    """A mutation that fails leaves the object as it is (the schema and the validating webhook still
+    judge it); a validation that fails refuses the object, saying so."""
+    uid = req.get("uid", "") if isinstance(req, dict) else ""
+    if mode == "mutate":
+        return {"uid": uid, "allowed": True, "warnings": [f"spiderpool-controller could not default this {kind}"]}
+    message = (
+        f"spiderpool-controller failed to check this {kind} ({type(exc).__name__}: {exc}); this is a bug in"
+        " spiderpool: please report it with the object"
+    )
+    return {"uid": uid, "allowed": False, "status": {"code": 500, "reason": "InternalError", "message": message}}
+
+
 def path(mode: str, kind: str) -> str:
     return f"/{mode}-{GROUP.replace('.', '-')}-{VERSION}-{kind.lower()}"
 
@@ -83,7 +103,12 @@ class Webhook:
                 req = review["request"]
             except (ValueError, KeyError, TypeError):
                 return web.json_response({"error": "expected an AdmissionReview"}, status=400)
-            response = self.answer(mode, kind, req)
+            try:
+                response = self.answer(mode, kind, req)
+            except Exception as exc:  # a bug in a rule must be seen, not waved through by failurePolicy Ignore
+                ADMISSION_ERRORS.labels(kind, mode).inc()
+                log.exception("admission failed kind=%s webhook=%s", kind, mode)
+                response = _internal_error(mode, kind, req, exc)
             ADMISSIONS.labels(kind, mode, str(response["allowed"]).lower()).inc()
             ADMISSION_SECONDS.labels(mode).observe(time.monotonic() - started)
             return web.json_response(

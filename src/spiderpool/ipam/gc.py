@@ -89,7 +89,7 @@ def retention(sts: Mapping[str, Any]) -> dict[str, str]:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
