@@ -187,7 +187,8 @@ class Records:
         record = self.get(record_name(ip))
         if record is None or record["spec"]["podUID"] != uid:
             return
-        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+        # (the apiserver's clock: the controller ends the quarantine on it, whatever this node's says)
+        until = datetime.datetime.fromtimestamp(self.client.server_time() + seconds, datetime.UTC)
         body = held_for(record, "", quarantineUntil=until.strftime("%Y-%m-%dT%H:%M:%SZ"), releaseReason=reason)
         API_WRITES.labels("update_record").inc()
         # (a PUT with the resourceVersion read: a record changed meanwhile is refused, 409)

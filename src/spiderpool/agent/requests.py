@@ -6,6 +6,7 @@ the request) and the field named, never a 500 from deep inside a handler."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from spiderpool.agent.errors import IPAMError
@@ -40,6 +41,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "coordinator_check": ("containerID", "ifName", "netns"),
 }
 
+#: Kubernetes' names: a namespace is a DNS-1123 label, a pod name a DNS-1123 subdomain. Checked
+#: because they become API paths, where "..", "." or "/" would name another object.
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_NAMES = {"podNamespace": _LABEL, "podName": _SUBDOMAIN}
+
 #: list fields whose items must be non-empty strings
 _STRING_LISTS = ("defaultIPv4IPPool", "defaultIPv6IPPool", "ips")
 
@@ -63,6 +70,10 @@ def check(route: str, body: Any) -> dict[str, Any]:
             raise _bad(name, f"must be a {'JSON object' if kind is dict else kind.__name__}")
         if isinstance(value, list) and name in _STRING_LISTS and not all(isinstance(v, str) and v for v in value):
             raise _bad(name, "must be a list of non-empty strings")
+    for name, pattern in _NAMES.items():
+        value = body.get(name)
+        if value and not pattern.fullmatch(value):
+            raise _bad(name, f"{value[:64]!r} is not a Kubernetes name")
     for i, item in enumerate(body.get("validAttachments") or []):
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("containerID", "ifname")):
             raise _bad(f"validAttachments[{i}]", 'must be {"containerID": "...", "ifname": "..."}')

@@ -48,6 +48,12 @@ class GarbageCollector:
         self.wake = asyncio.Event()
         for c in (self.pods, self.nodes, self.statefulsets):
             c.listeners.append(lambda *_: self.wake.set())
+        self.lease_ages = gc.LeaseAges()
+        self.leases.listeners.append(self._on_lease)
+
+    def _on_lease(self, _kind: str, key: str, _obj: dict[str, Any]) -> None:
+        # (called after the cache changed: a deleted Lease is no longer in it)
+        self.lease_ages.saw(key.rsplit("/", 1)[-1], self.leases.get(key), time.monotonic())
 
     async def run(self) -> None:
         caches = (self.pods, self.nodes, self.leases, self.statefulsets)
@@ -64,8 +70,8 @@ class GarbageCollector:
                     # never the end of GC: the API may be restarting under us; look again soon
                     ERRORS.labels("scan").inc()
                     log.warning("gc scan failed, retrying error=%r", exc)
-                    next_due = time.time() + backoff.next()
-                timeout = max(0.5, min(self.scan_interval, next_due - time.time()))
+                    next_due = self.rest.server_time() + backoff.next()
+                timeout = max(0.5, min(self.scan_interval, next_due - self.rest.server_time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
                 self.wake.clear()
@@ -75,15 +81,16 @@ class GarbageCollector:
                 t.cancel()
 
     async def scan(self) -> float:
-        """Judge every record once; return when the next time-based decision falls due."""
-        now = time.time()
+        """Judge every record once; return when the next time-based decision falls due (on the
+        apiserver's clock: the times judged are the apiserver's and the ones we wrote on it)."""
+        now = self.rest.server_time()
         next_due = now + self.scan_interval
         for name, obj in list(self.cache.records.items()):
             record = as_record(obj)
             spec = record["spec"]
             pod = self.pods.get(f"{spec['namespace']}/{spec['pod']}")
             node_name = spec.get("node", "")
-            health = gc.node_health(self.nodes.get(node_name), self.leases.get(f"kube-node-lease/{node_name}"), now)
+            health = gc.node_health(self.nodes.get(node_name), self.lease_ages.age(node_name, time.monotonic()))
             sts = self.statefulsets.get(f"{spec['namespace']}/{spec.get('ownerName')}")
             verdict = gc.judge(obj, pod, health, sts, now, self.settings)
             if verdict.release:
@@ -128,7 +135,7 @@ class GarbageCollector:
                 if live["metadata"].get("uid") == spec["podUID"]:
                     return  # our pod cache lagged: the pod is there
         if verdict.quarantine:
-            until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.settings.quarantine)
+            until = datetime.datetime.fromtimestamp(self.rest.server_time() + self.settings.quarantine, datetime.UTC)
             updated = held_for(
                 record,
                 "",

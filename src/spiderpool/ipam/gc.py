@@ -94,13 +94,38 @@ def retention(sts: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-def node_health(node: Mapping[str, Any] | None, lease: Mapping[str, Any] | None, now: float) -> NodeHealth:
+def node_health(node: Mapping[str, Any] | None, lease_age: float | None) -> NodeHealth:
+    """``lease_age``: seconds since its Lease was seen renewed (``LeaseAges``), None without a Lease."""
     if node is None:
         return NodeHealth(exists=False)
     taints = (node.get("spec") or {}).get("taints") or []
     oos = any(t.get("key") == OUT_OF_SERVICE for t in taints)
-    renewed = parse_time((lease or {}).get("spec", {}).get("renewTime")) if lease else None
-    return NodeHealth(True, oos, None if renewed is None else max(0.0, now - renewed))
+    return NodeHealth(True, oos, lease_age)
+
+
+class LeaseAges:
+    """How long ago each node's Lease was last seen renewed, on the observer's own clock.
+
+    A kubelet writes ``renewTime`` with its node's clock, which may be minutes off: judged against
+    ours, a node 5 minutes behind would look lost while it is well. So, as Kubernetes' node
+    lifecycle controller does, a renewal is a *change* of ``renewTime``, timed when it is seen; a
+    Lease that has not changed since we started is as old as our watch of it."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, float]] = {}
+
+    def saw(self, node: str, lease: Mapping[str, Any] | None, now: float) -> None:
+        """A Lease event (``lease`` None: deleted); ``now`` is the observer's monotonic clock."""
+        if lease is None:
+            self._seen.pop(node, None)
+            return
+        renew = str((lease.get("spec") or {}).get("renewTime") or "")
+        if renew and self._seen.get(node, ("", 0.0))[0] != renew:
+            self._seen[node] = (renew, now)
+
+    def age(self, node: str, now: float) -> float | None:
+        seen = self._seen.get(node)
+        return None if seen is None else max(0.0, now - seen[1])
 
 
 def containers_stopped(pod: Mapping[str, Any]) -> bool:

@@ -14,19 +14,25 @@ record it is), a delete answered 404 is done. Deletes take uid/resourceVersion p
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from spiderpool.k8s import config
 from spiderpool.k8s.kinds import Kind
 from spiderpool.k8s.retry import Backoff
 
 RETRIES = Counter("spiderpool_k8s_client_retries", "API requests retried", ["reason"])
+CLOCK_OFFSET = Gauge(
+    "spiderpool_k8s_client_clock_offset_seconds",
+    "The apiserver's clock minus this process's (from the Date of its replies): what server_time() adds",
+)
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 #: failures of the connection, not answers of the server
@@ -78,6 +84,25 @@ class Client:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.retry = retry
         self._session: aiohttp.ClientSession | None = None
+        #: the apiserver's clock minus ours, learnt from the Date header of its replies (see server_time)
+        self.clock_offset = 0.0
+
+    def server_time(self) -> float:
+        """Now, on the apiserver's clock (to a second or so): times written into objects and compared
+        with the apiserver's own (creationTimestamp, deletionTimestamp) are on one clock then, whatever
+        the clock of this node says."""
+        return time.time() + self.clock_offset
+
+    def _learn_clock(self, date: str | None) -> None:
+        if not date:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return
+        # (Date is whole seconds, cut down: the server's clock was half a second on, on average)
+        self.clock_offset = server + 0.5 - time.time()
+        CLOCK_OFFSET.set(self.clock_offset)
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None = None, *, field_manager: str, **kw: Any) -> Client:
@@ -127,6 +152,7 @@ class Client:
                     raw = await resp.read()
                     status = resp.status
                     retry_after = resp.headers.get("Retry-After")
+                    self._learn_clock(resp.headers.get("Date"))
             except RETRY_ERRORS:
                 if last:
                     raise
