@@ -6,6 +6,7 @@
 #   runc: the nodes' container runtime (containerd itself is built from its Go module)
 #   buildah: builds the images from their Containerfiles and the project's Dockerfile
 #   debootstrap: the images' Debian base;  gcc, libc6-dev: the static pause binary;  make, tar
+#   faketime: libfaketime, for the fault matrix's agent whose clock is off
 set -euo pipefail
 
 need=()
@@ -13,6 +14,8 @@ for pair in ip:iproute2 nsenter:util-linux unshare:util-linux sysctl:procps ipta
     ping:iputils-ping curl:curl runc:runc buildah:buildah debootstrap:debootstrap gcc:gcc make:make tar:tar; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
+# libfaketime (preloaded into one agent by the fault matrix)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need+=(faketime)
 # the static C library, for the pause binary
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | grep -v '^$' || true)

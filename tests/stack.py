@@ -31,6 +31,8 @@ CONTROLLER_ARGS = [
     "--gc-stale-lease=15",
     "--gc-min-age=15",
     "--pool-finalizer-grace=2",
+    # the webhook configurations' CA bundle is checked this often (30 s by default)
+    "--webhook-check-interval=5",
 ]
 
 
@@ -211,6 +213,11 @@ class Agents(_Component):
     def on(self, node: str) -> str:
         (found,) = [p["metadata"]["name"] for p in self.pods() if p["spec"].get("nodeName") == node]
         return found
+
+    def scrape(self, node: str) -> str:
+        """The node's agent's Prometheus metrics page (on the node's host network)."""
+        argv = self.lab.exec_argv(node, ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:5711/metrics"])
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
 
     def socket(self, node: str) -> str:
         """The agent's socket (the plugin's /var/run/spidernet/spiderpool.sock on that node)."""

@@ -19,11 +19,13 @@ Where things run:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -589,6 +591,36 @@ class Lab:
             say(f"{name}: cgroups not removed: {left[:3]}")
         self._save(state)
 
+    def crash_node(self, name: str) -> None:
+        """A node lost at once, as when its power goes: SIGKILL to its kubelet, kube-proxy,
+        containerd, the runtime's shims, every process of its pods and its mount namespace (its pods'
+        network namespaces die with them). ``heal()`` boots it again."""
+        state = self.state()
+        net_ino = os.stat(netns.path(self.node(name).netns)).st_ino
+        keys = [f"kubelet/{name}", f"kube-proxy/{name}", f"containerd/{name}", f"mountns/{name}"]
+        pids = [state.get("procs", {}).pop(k, None) for k in keys]
+        shims = [
+            p
+            for p in procs.marked(state.get("lab_id", ""))
+            if "containerd-shim" in _cmdline(p) and _netns_ino(p) == net_ino
+        ]
+        for pid in [*[p for p in pids if p], *shims, *noderuntime.cgroup_pids(self._cgroup_root(name))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._save(state)
+        procs.wait_for(
+            lambda: not any(procs.alive(p) for p in [*pids, *shims])
+            and not noderuntime.cgroup_pids(self._cgroup_root(name)),
+            timeout=30,
+            what=f"{name}'s processes to die",
+        )
+
+    def heal(self) -> None:
+        """Start whatever lab process is not running (a killed apiserver, etcd, kubelet, containerd,
+        or a whole crashed node), put the machine's sysctls back, and wait until the cluster is
+        ready again: what systemd and a node's reboot do on a real cluster."""
+        self.up(nodes=len(self.state().get("nodes", [])))
+
     def _remove_node(self, state: dict[str, Any], name: str) -> None:
         self._stop_node(state, name)
         topology.remove_node(self.prefix, name)
@@ -876,6 +908,13 @@ class Lab:
             else:
                 child.unlink(missing_ok=True)
         say("lab down: no lab process, namespace, cgroup or mount left")
+
+
+def _netns_ino(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
 
 
 def _cmdline(pid: int) -> str:

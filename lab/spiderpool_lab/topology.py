@@ -169,6 +169,13 @@ def ensure_node(prefix: str, index: int) -> str:
     return ns
 
 
+def set_node_cables(prefix: str, node: str, *, up: bool) -> None:
+    """Plug a node's cables into the switch, or pull them (its links in the switch namespace go
+    down: the node sees no carrier on any underlay, as when its switch port or cable fails)."""
+    state = "up" if up else "down"
+    netns.ip_batch(switch_netns(prefix), [f"link set {node}-{u.node_if} {state}" for u in UNDERLAYS])
+
+
 def remove_node(prefix: str, node: str) -> None:
     """Delete a node namespace; its veth peers in the switch go with it."""
     netns.delete(node_netns(prefix, node))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from spiderpool.api import crds
 from spiderpool.api.v2beta1 import API_VERSION, GROUP
 from tests.fuzz import strategies as fz
-from tests.fuzz.conftest import LAB, FuzzAgent, count
+from tests.fuzz.conftest import LAB, NS, FuzzAgent, count
 from tests.stack import Controllers
 
 _IP_FIELDS = {"subnet", "ips", "excludeIPs", "gateway", "dst", "gw", "hijackCIDR", "serviceCIDR", "overlayPodCIDR"}
@@ -46,16 +46,18 @@ def _from_schema(schema: dict[str, Any], name: str = "", depth: int = 0) -> st.S
     return fz.maybe_wrong(good)
 
 
-def _kinds() -> dict[str, tuple[str, dict[str, Any]]]:
-    out = {}
+def _kinds() -> tuple[dict[str, tuple[str, dict[str, Any]]], set[str]]:
+    out, namespaced = {}, set()
     for text in crds.render_all().values():
         crd = yaml.safe_load(text)
-        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        out[crd["spec"]["names"]["kind"]] = (crd["spec"]["names"]["plural"], schema)
-    return out
+        kind = crd["spec"]["names"]["kind"]
+        out[kind] = (crd["spec"]["names"]["plural"], crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        if crd["spec"]["scope"] == "Namespaced":
+            namespaced.add(kind)
+    return out, namespaced
 
 
-KINDS = _kinds()
+KINDS, NAMESPACED = _kinds()
 
 
 _ANNOTATIONS = st.dictionaries(
@@ -118,7 +120,8 @@ def test_every_crd_object_is_admitted_or_refused_naming_its_field(
 ) -> None:
     count("CRD objects (apiserver + webhooks, dry run)")
     plural, _ = KINDS[obj["kind"]]
-    code, answer = fuzz_agent.lab.api("POST", f"/apis/{GROUP}/v2beta1/{plural}?dryRun=All", obj)
+    where = f"/namespaces/{NS}" if obj["kind"] in NAMESPACED else ""
+    code, answer = fuzz_agent.lab.api("POST", f"/apis/{GROUP}/v2beta1{where}/{plural}?dryRun=All", obj)
     judged[str(code)] = judged.get(str(code), 0) + 1
     assert code in (201, 400, 409, 422), (code, answer)
     if code == 201:

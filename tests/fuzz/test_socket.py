@@ -117,6 +117,10 @@ def test_coordinator_config_answers_for_any_query(fuzz_agent: FuzzAgent, query: 
     count("agent socket API bodies")
     from urllib.parse import urlencode
 
-    status, raw = fuzz_agent.raw("GET", "/v1/coordinator/config?" + urlencode(query), b"")
+    url = "/v1/coordinator/config?" + urlencode(query)
+    status, raw = fuzz_agent.raw("GET", url, b"")
+    if len(url) > 8190:  # past what any HTTP server takes in a request line: refused before routing
+        assert status == 400, (status, raw)
+        return
     assert status == 200, (status, raw)
     assert isinstance(json.loads(raw), dict)

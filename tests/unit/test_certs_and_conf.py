@@ -79,3 +79,19 @@ def test_flags_win_over_conf_yml(tmp_path: object) -> None:
     path.write_text("enableIPv4: maybe\n")
     with pytest.raises(SystemExit):
         controller_main.parse_args([f"--config={path}"])
+
+
+def test_the_bundle_is_mended_only_when_it_does_not_trust_our_certificate() -> None:
+    old = certs.generate(dns=DNS, ips=[])
+    new = certs.generate(dns=DNS, ips=[], previous_ca=old.ca_pem)
+    stranger = certs.generate(dns=DNS, ips=[])
+    # a bundle that trusts what we serve is left alone (also while it holds more CAs than ours)
+    assert certs.bundle_for(new.ca_pem, new) is None
+    assert certs.bundle_for(new.ca_pem, old) is None  # a replica still serving the old one
+    # a wrong or empty bundle gets ours, and keeps what it had (another replica may need it)
+    mended = certs.bundle_for(stranger.ca_pem, new)
+    assert mended is not None
+    assert certs.bundle_for(mended, new) is None
+    assert certs.bundle_for(mended, stranger) is None
+    assert certs.bundle_for(b"", new) == new.ca_pem
+    assert certs.bundle_for(b"not a pem", new) == new.ca_pem

@@ -84,3 +84,12 @@ def install_plugins(bin_dir: Path, *, python: str, socket_path: str, bundle_dir:
             _write(target, render_launcher(module, module_dir, python=python), 0o755)
         out.append(target)
     return out
+
+
+def missing_plugins(bin_dir: Path) -> list[str]:
+    """Installed names that no longer lead to an executable (deleted, or a link whose bundle went),
+    and the socket file: what a node's clean-up, image reset or an admin's ``rm`` took away."""
+    out = [name for name in PLUGINS if not os.access(bin_dir / name, os.X_OK)]
+    if not (bin_dir / MODULE_DIR / "socket").is_file():
+        out.append(f"{MODULE_DIR}/socket")
+    return out

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,19 @@ from spiderpool import config, logs
 from spiderpool.agent import requests
 from spiderpool.agent.coordinator import Coordinator
 from spiderpool.agent.errors import IPAMError
-from spiderpool.agent.install import install_plugins
+from spiderpool.agent.install import install_plugins, missing_plugins
 from spiderpool.agent.ipam import IPAM
-from spiderpool.agent.metrics import REQUEST_ERRORS
+from spiderpool.agent.metrics import PLUGIN_REINSTALLS, REQUEST_ERRORS
 from spiderpool.agent.settings import Settings
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import COORDINATOR, IPALLOCATION, IPPOOL, NAMESPACE, NODE, POD, RESERVEDIP, SUBNET
+from spiderpool.net import veth
 
 log = logging.getLogger("spiderpool.agent")
+#: connections the socket queues before the plugin's connect must wait (the kernel caps it at
+#: net.core.somaxconn, 4096 by default)
+SOCKET_BACKLOG = 4096
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=600.0,
         help="seconds an address found in use by another host (detectIPConflict) is held for nobody",
     )
+    p.add_argument(
+        "--plugin-check-interval",
+        type=float,
+        default=10.0,
+        help="seconds between checks that the installed plugins are still there (they are put back if not)",
+    )
+    p.add_argument(
+        "--proc-dir",
+        default="/proc",
+        help="a writable procfs for pods' sysctls (a container that is not privileged: the host's /proc mounted)",
+    )
     p.add_argument("--cluster-network", default="", help="Multus cluster network (ns/name) for multusName")
     p.add_argument("--log-level", default=None)
     return config.parse_args(
@@ -90,9 +106,31 @@ def _error(code: int, msg: str, status: int, details: str = "") -> web.Response:
     return web.json_response({"code": code, "msg": msg, "details": details}, status=status)
 
 
+def peer_uid(request: web.Request) -> int | None:
+    """The uid of the process at the other end of the unix socket (SO_PEERCRED), if known."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return int(uid)
+
+
+@web.middleware
+async def root_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The socket is 0600 root's; should its mode ever be widened (a hostPath shared with another
+    pod, a wrong umask), a caller other than root (or the agent's own user) is still refused: an
+    allocation is the runtime's."""
+    uid = peer_uid(request)
+    if uid is not None and uid not in (0, os.getuid()):  # (the agent's own user: an agent run without root)
+        log.warning("socket request refused path=%s uid=%d", request.path, uid)
+        return _error(100, f"spiderpool-agent serves root only (the runtime's CNI calls); uid {uid} refused", 403)
+    return await handler(request)  # type: ignore[no-any-return]
+
+
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        veth.PROC_DIR = args.proc_dir
         self.client = Client.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-agent")
         self.caches = [
             WatchCache(self.client, IPPOOL),
@@ -199,22 +237,41 @@ class Agent:
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+    def _install(self) -> list[Path]:
         a = self.args
-        installed = install_plugins(
+        return install_plugins(
             Path(a.cni_bin_dir),
             python=a.python,
             socket_path=a.socket,
             bundle_dir=Path(a.plugin_bundle) if a.plugin_bundle else None,
         )
+
+    async def _keep_plugins(self) -> None:
+        """Put the plugins back when they go from the node's bin dir: without them every ADD and DEL
+        of the node fails (pods stuck creating, or terminating) until somebody notices."""
+        while True:
+            await asyncio.sleep(self.args.plugin_check_interval)
+            try:
+                missing = await asyncio.to_thread(missing_plugins, Path(self.args.cni_bin_dir))
+                if missing:
+                    await asyncio.to_thread(self._install)
+                    PLUGIN_REINSTALLS.inc()
+                    log.warning("plugins were missing and are installed again missing=%s", ",".join(missing))
+            except OSError as exc:  # a full or read-only disk: say so, and try again next time
+                log.error("checking the installed plugins failed error=%r", exc)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        a = self.args
+        installed = self._install()
         log.info("plugins installed dir=%s files=%s", a.cni_bin_dir, ",".join(p.name for p in installed))
         tasks = [asyncio.create_task(c.run()) for c in self.caches]
+        tasks.append(asyncio.create_task(self._keep_plugins()))
         tasks.append(asyncio.create_task(self.ipam.endpoints.resync()))
 
-        api = web.Application()
+        api = web.Application(middlewares=[root_only])
         api.add_routes(
             [
                 web.get("/v1/ipam/healthy", self.healthy),
@@ -231,8 +288,14 @@ class Agent:
         sock = _prepare_socket(Path(a.socket))
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
-        await web.UnixSite(runner, str(sock)).start()
-        os.chmod(sock, 0o600)  # only root (the runtime's CNI calls) may allocate
+        # 0600 from the start (no window with the umask's mode): only root, the runtime's CNI calls,
+        # may allocate; a deep backlog, so a burst of a thousand plugins queues instead of failing
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, str(sock), backlog=SOCKET_BACKLOG).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock, 0o600)
         metrics = web.Application()
         metrics.add_routes([web.get("/metrics", self.metrics), web.get("/healthz", self.healthy)])
         mrunner = web.AppRunner(metrics, access_log=None)

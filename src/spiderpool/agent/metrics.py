@@ -22,3 +22,6 @@ REQUEST_ERRORS = Counter(
     "Socket API requests that failed on a bug (the log has the traceback)",
     ["route"],
 )
+PLUGIN_REINSTALLS = Counter(
+    "spiderpool_agent_plugin_reinstalls_total", "Times the plugins were found missing from the CNI bin dir and put back"
+)

@@ -18,6 +18,7 @@ import _json  # CPython's C halves of json and socket
 import _socket
 import os
 import sys
+import time  # (built in: no import cost)
 
 TYPE_CHECKING = False  # importing typing would cost milliseconds per exec
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ def json_loads(text: str | bytes) -> Any:
         value, end = _json.make_scanner(_DecodeContext())(text, start)  # type: ignore[arg-type]
     except StopIteration as exc:
         raise ValueError(f"expecting a JSON value at char {exc.value}") from None
-    except RecursionError:  # the scanner recurses once per nesting level
+    except (RecursionError, SystemError):  # the C scanner recurses once per nesting level (and may
+        # then fail without setting its error: SystemError)
         raise ValueError("nested too deeply") from None
     if text[end:].strip(_WS):
         raise ValueError(f"extra data at char {end}")
@@ -117,7 +119,7 @@ def _request(path: str, method: str, body: Any, sock_path: str) -> tuple[int, An
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
     try:
-        s.connect(sock_path)
+        _connect(s, sock_path)
         s.sendall(head + payload)
         chunks: list[bytes] = []
         while True:
@@ -143,6 +145,22 @@ def _request(path: str, method: str, body: Any, sock_path: str) -> tuple[int, An
         return status, json_loads(body_bytes) if body_bytes.strip() else {}
     except ValueError:
         return status, {"msg": body_bytes.decode(errors="replace")}
+
+
+def _connect(s: Any, path: str) -> None:
+    """Connect, waiting while the agent's listen queue is full (a burst of pods on one node: the
+    kernel answers EAGAIN to a socket with a timeout instead of queueing the caller)."""
+    deadline = time.monotonic() + TIMEOUT
+    pause = 0.005
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
 
 def _dechunk(data: bytes) -> bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -71,6 +72,34 @@ class ServingCert:
         names = set(san.get_values_for_type(x509.DNSName))
         addrs = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
         return set(dns) <= names and set(ips) <= addrs
+
+
+def bundle_for(current: bytes, served: ServingCert, now: datetime.datetime | None = None) -> bytes | None:
+    """The CA bundle the webhook configurations should carry when they carry ``current`` and this
+    replica serves ``served``: None when ``current`` already trusts our certificate's issuer, else
+    ``current``'s unexpired CAs with ours added (never fewer CAs: another replica may still serve a
+    certificate of one of them)."""
+    leaf = served.leaf()
+    try:
+        have = x509.load_pem_x509_certificates(current) if current.strip() else []
+    except ValueError:
+        have = []  # garbage in the bundle: replaced by ours
+    if any(_issued(leaf, ca) for ca in have):
+        return None
+    moment = now or datetime.datetime.now(datetime.UTC)
+    keep = [ca for ca in have if ca.not_valid_after_utc > moment]
+    pems = [ca.public_bytes(serialization.Encoding.PEM) for ca in keep]
+    ours = [ca.public_bytes(serialization.Encoding.PEM) for ca in x509.load_pem_x509_certificates(served.ca_pem)]
+    return b"".join(dict.fromkeys([*pems, *ours]))
+
+
+def _issued(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``leaf`` (every CA here has the same name: its key tells)."""
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _first_pem(bundle: bytes) -> bytes:

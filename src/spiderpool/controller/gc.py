@@ -17,7 +17,7 @@ import math
 import time
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from spiderpool.api.objects import Record, as_record, held_for
 from spiderpool.controller.cache import ObjectCache
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 RECORD = IPALLOCATION
 ERRORS = Counter("spiderpool_controller_gc_errors", "GC decisions that failed and are tried again", ["stage"])
 RELEASED = Counter("spiderpool_controller_gc_released_ips", "IPs taken back by garbage collection", ["reason"])
+SCAN_SECONDS = Histogram(
+    "spiderpool_controller_gc_scan_duration_seconds",
+    "Time to judge every record once",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30),
+)
 QUARANTINED = Counter("spiderpool_controller_gc_quarantined_ips", "IPs put in quarantine", ["reason"])
 BATCH_SECONDS = 0.5
 #: a record whose release failed on the API is tried again this soon
@@ -64,7 +69,8 @@ class GarbageCollector:
             backoff = Backoff(1.0, self.scan_interval)
             while True:
                 try:
-                    next_due = await self.scan()
+                    with SCAN_SECONDS.time():
+                        next_due = await self.scan()
                     backoff.reset()
                 except Exception as exc:
                     # never the end of GC: the API may be restarting under us; look again soon

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime
 import logging
 import math
@@ -36,7 +37,8 @@ from spiderpool.controller.multusconfig import MultusConfigReconciler
 from spiderpool.controller.status import StatusReconciler
 from spiderpool.ipam import gc
 from spiderpool.k8s.client import ApiError, Client
-from spiderpool.k8s.retry import until
+from spiderpool.k8s.kinds import MUTATING_WEBHOOKS, VALIDATING_WEBHOOKS
+from spiderpool.k8s.retry import TRANSIENT, until
 
 log = logging.getLogger("spiderpool.controller")
 
@@ -77,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cert-validity-days", type=float, default=365.0, help="lifetime of a certificate made here (auto)")
     p.add_argument(
         "--cert-check-interval", type=float, default=600.0, help="seconds between checks for a renewed certificate"
+    )
+    p.add_argument(
+        "--webhook-check-interval",
+        type=float,
+        default=30.0,
+        help="seconds between checks that the webhook configurations still carry our CA bundle",
     )
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--cert-dns-name", action="append", default=[], help="an extra DNS name of the certificate")
@@ -159,6 +167,7 @@ class Controller:
         self.settings = admission.Settings(enable_ipv4=not args.disable_ipv4, enable_ipv6=not args.disable_ipv6)
         self.stop = asyncio.Event()
         self.serving = False
+        self.served: certs.ServingCert | None = None  # what the webhook configurations must trust
         self.elector = LeaderElector(
             self.client,
             name=args.lease_name,
@@ -257,6 +266,7 @@ class Controller:
                     continue
                 # the bundle first (it trusts both CAs), then the new certificate for new connections
                 await self._register(current.ca_pem, service)
+                self.served = current
                 crt, key = current.write(cert_dir)
                 ctx.load_cert_chain(str(crt), str(key))
                 log.info("webhook certificate reloaded not_after=%s", current.leaf().not_valid_after_utc.isoformat())
@@ -264,6 +274,38 @@ class Controller:
             except Exception as exc:
                 # the next check retries; the certificate served so far stays valid meanwhile
                 log.warning("webhook certificate check failed, retrying error=%s", exc)
+
+    async def _keep_bundle(self, service: tuple[str, str, int] | None) -> None:
+        """Put the CA bundle back when the webhook configurations lose it (an edit, a tool that
+        re-applies them): the apiserver checks our certificate against it, and with the wrong one
+        every call fails, which ``failurePolicy: Ignore`` turns into objects admitted unchecked."""
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), self.args.webhook_check_interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                hooks = [
+                    h
+                    for kind in (MUTATING_WEBHOOKS, VALIDATING_WEBHOOKS)
+                    for h in (await self.client.get(kind, webhook.CONFIG_NAME)).get("webhooks") or []
+                ]
+                current = {base64.b64decode(h.get("clientConfig", {}).get("caBundle") or "") for h in hooks}
+                served = self.served
+                if served is None:
+                    continue
+                fixed = [certs.bundle_for(c, served) for c in current or {b""}]
+                if any(f is not None for f in fixed):
+                    bundle = next(f for f in fixed if f is not None)
+                    log.warning("webhook configurations do not trust our certificate; registering its CA again")
+                    await self._register(bundle, service)
+            except ApiError as exc:
+                log.warning("webhook configuration check failed, retrying error=%s", exc)
+            except TRANSIENT as exc:
+                log.warning("webhook configuration check failed, retrying error=%r", exc)
+            except ValueError as exc:  # a caBundle that is not base64
+                log.warning("webhook configuration check failed, retrying error=%r", exc)
 
     async def leading(self) -> None:
         """The leader's reconcilers, each its own task. They run until cancelled; should one end
@@ -339,14 +381,17 @@ class Controller:
         self.serving = True
         service = None if a.webhook_url else (a.namespace, a.webhook_service, a.webhook_service_port)
         await self._register(cert.ca_pem, service)
+        self.served = cert
         log.info("serving webhooks port=%d identity=%s", a.webhook_port, a.identity)
         follow = asyncio.create_task(self._follow_cert(cert, ssl_context, cert_dir, service))
+        bundle = asyncio.create_task(self._keep_bundle(service))
 
         try:
             await self.elector.run(self.leading, self.stop)
         finally:
             self.serving = False
             follow.cancel()
+            bundle.cancel()
             cache_task.cancel()
             for r in reversed(runners):
                 await r.cleanup()

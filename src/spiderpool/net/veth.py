@@ -90,8 +90,13 @@ def run_in_netns(path: str, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
+#: where procfs is writable: a container that is not privileged has /proc/sys read-only, so the
+#: agent mounts the host's procfs (``--proc-dir``); /proc/sys/net shows the caller's namespace either way
+PROC_DIR = "/proc"
+
+
 def _sysctl(key: str, value: int) -> None:
-    with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+    with open(f"{PROC_DIR}/sys/{key.replace('.', '/')}", "w") as f:
         f.write(str(value))
 
 

@@ -1,0 +1,40 @@
+"""The fault matrix's set-up: the nodes on the walkthrough's macvlan + spiderpool chain, the storm's
+pool, and the table of rows, printed at the end and kept for docs/reliability.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from spiderpool_lab.cluster import Lab
+from tests.faults.storm import POOL, POOL_RANGE, REPLICAS, SPARE_IPS, Row
+from tests.helpers import apply, pool_manifest
+from tests.ipam.conftest import assert_consistent, macvlan_spiderpool, use_cni
+from tests.stack import Agents, Controllers
+
+ROWS: list[Row] = []
+
+
+@pytest.fixture(scope="package")
+def storm_lab(agents: Agents, controllers: Controllers) -> Iterator[Lab]:
+    lab = agents.lab
+    use_cni(lab, macvlan_spiderpool())
+    first, last = POOL_RANGE.split("-")
+    size = REPLICAS + len(lab.nodes()) + SPARE_IPS
+    last = ".".join([*first.split(".")[:3], str(int(first.split(".")[3]) + size - 1)])
+    apply(lab, pool_manifest(POOL, "172.18.0.0/16", [f"{first}-{last}"]))
+    yield lab
+    lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=120s", check=False)
+    lab.reset_cni_config()
+    table = [row.as_json() for row in ROWS]
+    (lab.logs / "faults-matrix.json").write_text(json.dumps(table, indent=1))
+    print("\nfault matrix (also in the lab's logs/faults-matrix.json):")
+    for row in ROWS:
+        print(
+            f"  {row.fault:28} converge {row.converge_s:6.1f} s (total {row.total_s:6.1f} s)"
+            f"  failed ADDs {row.failed_adds:3}  duplicates {row.duplicates}  leaks {row.leaks}"
+            f"  samples {row.samples} ({row.unreadable} unreadable)  {json.dumps(row.notes)}"
+        )
+    assert_consistent(lab)

@@ -1,0 +1,238 @@
+"""The storm the faults are injected into, and the checker that watches it.
+
+A storm: a Deployment scales 0 -> N while a DaemonSet is created (a pod per node), both taking their
+IPs from one pool sized to the pods plus a few; once it has converged it scales back to 0 and the
+DaemonSet is deleted. A fault is injected once a third of the pods run. The checker samples every
+second, from a thread of its own, until the storm has ended and its records are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spiderpool.api.constants import LABEL_RECORD_POOL
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab, LabError
+from tests.faults import invariants as inv
+
+#: Deployment replicas at the storm's peak (the CI size; the DaemonSet adds one pod per node)
+REPLICAS = 20
+SPARE_IPS = 4
+POOL = "p-faults"
+POOL_RANGE = "172.18.60.1-172.18.60.40"
+NETWORK = "172.18.0.0/16"
+APP = "storm"
+#: the storm's pods, Deployment and DaemonSet alike (their IPs come from POOL)
+TEMPLATE: dict[str, Any] = {
+    "metadata": {
+        "labels": {"storm": "1"},
+        "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})},
+    },
+    "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "tolerations": [{"operator": "Exists"}],
+        "containers": [{"name": "c", "image": "registry.invalid/app:1"}],
+    },
+}
+#: longest wait for anything the storm waits on, generous: a fault may stall the cluster a while
+DEADLINE = 300
+#: how long records of gone pods may take to go: GC's quarantine (10 s in the tests), its scan (5 s),
+#: the minimum record age (15 s), with room for a leader that just changed
+GC_BOUND = 90
+
+
+def deployment(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": APP, "namespace": namespace},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": APP}},
+            "template": {**TEMPLATE, "metadata": {**TEMPLATE["metadata"], "labels": {"app": APP, "storm": "1"}}},
+        },
+    }
+
+
+def daemonset(namespace: str) -> dict[str, Any]:
+    name = f"{APP}-ds"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {**TEMPLATE, "metadata": {**TEMPLATE["metadata"], "labels": {"app": name, "storm": "1"}}},
+        },
+    }
+
+
+class Checker:
+    """Samples the storm every second; keeps the problems seen twice in a row, and when each was."""
+
+    def __init__(self, lab: Lab, namespace: str, nodes: list[str]) -> None:
+        self.lab, self.namespace, self.nodes = lab, namespace, nodes
+        self.samples = 0
+        self.unreadable = 0  # samples the API could not give (an apiserver or etcd down)
+        self.problems: dict[str, float] = {}
+        self.max_orphans = 0
+        self.last: inv.Sample | None = None
+        self._previous: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="storm-checker", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if self.error is not None:
+            raise AssertionError(f"the checker failed: {self.error!r}")
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                self.check()
+                self._stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def read(self) -> inv.Sample | None:
+        try:
+            code, pods = self.lab.api("GET", f"/api/v1/namespaces/{self.namespace}/pods")
+            selector = f"labelSelector={LABEL_RECORD_POOL}%3D{POOL}"
+            rcode, records = self.lab.api(
+                "GET", f"/apis/spiderpool.spidernet.io/v2beta1/spideripallocations?{selector}"
+            )
+        except (OSError, TimeoutError):
+            return None
+        if code != 200 or rcode != 200:
+            return None
+        mine = [r for r in records["items"] if r["spec"].get("namespace") == self.namespace]
+        return inv.Sample(time.time(), pods["items"], mine, {n: self._netns(n) for n in self.nodes})
+
+    def _netns(self, node: str) -> dict[str, set[str]] | None:
+        try:
+            argv = [*self.lab.in_node(node), "ip", "-all", "netns", "exec", "ip", "-o", "-4", "addr", "show"]
+        except LabError:
+            return None  # the node is down: nothing runs there
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return inv.parse_netns_addresses(out.stdout)
+
+    def check(self) -> inv.Sample | None:
+        sample = self.read()
+        if sample is None:
+            self.unreadable += 1
+            return None
+        self.samples += 1
+        found = inv.problems(sample, NETWORK)
+        for problem in found & self._previous:
+            self.problems.setdefault(problem, sample.at)
+        self._previous = found
+        self.max_orphans = max(self.max_orphans, len(inv.orphans(sample)))
+        self.last = sample
+        return sample
+
+
+@dataclass
+class Row:
+    """One line of the matrix."""
+
+    fault: str
+    injected_at_running: int = 0
+    converge_s: float = 0.0
+    #: from the injection (for a fault that lasts, the fault's own duration is in it)
+    total_s: float = 0.0
+    failed_adds: int = 0
+    duplicates: int = 0
+    problems: list[str] = field(default_factory=list)
+    leaks: int = 0
+    leak_wait_s: float = 0.0
+    human: str = "no"
+    samples: int = 0
+    unreadable: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Storm:
+    def __init__(self, lab: Lab, namespace: str, replicas: int = REPLICAS) -> None:
+        self.lab, self.namespace, self.replicas = lab, namespace, replicas
+        self.nodes = [n.name for n in lab.nodes()]
+        self.want = replicas + len(self.nodes)
+        self.checker = Checker(lab, namespace, self.nodes)
+
+    def _kubectl(self, *args: str, input_text: str | None = None) -> None:
+        """kubectl, retried while the API is away (a fault may be under way)."""
+        last = ""
+
+        def done() -> bool:
+            nonlocal last
+            out = self.lab.kubectl(*args, input_text=input_text, check=False)
+            last = out.stdout + out.stderr
+            return out.returncode == 0
+
+        procs.wait_for(done, timeout=DEADLINE, what=f"kubectl {' '.join(args)}", interval=1, detail=lambda: last)
+
+    def _wait(self, condition: Callable[[inv.Sample], bool], what: str, timeout: float = DEADLINE) -> None:
+        def ok() -> bool:
+            sample = self.checker.last
+            return sample is not None and condition(sample)
+
+        procs.wait_for(ok, timeout=timeout, what=what, interval=0.5, detail=self._describe)
+
+    def _describe(self) -> str:
+        out = self.lab.kubectl("get", "pods,events", "-n", self.namespace, "-o", "wide", check=False)
+        return out.stdout[-6000:] + "\nproblems: " + json.dumps(self.checker.problems, indent=1)
+
+    def run(self, fault: Any) -> Row:
+        row = Row(fault.name)
+        self._kubectl("create", "namespace", self.namespace)
+        self._kubectl("apply", "-f", "-", input_text=json.dumps(deployment(self.namespace)))
+        self.checker.start()
+        try:
+            self._kubectl("scale", "-n", self.namespace, f"deployment/{APP}", f"--replicas={self.replicas}")
+            self._kubectl("apply", "-f", "-", input_text=json.dumps(daemonset(self.namespace)))
+            trigger = max(1, self.want // 3)
+            self._wait(lambda s: sum(inv.running(p) for p in s.pods) >= trigger, f"{trigger} Running pods")
+            row.injected_at_running = sum(inv.running(p) for p in self.checker.last.pods) if self.checker.last else 0
+            injected = time.monotonic()
+            fault.inject()
+            fault.restore()
+            restored = time.monotonic()
+            self._wait(lambda s: inv.converged(s, self.want), f"{self.want} pods Running and recorded")
+            row.converge_s = round(time.monotonic() - restored, 1)
+            row.total_s = round(time.monotonic() - injected, 1)
+            fault.after_converged(row)
+            self._kubectl("scale", "-n", self.namespace, f"deployment/{APP}", "--replicas=0")
+            self._kubectl("delete", "-n", self.namespace, f"daemonset/{APP}-ds", "--wait=false")
+            self._wait(lambda s: not s.pods, "every storm pod gone")
+            gone = time.monotonic()
+            with contextlib.suppress(procs.WaitTimeout):  # (what is left is counted as leaks below)
+                self._wait(lambda s: not s.records, "the storm's records released", timeout=GC_BOUND)
+            row.leak_wait_s = round(time.monotonic() - gone, 1)
+        finally:
+            self.checker.stop()
+        last = self.checker.last
+        row.leaks = len(last.records) if last is not None else -1
+        row.problems = sorted(self.checker.problems)
+        row.duplicates = len(inv.duplicates(set(self.checker.problems)))
+        row.samples, row.unreadable = self.checker.samples, self.checker.unreadable
+        row.notes["max_orphan_records"] = self.checker.max_orphans
+        events = self.lab.kubectl("get", "events", "-n", self.namespace, "-o", "json", check=False).stdout
+        items = json.loads(events)["items"] if events.strip() else []
+        row.failed_adds = sum(int(e.get("count") or 1) for e in items if e.get("reason") == "FailedCreatePodSandBox")
+        self.lab.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+        return row
