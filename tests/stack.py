@@ -36,6 +36,19 @@ CONTROLLER_ARGS = [
 ]
 
 
+#: node affinity for what must run on the lab's real nodes (their kubelets label them), not on the
+#: Node objects the tests make for agents of their own
+LAB_NODES_ONLY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "lab.spiderpool.spidernet.io/node", "operator": "Exists"}]}
+            ]
+        }
+    }
+}
+
+
 def values() -> dict[str, Any]:
     """The chart's values for the tests (both IP families on: the tests use IPv6 too)."""
     # the image's build key: a rebuilt image (same tag) rolls the pods
@@ -51,6 +64,8 @@ def values() -> dict[str, Any]:
             # longer than the kubelet's back-off between sandbox attempts, ~10-15 s: the retry must find it held
             "ipConflictQuarantineSeconds": 30,
             "podAnnotations": image_key,
+            # the lab's nodes only: the tests add Node objects that no kubelet runs (their own agents serve them)
+            "affinity": LAB_NODES_ONLY,
         },
     }
 
@@ -209,6 +224,9 @@ class Agents(_Component):
     def __init__(self, lab: Lab) -> None:
         super().__init__(lab, "spiderpool-agent", "agent")
         self._restarts: dict[str, int] = {}
+
+    def pods(self) -> list[dict[str, Any]]:
+        return [p for p in super().pods() if p["spec"].get("nodeName") in {n.name for n in self.lab.nodes()}]
 
     def on(self, node: str) -> str:
         (found,) = [p["metadata"]["name"] for p in self.pods() if p["spec"].get("nodeName") == node]

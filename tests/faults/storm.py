@@ -21,6 +21,7 @@ from spiderpool.api.constants import LABEL_RECORD_POOL
 from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab, LabError
 from tests.faults import invariants as inv
+from tests.stack import LAB_NODES_ONLY
 
 #: Deployment replicas at the storm's peak (the CI size; the DaemonSet adds one pod per node)
 REPLICAS = 20
@@ -38,6 +39,7 @@ TEMPLATE: dict[str, Any] = {
     "spec": {
         "terminationGracePeriodSeconds": 1,
         "tolerations": [{"operator": "Exists"}],
+        "affinity": LAB_NODES_ONLY,
         "containers": [{"name": "c", "image": "registry.invalid/app:1"}],
     },
 }

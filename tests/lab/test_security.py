@@ -36,9 +36,9 @@ def _pid(lab: Lab, component: Controllers | Agents, pod: dict[str, Any]) -> int:
     return pid
 
 
-def _connect_as(uid: int, path: str) -> subprocess.CompletedProcess[str]:
-    """Connect to a unix socket as another user (and send one request): what a process of another
-    pod with the socket's folder mounted could do."""
+def _connect_as(lab: Lab, node: str, uid: int) -> str:
+    """Connect to the node's agent socket as another user, from the node (where the socket is
+    /run/spidernet/spiderpool.sock, as the plugin sees it), and send one request."""
     code = (
         "import socket,sys\n"
         "s=socket.socket(socket.AF_UNIX); s.settimeout(10)\n"
@@ -46,28 +46,30 @@ def _connect_as(uid: int, path: str) -> subprocess.CompletedProcess[str]:
         "s.sendall(b'GET /v1/ipam/healthy HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n')\n"
         "print('answered', s.recv(200).split(b'\\r\\n')[0].decode())\n"
     )
-    return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "python3", "-c", code, path],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    # (the machine's python3: the venv's lies under root's home, which others may not enter)
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", "-c", code]
+    out = subprocess.run(
+        lab.exec_argv(node, [*argv, "/run/spidernet/spiderpool.sock"]), capture_output=True, text=True, timeout=30
     )
+    assert out.returncode == 0, out
+    return out.stdout.strip()
 
 
 def test_the_agent_socket_is_roots_alone(agents: Agents) -> None:
-    for node in agents.lab.nodes():
+    lab = agents.lab
+    for node in lab.nodes():
         path = agents.socket(node.name)
-        st = os.stat(path)
+        st, folder = os.stat(path), os.stat(os.path.dirname(path))
         assert stat.S_ISSOCK(st.st_mode)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600), (path, oct(st.st_mode))
-        out = _connect_as(65534, path)
-        assert out.stdout.strip() == "refused 13", out  # EACCES: the file's mode
+        assert folder.st_mode & stat.S_IXOTH  # others may reach the socket: its own mode is what stops them
+        assert _connect_as(lab, node.name, 65534) == "refused 13"  # EACCES
     # and if the mode were ever widened, the agent itself refuses another user (SO_PEERCRED)
     path = agents.socket("node1")
     os.chmod(path, 0o666)
     try:
-        out = _connect_as(65534, path)
-        assert out.stdout.strip() == "answered HTTP/1.1 403 Forbidden", out
+        assert _connect_as(lab, "node1", 65534) == "answered HTTP/1.1 403 Forbidden"
+        assert _connect_as(lab, "node1", 0) == "answered HTTP/1.1 200 OK"
     finally:
         os.chmod(path, 0o600)
 
