@@ -2,16 +2,117 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
+import threading
+import urllib.parse
 from typing import Any
 
 from spiderpool_lab import procs
-from spiderpool_lab.cluster import Lab
+from spiderpool_lab.cluster import Lab, LabError
+
+#: kubectl's resource names -> (API prefix, plural, namespaced), for ``get_json``
+_RESOURCES: dict[str, tuple[str, str, bool]] = {}
+for _prefix, _namespaced, _plurals in (
+    ("/api/v1", True, ("pods", "events", "services", "secrets", "configmaps", "endpoints", "serviceaccounts")),
+    ("/api/v1", False, ("nodes", "namespaces")),
+    ("/apis/apps/v1", True, ("deployments", "daemonsets", "statefulsets", "replicasets")),
+    ("/apis/batch/v1", True, ("jobs", "cronjobs")),
+    ("/apis/coordination.k8s.io/v1", True, ("leases",)),
+    (
+        "/apis/admissionregistration.k8s.io/v1",
+        False,
+        ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"),
+    ),
+    (
+        "/apis/spiderpool.spidernet.io/v2beta1",
+        False,
+        ("spiderippools", "spidersubnets", "spiderreservedips", "spideripallocations", "spidercoordinators"),
+    ),
+    ("/apis/spiderpool.spidernet.io/v2beta1", True, ("spiderendpoints", "spidermultusconfigs")),
+):
+    for _plural in _plurals:
+        _RESOURCES[_plural] = _RESOURCES[_plural[:-1]] = (_prefix, _plural, _namespaced)
+
+
+def _api_path(args: tuple[str, ...]) -> str | None:
+    """The API path of a ``kubectl get`` argument list, or None for what it does not translate."""
+    positional: list[str] = []
+    namespace, params = "default", {}
+    every = False
+    items = list(args)
+    while items:
+        arg = items.pop(0)
+        if arg in ("-n", "--namespace") and items:
+            namespace = items.pop(0)
+        elif arg in ("-l", "--selector") and items:
+            params["labelSelector"] = items.pop(0)
+        elif arg == "--field-selector" and items:
+            params["fieldSelector"] = items.pop(0)
+        elif arg in ("-A", "--all-namespaces"):
+            every = True
+        elif arg.startswith("-"):
+            return None
+        else:
+            positional.append(arg)
+    if not positional or len(positional) > 2 or positional[0] not in _RESOURCES:
+        return None
+    prefix, plural, namespaced = _RESOURCES[positional[0]]
+    path = prefix + (f"/namespaces/{namespace}" if namespaced and not every else "") + f"/{plural}"
+    if len(positional) == 2:
+        path += f"/{positional[1]}"
+    return path + ("?" + urllib.parse.urlencode(params) if params else "")
+
+
+class _Api(threading.local):
+    """One kept-alive HTTPS connection to the lab's apiserver per thread (polling with kubectl costs
+    a process and a TLS handshake each time, CPU the cluster under test needs on a 2-core machine)."""
+
+    def __init__(self) -> None:
+        self.conn: http.client.HTTPSConnection | None = None
+        self.lab_dir = ""
+
+    def get(self, lab: Lab, path: str) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            if self.conn is None or self.lab_dir != str(lab.dir):
+                port = int(lab.state()["ports"]["apiserver"])
+                self.conn = http.client.HTTPSConnection("127.0.0.1", port, context=lab._client_ssl(), timeout=30)
+                self.lab_dir = str(lab.dir)
+            try:
+                self.conn.request("GET", path, headers={"Accept": "application/json"})
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+_API = _Api()
 
 
 def get_json(lab: Lab, *args: str) -> Any:
-    return json.loads(lab.kubectl("get", *args, "-o", "json").stdout)
+    """``kubectl get <args> -o json``, read from the API directly when kubectl's arguments translate
+    (the same objects; a list's items carry their kind as kubectl's do)."""
+    path = _api_path(args)
+    if path is None:
+        return json.loads(lab.kubectl("get", *args, "-o", "json").stdout)
+    try:
+        status, raw = _API.get(lab, path)
+    except (OSError, http.client.HTTPException) as exc:
+        raise LabError(f"kubectl get {' '.join(args)} failed: {exc}") from None
+    if status != 200:
+        raise LabError(f"kubectl get {' '.join(args)} failed: {status} {raw[:300].decode(errors='replace')}")
+    body = json.loads(raw)
+    if "items" in body:
+        kind = str(body.get("kind", "")).removesuffix("List")
+        for item in body["items"]:
+            item.setdefault("apiVersion", body.get("apiVersion"))
+            item.setdefault("kind", kind)
+    return body
 
 
 def pods(lab: Lab, namespace: str, selector: str) -> list[dict[str, Any]]:

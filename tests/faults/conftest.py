@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
 from tests.faults.storm import POOL, POOL_RANGE, REPLICAS, SPARE_IPS, Row
-from tests.helpers import apply, pool_manifest
+from tests.helpers import apply, get_json, pool_manifest
 from tests.ipam.conftest import assert_consistent, macvlan_spiderpool, use_cni
 from tests.stack import Agents, Controllers
 
@@ -20,6 +21,18 @@ ROWS: list[Row] = []
 @pytest.fixture(scope="package")
 def storm_lab(agents: Agents, controllers: Controllers) -> Iterator[Lab]:
     lab = agents.lab
+    # an interrupted earlier run may have left its storm behind, and its pool going away
+    for ns in get_json(lab, "namespaces")["items"]:
+        if ns["metadata"]["name"].startswith("storm-"):
+            lab.kubectl("delete", "namespace", ns["metadata"]["name"], "--wait=false")
+    procs.wait_for(
+        lambda: (
+            lab.kubectl("get", "spiderippool", POOL, check=False).returncode != 0
+            or not get_json(lab, "spiderippool", POOL)["metadata"].get("deletionTimestamp")
+        ),
+        timeout=180,
+        what=f"an earlier run's {POOL} to go",
+    )
     use_cni(lab, macvlan_spiderpool())
     first, last = POOL_RANGE.split("-")
     size = REPLICAS + len(lab.nodes()) + SPARE_IPS

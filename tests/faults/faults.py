@@ -52,6 +52,9 @@ class Fault:
     def after_converged(self, row: Row) -> None:
         """Extra checks and notes once the storm has converged."""
 
+    def after_storm(self, row: Row) -> None:
+        """Extra checks and notes once the storm has ended (its pods gone, its records released)."""
+
     def cleanup(self) -> None:
         """Put back what the fault changed beyond the storm (always called)."""
 
@@ -230,7 +233,8 @@ APF = [
         "spec": {
             "type": "Limited",
             "limited": {
-                "nominalConcurrencyShares": 1,
+                # (a "jail": no seat of its own, none borrowed; every request of the agents is refused)
+                "nominalConcurrencyShares": 0,
                 "lendablePercent": 0,
                 "borrowingLimitPercent": 0,
                 "limitResponse": {"type": "Reject"},
@@ -270,10 +274,12 @@ APF = [
 
 
 class ApiserverThrottles(Fault):
-    """The apiserver answers the agents 429 (API Priority and Fairness with one seat and no queue):
-    they back off, honour Retry-After, and allocations slow down without failing for good."""
+    """The apiserver answers the agents 429 (API Priority and Fairness: their requests in a priority
+    level with no seat of its own and none to borrow, so one at a time at most, the others rejected
+    at once) from mid-storm to its end: the ADDs and the DELs of the scale-down alike. The agents
+    back off and honour Retry-After; allocations slow down and none fails for good."""
 
-    name, what = "apiserver-429", "APF: the agents' requests in a priority level of 1 share, rejected when busy"
+    name, what = "apiserver-429", "APF: the agents' requests one at a time, the rest answered 429, to the storm's end"
 
     def _retries(self) -> float:
         total = 0.0
@@ -285,14 +291,17 @@ class ApiserverThrottles(Fault):
 
     def inject(self) -> None:
         self.before = self._retries()
-        self.ctx.lab.kubectl(
-            "apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": APF})
-        )
-        self.installed = time.monotonic()
+        manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": APF})
+        self.ctx.lab.kubectl("apply", "-f", "-", input_text=manifest)
 
-    def after_converged(self, row: Row) -> None:
+    def after_storm(self, row: Row) -> None:
         row.notes["agent_429_retries"] = int(self._retries() - self.before)
-        self.ctx.lab.kubectl("delete", "flowschema,prioritylevelconfiguration", "faults-agent-throttle")
+        assert row.notes["agent_429_retries"] > 0, "the agents were never answered 429"
+
+    def cleanup(self) -> None:
+        self.ctx.lab.kubectl(
+            "delete", "flowschema,prioritylevelconfiguration", "faults-agent-throttle", "--ignore-not-found"
+        )
 
 
 def faketime_values(lab_file: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A storm: a Deployment scales 0 -> N while a DaemonSet is created (a pod per node), both taking their
 IPs from one pool sized to the pods plus a few; once it has converged it scales back to 0 and the
-DaemonSet is deleted. A fault is injected once a third of the pods run. The checker samples every
+DaemonSet is deleted. A fault is injected once a quarter of the pods hold their address. The checker samples every
 second, from a thread of its own, until the storm has ended and its records are gone.
 """
 
@@ -109,19 +109,26 @@ class Checker:
         except BaseException as exc:  # reported by stop()
             self.error = exc
 
+    def read_records(self) -> list[dict[str, Any]] | None:
+        """The storm's records (None: the API could not say)."""
+        selector = f"labelSelector={LABEL_RECORD_POOL}%3D{POOL}"
+        try:
+            code, records = self.lab.api("GET", f"/apis/spiderpool.spidernet.io/v2beta1/spideripallocations?{selector}")
+        except (OSError, TimeoutError):
+            return None
+        if code != 200:
+            return None
+        return [r for r in records["items"] if r["spec"].get("namespace") == self.namespace]
+
     def read(self) -> inv.Sample | None:
         try:
             code, pods = self.lab.api("GET", f"/api/v1/namespaces/{self.namespace}/pods")
-            selector = f"labelSelector={LABEL_RECORD_POOL}%3D{POOL}"
-            rcode, records = self.lab.api(
-                "GET", f"/apis/spiderpool.spidernet.io/v2beta1/spideripallocations?{selector}"
-            )
         except (OSError, TimeoutError):
             return None
-        if code != 200 or rcode != 200:
+        records = self.read_records()
+        if code != 200 or records is None:
             return None
-        mine = [r for r in records["items"] if r["spec"].get("namespace") == self.namespace]
-        return inv.Sample(time.time(), pods["items"], mine, {n: self._netns(n) for n in self.nodes})
+        return inv.Sample(time.time(), pods["items"], records, {n: self._netns(n) for n in self.nodes})
 
     def _netns(self, node: str) -> dict[str, set[str]] | None:
         try:
@@ -195,6 +202,10 @@ class Storm:
 
         procs.wait_for(ok, timeout=timeout, what=what, interval=0.5, detail=self._describe)
 
+    def _records(self) -> list[dict[str, Any]]:
+        found = self.checker.read_records()
+        return found if found is not None else []
+
     def _describe(self) -> str:
         out = self.lab.kubectl("get", "pods,events", "-n", self.namespace, "-o", "wide", check=False)
         return out.stdout[-6000:] + "\nproblems: " + json.dumps(self.checker.problems, indent=1)
@@ -207,9 +218,19 @@ class Storm:
         try:
             self._kubectl("scale", "-n", self.namespace, f"deployment/{APP}", f"--replicas={self.replicas}")
             self._kubectl("apply", "-f", "-", input_text=json.dumps(daemonset(self.namespace)))
-            trigger = max(1, self.want // 3)
-            self._wait(lambda s: sum(inv.running(p) for p in s.pods) >= trigger, f"{trigger} Running pods")
-            row.injected_at_running = sum(inv.running(p) for p in self.checker.last.pods) if self.checker.last else 0
+            # mid-storm: once a quarter of the pods hold their address (the records are made by the
+            # ADDs themselves; the pods' Running status lags them by seconds), most ADDs still to come
+            trigger = max(1, self.want // 4)
+            procs.wait_for(
+                lambda: len(self._records()) >= trigger,
+                timeout=DEADLINE,
+                what=f"{trigger} of the storm's addresses allocated",
+                interval=0.1,
+                detail=self._describe,
+            )
+            row.notes["allocated_at_injection"] = len(self._records())
+            last = self.checker.last
+            row.injected_at_running = sum(inv.running(p) for p in last.pods) if last else 0
             injected = time.monotonic()
             fault.inject()
             fault.restore()
@@ -225,6 +246,7 @@ class Storm:
             with contextlib.suppress(procs.WaitTimeout):  # (what is left is counted as leaks below)
                 self._wait(lambda s: not s.records, "the storm's records released", timeout=GC_BOUND)
             row.leak_wait_s = round(time.monotonic() - gone, 1)
+            fault.after_storm(row)
         finally:
             self.checker.stop()
         last = self.checker.last

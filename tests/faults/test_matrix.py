@@ -24,6 +24,7 @@ def test_a_fault_mid_storm_leaves_no_duplicate_no_leak(
         row = Storm(storm_lab, ctx.namespace).run(injected)
     finally:
         injected.cleanup()
+        storm_lab.kubectl("delete", "namespace", ctx.namespace, "--ignore-not-found", "--wait=false")
         # whatever the outcome, the next row starts on a whole cluster
         storm_lab.heal()
         controllers.wait_all()
