@@ -202,6 +202,21 @@ class Storm:
 
         procs.wait_for(ok, timeout=timeout, what=what, interval=0.5, detail=self._describe)
 
+    def _endpoints_agree(self) -> bool:
+        code, pods = self.lab.api("GET", f"/api/v1/namespaces/{self.namespace}/pods")
+        ecode, eps = self.lab.api(
+            "GET", f"/apis/spiderpool.spidernet.io/v2beta1/namespaces/{self.namespace}/spiderendpoints"
+        )
+        if code != 200 or ecode != 200:
+            return False
+        have = {
+            e["metadata"]["name"]: [
+                str(n.get("ipv4", "")).split("/")[0] for n in e.get("status", {}).get("current", {}).get("ips") or []
+            ]
+            for e in eps["items"]
+        }
+        return all(have.get(p["metadata"]["name"]) == sorted(inv.pod_ips(p)) for p in pods["items"] if inv.running(p))
+
     def _records(self) -> list[dict[str, Any]]:
         found = self.checker.read_records()
         return found if found is not None else []
@@ -238,6 +253,8 @@ class Storm:
             self._wait(lambda s: inv.converged(s, self.want), f"{self.want} pods Running and recorded")
             row.converge_s = round(time.monotonic() - restored, 1)
             row.total_s = round(time.monotonic() - injected, 1)
+            # the SpiderEndpoints (written just after each reply, re-derived by a restarted agent) agree
+            procs.wait_for(self._endpoints_agree, timeout=60, what="every pod's SpiderEndpoint to name its IP")
             fault.after_converged(row)
             self._kubectl("scale", "-n", self.namespace, f"deployment/{APP}", "--replicas=0")
             self._kubectl("delete", "-n", self.namespace, f"daemonset/{APP}-ds", "--wait=false")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import threading
 import time
 from collections import Counter
@@ -15,10 +16,38 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from spiderpool_lab import procs
+from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json, pool_manifest
 from tests.ipam.conftest import records, wait_no_records
-from tests.ipam.test_crash import NODE, _start_agent
-from tests.stack import Agents, unix_request
+from tests.stack import Agents, free_port, unix_request
+
+NODE = "ghost"  # a Node object with no kubelet: the test plays the runtime, calling the agent directly
+
+
+def _start_agent(lab: Lab, sock: Path) -> None:
+    lab.start_process(
+        f"spiderpool-agent/{NODE}",
+        [
+            sys.executable,
+            "-m",
+            "spiderpool",
+            "agent",
+            f"--kubeconfig={lab.kubeconfig}",
+            f"--node-name={NODE}",
+            f"--socket={sock}",
+            f"--cni-bin-dir={sock.parent / 'bin'}",
+            "--metrics-bind=127.0.0.1",
+            f"--metrics-port={free_port()}",
+        ],
+    )
+    procs.wait_for(
+        lambda: unix_request(str(sock), "GET", "/v1/ipam/healthy")[0] == 200,
+        timeout=60,
+        what="ghost agent healthy",
+        detail=lambda: procs.tail(lab.logs / f"spiderpool-agent-{NODE}.log"),
+    )
+
 
 PODS, NICS = 100, 10
 NS = "load"

@@ -308,8 +308,8 @@ def _webhook_rejects(lab: Lab, name: str) -> bool:
 
 def test_the_webhook_certificate_is_renewed_and_reloaded_without_a_gap(controllers: Controllers) -> None:
     lab = controllers.lab
-    # a certificate of about 50 s, checked every 2 s: renewed when a third of its life is left
-    short = {"spiderpoolController": {"extraArgs": [*stack.CONTROLLER_ARGS, "--cert-validity-days=0.0006"]}}
+    # a certificate of about 35 s, checked every 2 s: renewed when a third of its life is left
+    short = {"spiderpoolController": {"extraArgs": [*stack.CONTROLLER_ARGS, "--cert-validity-days=0.0004"]}}
     short["spiderpoolController"]["extraArgs"].append("--cert-check-interval=2")
     try:
         lab.kubectl("delete", "secret", "-n", "kube-system", "spiderpool-controller-server-certs")
