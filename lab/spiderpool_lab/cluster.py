@@ -609,8 +609,10 @@ class Lab:
                 os.kill(pid, signal.SIGKILL)
         self._save(state)
         procs.wait_for(
-            lambda: not any(procs.alive(p) for p in [*pids, *shims])
-            and not noderuntime.cgroup_pids(self._cgroup_root(name)),
+            lambda: (
+                not any(procs.alive(p) for p in [*pids, *shims])
+                and not noderuntime.cgroup_pids(self._cgroup_root(name))
+            ),
             timeout=30,
             what=f"{name}'s processes to die",
         )
