@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 LAB := $(BIN)/spiderpool-lab
 NODES ?= 2
 
-.PHONY: deps demo demo-down test unit lint lab-build down clean-venv manifest
+.PHONY: deps demo demo-down test unit faults lint lab-build down clean-venv manifest
 
 # The product with its dev tools, and the lab (test tooling, a package of its own: never in the product).
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
@@ -34,6 +34,10 @@ test: deps lint lab-build
 unit: lint
 	$(LAB) build etcd kubernetes
 	$(BIN)/pytest tests/unit tests/inproc
+
+## faults: the fault matrix alone (also part of make test): one fault per pod storm, docs/reliability.md
+faults: deps lint lab-build
+	$(BIN)/pytest -m faults -s
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src lab bench tests
