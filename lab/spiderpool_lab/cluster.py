@@ -30,6 +30,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -635,11 +636,29 @@ class Lab:
         names = [topology.node_name(i) for i in range(1, count + 1)]
         saved = self.state().get("sysctls", {})
 
+        restarted: dict[str, float] = {}
+
+        def supervise() -> None:
+            """systemd's ``Restart=always`` for the node daemons: a kubelet started while its
+            containerd's CRI was still initialising (after a crash it replays its state) exits at
+            once ("server is not initialized yet"); it is started again, 5 s later, as a unit would be."""
+            state = self.state()
+            for name in names:
+                daemons = (f"kubelet/{name}", f"containerd/{name}", f"kube-proxy/{name}")
+                if all(self._running(state, k) for k in daemons) or not self._running(state, f"mountns/{name}"):
+                    continue
+                if time.monotonic() - restarted.get(name, 0.0) < 5:
+                    continue
+                restarted[name] = time.monotonic()
+                say(f"{name}: restarting what exited: {[k for k in daemons if not self._running(state, k)]}")
+                self._up_node(state, self.node(name))
+
         def nodes_ready() -> bool:
             # kubelet changes machine-wide sysctls as it starts: put the machine's values back at once
             changed = noderuntime.restore_sysctls(saved)
             if changed:
                 say(f"restored the machine's sysctls kubelet changed: {changed} -> {saved}")
+            supervise()
             code, body = self.api("GET", "/api/v1/nodes")
             if code != 200:
                 return False

@@ -292,19 +292,23 @@ def _ref(obj: dict[str, Any]) -> list[str]:
     return ref
 
 
+def _path(obj: dict[str, Any]) -> str:
+    """The object's API path (cleanup reads and deletes through the API: only the apply is the user's)."""
+    group, _, version = str(obj["apiVersion"]).rpartition("/")
+    plural = obj["kind"].lower() + "s"
+    ns = obj["metadata"].get("namespace")
+    return f"/apis/{group}/{version}" + (f"/namespaces/{ns}" if ns else "") + f"/{plural}/{obj['metadata']['name']}"
+
+
 def _cleanup(lab: Lab, case: Case) -> None:
     if case.allocated:
-        lab.kubectl("delete", "spideripallocation", record_name(case.allocated[0]), "--ignore-not-found", check=False)
+        lab.api("DELETE", f"/apis/spiderpool.spidernet.io/v2beta1/spideripallocations/{record_name(case.allocated[0])}")
     for obj in [case.obj, *reversed(case.setup)]:
-        lab.kubectl("delete", *_ref(obj), "--ignore-not-found", "--wait=false", check=False)
+        lab.api("DELETE", _path(obj))
 
 
 def _gone(lab: Lab, case: Case) -> bool:
-    for obj in [case.obj, *case.setup]:
-        out = lab.kubectl("get", *_ref(obj), "--ignore-not-found", "-o", "name", check=False)
-        if out.stdout.strip():
-            return False
-    return True
+    return all(lab.api("GET", _path(obj))[0] == 404 for obj in [case.obj, *case.setup])
 
 
 def _run_case(lab: Lab, case: Case, *, controller_up: bool) -> tuple[bool, str]:

@@ -22,7 +22,7 @@ NODE = "node1"
 
 
 @contextlib.asynccontextmanager
-async def agent(client: Client, *, watch: bool = True) -> AsyncIterator[IPAM]:
+async def agent(client: Client, *, watch: bool = True, reuse_cooldown: float = 0.0) -> AsyncIterator[IPAM]:
     """An agent's IP service on its own caches. ``watch=False``: the caches are listed once and
     then follow nothing (an agent whose watch lags, as far as the test needs it to)."""
     pools, reserved, records = (
@@ -31,7 +31,12 @@ async def agent(client: Client, *, watch: bool = True) -> AsyncIterator[IPAM]:
         WatchCache(client, IPALLOCATION),
     )
     ipam = IPAM(
-        client, Settings(node=NODE), pools=pools, reserved=reserved, records=records, subnets=WatchCache(client, SUBNET)
+        client,
+        Settings(node=NODE, reuse_cooldown=reuse_cooldown),
+        pools=pools,
+        reserved=reserved,
+        records=records,
+        subnets=WatchCache(client, SUBNET),
     )
     tasks = []
     for c in ipam.caches:
@@ -196,3 +201,49 @@ async def test_a_create_retried_by_the_client_is_recognised_as_ours(client: Clie
             assert not await ipam.records.create(other)
         finally:
             client.create = real  # type: ignore[method-assign]
+
+
+async def test_a_retried_add_while_the_watch_is_down_finds_what_the_pod_holds(client: Client, namespace: str) -> None:
+    """The fault matrix's partition row found it: a create carried out whose answer was lost, the
+    watch down, and the runtime's retry got a second address (the first stayed with the pod). With
+    the records watch not open (or a create in doubt) an ADD reads what the pod holds first."""
+    pool = unique("pool")
+    await client.create(IPPOOL, pool_body(pool, "10.65.0.0/24", ["10.65.0.10-10.65.0.11"]))
+    pod = await make_pod(client, namespace, "partitioned")
+    async with agent(client, watch=False) as ipam:  # listed once, then blind: as while cut off
+        assert not ipam.records.cache.live
+        # the first try: stored by the apiserver, its answer lost on the way back
+        await create_record(client, record_spec("10.65.0.10", pool, namespace, "partitioned", pod["metadata"]["uid"]))
+        reply = await ipam.allocator.allocate(add(pod, defaultIPv4IPPool=[pool]))
+        assert [ip["address"] for ip in reply["ips"]] == ["10.65.0.10/24"]
+        assert await gone(client, IPALLOCATION, record_name("10.65.0.11")), "a second address was allocated"
+        # a create with no answer puts the pod's NIC in doubt: looked up in the API at its next ADD
+        ipam.records.doubts.add((pod["metadata"]["uid"], "net1"))
+        await create_record(
+            client, record_spec("10.65.0.11", pool, namespace, "partitioned", pod["metadata"]["uid"], interface="net1")
+        )
+        again = await ipam.allocator.allocate(add(pod, "net1", defaultIPv4IPPool=[pool]))
+        assert [ip["address"] for ip in again["ips"]] == ["10.65.0.11/24"]
+        assert not ipam.records.doubts
+
+
+async def test_a_released_address_cools_down_before_it_is_handed_out_again(client: Client, namespace: str) -> None:
+    """The fault matrix's force-delete row found it: the runtime's DEL frees the address before the
+    link carrying it is gone, and the next pod got it while the old link still answered for it. A
+    released address waits (here 2 s) unless nothing else is free."""
+    pool = unique("pool")
+    await client.create(IPPOOL, pool_body(pool, "10.66.0.0/24", ["10.66.0.10-10.66.0.11"]))
+    first, second, third = [await make_pod(client, namespace, n) for n in ("c-1", "c-2", "c-3")]
+    async with agent(client, reuse_cooldown=2.0) as ipam:
+        held = (await ipam.allocator.allocate(add(first, defaultIPv4IPPool=[pool])))["ips"][0]["address"]
+        await client.delete(POD_KIND, "c-1", namespace)
+        await ipam.releaser.release(add(first))
+        # the other free address, not the one just released
+        got = (await ipam.allocator.allocate(add(second, defaultIPv4IPPool=[pool])))["ips"][0]["address"]
+        assert got != held
+        # nothing else free: the third pod waits for the cooldown and gets it
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        last = (await ipam.allocator.allocate(add(third, defaultIPv4IPPool=[pool])))["ips"][0]["address"]
+        assert last == held
+        assert loop.time() - began > 0.5

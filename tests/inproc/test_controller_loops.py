@@ -18,6 +18,7 @@ from spiderpool.ipam import gc
 from spiderpool.ipam.allocate import record_name
 from spiderpool.k8s.client import Client
 from spiderpool.k8s.kinds import IPALLOCATION
+from spiderpool.k8s.retry import Backoff
 from spiderpool_lab.envtest import ApiServer
 from tests.inproc.conftest import create_record, eventually, gone, record_spec, unique
 
@@ -40,6 +41,10 @@ async def plant(client: Client, ip: str, *, pod: str, quarantine_until: str = ""
 async def test_gc_keeps_working_after_the_apiserver_restarts_under_it(apiserver: ApiServer, client: Client) -> None:
     cache = ObjectCache(client)
     collector = GarbageCollector(client, cache, gc.Settings(quarantine=1.0, min_age=0.0), scan_interval=5.0)
+    # (the watches' back-off, up to 30 s as client-go's reflector, shortened: what is tested is that
+    # GC recovers, not how long the back-off grows while the apiserver is away)
+    for watch in (cache.record_cache, collector.pods, collector.nodes, collector.leases, collector.statefulsets):
+        watch.backoff = Backoff(0.2, 2.0)
     tasks = [asyncio.create_task(cache.run()), asyncio.create_task(collector.run())]
     try:
         # a quarantine that ends while the apiserver is down: GC's release of it meets a dead API

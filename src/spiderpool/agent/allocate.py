@@ -129,6 +129,11 @@ class Allocator:
         # What the pod already holds for this NIC (a repeated ADD, a new sandbox, an ADD whose reply was
         # lost, a StatefulSet pod re-created under its name) is returned, never allocated twice.
         held = self.records.of(pod.uid, ifname)
+        if not held and (not self.records.cache.live or (pod.uid, ifname) in self.records.doubts):
+            # The cache may lack what this pod already holds: our watch is down (a partition, an
+            # apiserver restart), or an earlier create of ours had no answer. Without this look, the
+            # runtime's retry would get a second address and the first would stay with the pod.
+            held = await self.records.read_of(pod.uid, ifname)
         if not held and pod.owner_kind == "StatefulSet":
             held = await self._adopt_statefulset(pod, ifname, req)
         if held:
@@ -284,10 +289,15 @@ class Allocator:
             tries = 0
             eligible = self._eligible(pool)
             active = self.records.pool_nodes.get(pool_name, {}).keys()
+            cooling: list[float] = []
             for ip in self._walker.candidates(pool_name, space, self.records.held_by, eligible, active):
                 tries += 1
                 if tries > MAX_TRIES_PER_POOL:
                     break
+                until = self.records.cooling_until(ip)
+                if until is not None:  # released a moment ago: its last pod's link may still carry it
+                    cooling.append(until)
+                    continue
                 inflight.add(ip)
                 try:
                     spec: RecordSpec = {
@@ -308,6 +318,18 @@ class Allocator:
                         return assigned_from(pool, spec)
                 finally:
                     inflight.discard(ip)
+            if cooling:
+                # only just-released addresses are left here: wait for the first to cool, then walk again
+                await asyncio.sleep(max(0.0, min(cooling) - time.monotonic()))
+                return await self._take(
+                    family,
+                    (pool_name, *pool_names[pool_names.index(pool_name) + 1 :]),
+                    pod,
+                    ifname,
+                    req,
+                    rejected,
+                    clean,
+                )
             if tries == 0 or all(str(ip) in used for ip in space):
                 # (all() stops at the first free address: it costs at most the number of used ones)
                 reasons.append(

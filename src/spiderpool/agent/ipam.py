@@ -38,7 +38,7 @@ class IPAM:
         """``pods`` (this node's), ``namespaces`` and ``nodes`` are optional: without them the agent
         reads the API."""
         self.settings = settings
-        self.records = Records(client, records, settings.node)
+        self.records = Records(client, records, settings.node, cooldown=settings.reuse_cooldown)
         self.objects = Objects(client, pods=pods, namespaces=namespaces, nodes=nodes)
         self.locks, activity = PodLocks(), Activity()
         self.endpoints = EndpointWriter(client, self.records, pools, self.objects, self.locks, activity, settings.node)

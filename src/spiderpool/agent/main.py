@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds an address found in use by another host (detectIPConflict) is held for nobody",
     )
     p.add_argument(
+        "--ip-reuse-cooldown",
+        type=float,
+        default=5.0,
+        help="seconds a released address waits before it is handed out again (its last pod's link may still"
+        " carry it: the runtime's DEL frees the address before the link is deleted)",
+    )
+    p.add_argument(
         "--plugin-check-interval",
         type=float,
         default=10.0,
@@ -153,6 +160,7 @@ class Agent:
                 cluster_network=args.cluster_network,
                 auto_pool_wait=args.auto_pool_wait,
                 conflict_quarantine=args.ip_conflict_quarantine,
+                reuse_cooldown=args.ip_reuse_cooldown,
             ),
             pools=self.caches[0],
             reserved=self.caches[1],

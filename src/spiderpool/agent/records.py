@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 
 from spiderpool.agent.metrics import API_WRITES, CONFLICTS, RELEASED_IPS
+from spiderpool.api.constants import LABEL_RECORD_POD_UID
 from spiderpool.api.objects import Record, RecordSpec, as_record, held_for, new_record
 from spiderpool.ipam.allocate import FREE, MINE, OTHER, record_name
 from spiderpool.k8s.cache import WatchCache
@@ -25,10 +27,14 @@ log = logging.getLogger(__name__)
 
 #: how often a delete re-reads a record that changed under it before giving up to the controller
 DELETE_TRIES = 3
+#: seconds a released IP waits before it is handed out again (``--ip-reuse-cooldown``)
+REUSE_COOLDOWN = 5.0
+#: the cooling map is pruned past this size
+COOLING_MAX = 4096
 
 
 class Records:
-    def __init__(self, client: Client, cache: WatchCache, node: str) -> None:
+    def __init__(self, client: Client, cache: WatchCache, node: str, *, cooldown: float = REUSE_COOLDOWN) -> None:
         self.client, self.cache, self.node = client, cache, node
         #: IPs with a record (from the watch) or being created by this agent right now
         self.used: set[str] = set()
@@ -39,6 +45,13 @@ class Records:
         self.pool_nodes: dict[str, dict[str, int]] = {}
         #: record -> (pod uid, pool, node) as counted above
         self._counted: dict[str, tuple[str, str, str]] = {}
+        #: IP -> when it may be handed out again (monotonic): just released, its last holder's
+        #: interface may still carry it (the runtime's DEL frees the IP before the link goes)
+        self.cooling: dict[str, float] = {}
+        self.cooldown = cooldown
+        #: (pod uid, interface) whose record create had an unknown outcome (the request may have been
+        #: carried out and its answer lost): the next ADD for them looks in the API, not the cache
+        self.doubts: set[tuple[str, str]] = set()
         cache.listeners.append(self._on_record)
 
     # ------------------------------------------------------------ the index
@@ -66,8 +79,32 @@ class Records:
             self.by_uid.setdefault(uid, set()).add(key)
             counts = self.pool_nodes.setdefault(pool, {})
             counts[node] = counts.get(node, 0) + 1
-        else:
+        elif ip in self.used:
             self.used.discard(ip)
+            if self.cooldown > 0:
+                now = time.monotonic()
+                self.cooling[ip] = now + self.cooldown
+                if len(self.cooling) > COOLING_MAX:  # (bounded: drop what has cooled)
+                    self.cooling = {k: t for k, t in self.cooling.items() if t > now}
+
+    def cooling_until(self, ip: str) -> float | None:
+        """When ``ip``, released a moment ago, may be handed out again (None: it may now)."""
+        until = self.cooling.get(ip)
+        if until is None:
+            return None
+        if until <= time.monotonic():
+            del self.cooling[ip]
+            return None
+        return until
+
+    async def read_of(self, uid: str, ifname: str) -> list[Record]:
+        """What pod ``uid`` holds for ``ifname``, read from the API (the cache may have missed it):
+        the records found are put into the cache too."""
+        items, _ = await self.client.list(IPALLOCATION, labels=f"{LABEL_RECORD_POD_UID}={uid}")
+        for item in items:
+            self.cache.apply_local(item)
+        self.doubts.discard((uid, ifname))
+        return [as_record(i) for i in items if i.get("spec", {}).get("interface") == ifname]
 
     def get(self, name: str) -> Record | None:
         obj = self.cache.get(name)
@@ -104,6 +141,8 @@ class Records:
             created = await self.client.create(IPALLOCATION, dict(new_record(name, spec)))
         except ApiError as exc:
             if exc.code != 409:
+                if exc.code >= 500:  # (the server may have stored it before failing to answer)
+                    self.doubts.add((spec["podUID"], spec["interface"]))
                 raise
             # Taken: by another pod, or by our own first try of a create the client retried.
             if exc.attempts > 1 and await self._ours(name, spec):
@@ -111,6 +150,10 @@ class Records:
             CONFLICTS.inc()
             self.used.add(spec["ip"])  # someone else holds it; our watch will confirm
             return False
+        except Exception:
+            # no answer (the connection broke, a timeout): the create may have been carried out
+            self.doubts.add((spec["podUID"], spec["interface"]))
+            raise
         self.cache.apply_local(created)
         return True
 

@@ -18,6 +18,8 @@ class Settings:
     auto_pool_wait: float = 30.0
     #: how long an address another host turned out to use is held for nobody
     conflict_quarantine: float = IP_CONFLICT_QUARANTINE
+    #: how long a released address waits before it is handed out again
+    reuse_cooldown: float = 5.0
 
     @property
     def families(self) -> tuple[int, ...]:

@@ -73,9 +73,15 @@ class WatchCache:
         self.backoff = backoff or Backoff(0.5, 30.0)
         #: key -> the last version we deleted ourselves
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: the watch is open, so what happens reaches the cache within moments; False from the first
+        #: failure until the watch is open again (meanwhile the cache may miss writes, ours included)
+        self.live = False
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.items.get(key)
+
+    def _opened(self) -> None:
+        self.live = True
 
     def _set(self, obj: dict[str, Any]) -> None:
         key = key_of(obj)
@@ -140,7 +146,12 @@ class WatchCache:
                 if not rv:
                     rv = await self._relist()
                 events = self.client.watch(
-                    self.res, self.namespace, resource_version=rv, fields=self.fields, labels=self.labels
+                    self.res,
+                    self.namespace,
+                    resource_version=rv,
+                    fields=self.fields,
+                    labels=self.labels,
+                    on_open=self._opened,
                 )
                 async for event, obj in events:
                     if event == "DELETED":
@@ -153,8 +164,10 @@ class WatchCache:
                 # the server closed the watch (its timeout): resume from where it ended
                 continue
             except asyncio.CancelledError:
+                self.live = False
                 raise
             except ApiError as exc:
+                self.live = False
                 if exc.code == 410:  # our resourceVersion is too old: a re-list is the cure
                     rv = ""
                     if self.backoff.failures == 0:
@@ -163,6 +176,7 @@ class WatchCache:
                 else:
                     log.warning("watch broke kind=%s error=%s", self.kind, exc)
             except Exception as exc:
+                self.live = False
                 # (the connection, most often: resumed from the last resourceVersion seen)
                 log.warning("watch broke kind=%s error=%r", self.kind, exc)
             await asyncio.sleep(self.backoff.next())

@@ -17,7 +17,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,7 +244,14 @@ class Client:
             params["continue"] = cont
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, *, resource_version: str, fields: str = "", labels: str = ""
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        *,
+        resource_version: str,
+        fields: str = "",
+        labels: str = "",
+        on_open: Callable[[], None] | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(event type, object) from ``resource_version`` on, bookmarks included, until the server
         ends it. Not retried here: ``WatchCache`` resumes it (or re-lists) with back-off."""
@@ -261,6 +268,8 @@ class Client:
         ) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.read())
+            if on_open is not None:
+                on_open()  # (events from here on reach the caller: a cache following them is current)
             buf = b""
             # (not ``async for line in resp.content``: aiohttp caps a line at 64 KiB, and objects can be larger)
             async for chunk in resp.content.iter_any():
