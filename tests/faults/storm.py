@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import threading
 import time
@@ -86,6 +87,8 @@ class Checker:
         self.problems: dict[str, float] = {}
         self.max_orphans = 0
         self.last: inv.Sample | None = None
+        #: what the checker saw around each problem when it first counted it (for the row's report)
+        self.diagnostics: list[dict[str, Any]] = []
         self._previous: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="storm-checker", daemon=True)
@@ -138,6 +141,55 @@ class Checker:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         return inv.parse_netns_addresses(out.stdout)
 
+    def _diagnose(self, sample: inv.Sample, problem: str) -> dict[str, Any]:
+        """The pods, records and sandboxes that bear on a problem, read at once (the evidence a fix
+        needs: the state is gone by the time a test fails)."""
+        ips = set(re.findall(r"\b\d+\.\d+\.\d+\.\d+\b", problem))
+        out: dict[str, Any] = {"problem": problem, "at": time.strftime("%H:%M:%S", time.gmtime(sample.at))}
+        out["pods"] = [
+            {
+                "name": p["metadata"]["name"],
+                "uid": p["metadata"]["uid"],
+                "node": p["spec"].get("nodeName"),
+                "phase": p["status"].get("phase"),
+                "ips": sorted(inv.pod_ips(p)),
+                "deleting": bool(p["metadata"].get("deletionTimestamp")),
+            }
+            for p in sample.pods
+            if inv.pod_ips(p) & ips or any(u in problem for u in (p["metadata"]["uid"], p["metadata"]["name"]))
+        ]
+        out["records"] = [r["spec"] for r in sample.records if r["spec"]["ip"] in ips or r["spec"]["podUID"] in problem]
+        for node in self.nodes:
+            try:
+                run = self.lab.in_node(node)
+            except LabError:
+                continue
+            listing = subprocess.run(
+                [
+                    *run,
+                    "sh",
+                    "-c",
+                    'for n in $(ls /run/netns); do echo "$n $(ip -n $n -o -4 addr show | '
+                    "grep -o 'inet [0-9.]*' | tr '\\n' ' ')\"; done",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+            out[f"netns {node}"] = [line for line in listing.splitlines() if any(ip in line for ip in ips)]
+            agent = self.lab.kubectl(
+                "logs",
+                "-n",
+                "kube-system",
+                "-l",
+                "app.kubernetes.io/name=spiderpool-agent",
+                "--tail=400",
+                "--prefix",
+                check=False,
+            ).stdout
+            out["agent log"] = [line for line in agent.splitlines() if any(ip in line for ip in ips)][-20:]
+        return out
+
     def check(self) -> inv.Sample | None:
         sample = self.read()
         if sample is None:
@@ -146,7 +198,9 @@ class Checker:
         self.samples += 1
         found = inv.problems(sample, NETWORK)
         for problem in found & self._previous:
-            self.problems.setdefault(problem, sample.at)
+            if problem not in self.problems:
+                self.problems[problem] = sample.at
+                self.diagnostics.append(self._diagnose(sample, problem))
         self._previous = found
         self.max_orphans = max(self.max_orphans, len(inv.orphans(sample)))
         self.last = sample
@@ -272,6 +326,8 @@ class Storm:
         row.duplicates = len(inv.duplicates(set(self.checker.problems)))
         row.samples, row.unreadable = self.checker.samples, self.checker.unreadable
         row.notes["max_orphan_records"] = self.checker.max_orphans
+        if self.checker.diagnostics:
+            row.notes["diagnostics"] = self.checker.diagnostics
         events = self.lab.kubectl("get", "events", "-n", self.namespace, "-o", "json", check=False).stdout
         items = json.loads(events)["items"] if events.strip() else []
         row.failed_adds = sum(int(e.get("count") or 1) for e in items if e.get("reason") == "FailedCreatePodSandBox")

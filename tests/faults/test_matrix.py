@@ -4,6 +4,8 @@ storm converged with nobody's help (the harness only undoes the fault the way th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from spiderpool_lab.cluster import Lab
@@ -31,6 +33,6 @@ def test_a_fault_mid_storm_leaves_no_duplicate_no_leak(
         agents.wait_all()
     ROWS.append(row)
     print(f"{row.fault}: {row.as_json()}")
-    assert not row.problems, "\n".join(row.problems)
+    assert not row.problems, "\n".join(row.problems) + "\n" + json.dumps(row.notes.get("diagnostics"), indent=1)
     assert row.duplicates == 0
     assert row.leaks == 0, f"{row.leaks} records of gone pods left after {row.leak_wait_s} s"

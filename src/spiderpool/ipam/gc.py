@@ -129,10 +129,14 @@ class LeaseAges:
 
 
 def containers_stopped(pod: Mapping[str, Any]) -> bool:
-    """The kubelet reports every container of the pod terminated (or never started)."""
+    """The kubelet reports every container of the pod terminated. A container that never started
+    (waiting, or not reported yet) is no proof: the pod's sandbox, and its network with our address,
+    may be up, or still being set up by an ADD (the fault matrix's force-delete row found a pod
+    deleted mid-ADD whose IP was freed while its sandbox carried it)."""
     status = pod.get("status") or {}
-    statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
-    return all("running" not in (s.get("state") or {}) for s in statuses)
+    statuses = status.get("containerStatuses") or []
+    every = statuses + (status.get("initContainerStatuses") or [])
+    return bool(statuses) and all("terminated" in (s.get("state") or {}) for s in every)
 
 
 def judge(
@@ -174,5 +178,7 @@ def judge(
     if now >= deleted_at + settings.terminating_delay and containers_stopped(pod):
         if statefulset and statefulset_wants(sts, str(spec.get("pod"))):
             return KEEP
-        return Verdict(True, "terminating_pod_stopped")
+        # the containers are gone, the sandbox may not be yet (its CNI DEL may even be failing, a
+        # plugin missing): quarantined, so no other pod gets an address its old link still answers for
+        return Verdict(True, "terminating_pod_stopped", quarantine=True)
     return KEEP
