@@ -177,17 +177,10 @@ class Checker:
                 timeout=30,
             ).stdout
             out[f"netns {node}"] = [line for line in listing.splitlines() if any(ip in line for ip in ips)]
-            agent = self.lab.kubectl(
-                "logs",
-                "-n",
-                "kube-system",
-                "-l",
-                "app.kubernetes.io/name=spiderpool-agent",
-                "--tail=400",
-                "--prefix",
-                check=False,
-            ).stdout
-            out["agent log"] = [line for line in agent.splitlines() if any(ip in line for ip in ips)][-20:]
+        for app in ("spiderpool-agent", "spiderpool-controller"):
+            selector = f"app.kubernetes.io/name={app}"
+            logs = self.lab.kubectl("logs", "-n", "kube-system", "-l", selector, "--tail=400", "--prefix", check=False)
+            out[f"{app} log"] = [line for line in logs.stdout.splitlines() if any(ip in line for ip in ips)][-20:]
         return out
 
     def check(self) -> inv.Sample | None:
