@@ -27,8 +27,15 @@ demo-down: $(VENV)/.installed
 	$(LAB) demo down
 
 ## test: lint, type-check, build the lab if needed, run the whole suite against it
+# (tests/unit and tests/inproc use no lab: they run beside the lab's tests, their report printed after)
 test: deps lint lab-build
-	$(BIN)/pytest
+	@log=$$(mktemp); \
+	$(BIN)/pytest -p no:cacheprovider tests/unit tests/inproc > $$log 2>&1 & quick=$$!; \
+	$(BIN)/pytest --ignore=tests/unit --ignore=tests/inproc; lab=$$?; \
+	wait $$quick; fast=$$?; \
+	echo "=== tests/unit and tests/inproc (run beside the lab's tests) ==="; \
+	if [ $$fast -ne 0 ]; then cat $$log; else tail -n 40 $$log; fi; rm -f $$log; \
+	test $$lab -eq 0 -a $$fast -eq 0
 
 ## unit: the fast loop: lint, pure tests, in-process tests against a loopback apiserver (no root, no lab)
 unit: lint

@@ -25,7 +25,7 @@ from tests.faults import invariants as inv
 from tests.stack import LAB_NODES_ONLY
 
 #: Deployment replicas at the storm's peak (the CI size; the DaemonSet adds one pod per node)
-REPLICAS = 20
+REPLICAS = 12
 SPARE_IPS = 4
 POOL = "p-faults"
 POOL_RANGE = "172.18.60.1-172.18.60.40"
