@@ -55,6 +55,13 @@ NS = "load"
 RSS_BOUND_MIB = 512
 
 
+def _force_delete_pods(lab: Lab) -> None:
+    """Every pod of the namespace gone at once (no kubelet runs them to end them gracefully)."""
+    options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
+    lab.api("DELETE", f"/api/v1/namespaces/{NS}/pods", options)
+    procs.wait_for(lambda: not get_json(lab, "pods", "-n", NS)["items"], timeout=60, what="the load pods gone")
+
+
 def _rss_mib(pid: int) -> tuple[float, float]:
     """(current, peak) resident memory of a process, MiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -77,8 +84,10 @@ def test_an_agent_holds_a_thousand_concurrent_requests(stack: Agents, tmp_path: 
         }
         for i in range(PODS)
     ]
-    lab.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
-    pods = get_json(lab, "pods", "-n", NS)["items"]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        made = list(pool.map(lambda d: lab.api("POST", f"/api/v1/namespaces/{NS}/pods", d), docs))
+    assert {code for code, _ in made} == {201}, made[:3]
+    pods = [obj for _, obj in made]
     sock = tmp_path / "agent.sock"
     _start_agent(lab, sock)
     pid = int(lab.state()["procs"][f"spiderpool-agent/{NODE}"])
@@ -115,7 +124,7 @@ def test_an_agent_holds_a_thousand_concurrent_requests(stack: Agents, tmp_path: 
         took = sorted(t for _, t, _ in added)
         p50, p99 = statistics.median(took), took[int(len(took) * 0.99) - 1]
         # the pods go (no kubelet runs them: force), then the runtime's DELs come, all at once
-        lab.kubectl("delete", "pods", "--all", "-n", NS, "--grace-period=0", "--force", "--wait=true")
+        _force_delete_pods(lab)
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             start.reset()
             released = list(pool.map(lambda j: call("DELETE", *j), jobs))
@@ -128,13 +137,11 @@ def test_an_agent_holds_a_thousand_concurrent_requests(stack: Agents, tmp_path: 
             f" peak {rss_peak:.0f}; {len(released)} concurrent DELs all answered, {freed} addresses freed by them"
         )
     finally:
-        lab.kubectl("delete", "pods", "--all", "-n", NS, "--grace-period=0", "--force", "--wait=true")
+        _force_delete_pods(lab)
         lab.kubectl("delete", "namespace", NS, "--wait=false")
-        for pod in pods:  # DELs for whatever an interrupted run left
-            for nic in range(NICS):
-                meta = pod["metadata"]
-                body = {"containerID": f"ctr-{meta['uid']}", "ifName": "eth0" if nic == 0 else f"net{nic}"}
-                unix_request(str(sock), "DELETE", "/v1/ipam/ip", {**body, "podUID": meta["uid"]})
+        for spec in [r["spec"] for r in records(lab) if r["spec"]["namespace"] == NS]:  # an interrupted run's
+            body = {"containerID": spec.get("containerID") or "x", "ifName": spec["interface"]}
+            unix_request(str(sock), "DELETE", "/v1/ipam/ip", {**body, "podUID": spec["podUID"]})
         lab.stop_process(f"spiderpool-agent/{NODE}")
         lab.kubectl("delete", "node", NODE)
     wait_no_records(lab, NS)
