@@ -108,10 +108,10 @@ def test_walkthrough_deployment_on_the_veth_data_plane(walkthrough: Agents) -> N
             links = netns.ip_json(node.netns, ["link", "show", "type", "veth"])
             assert [str(x["ifname"]) for x in links if str(x["ifname"]).startswith("veth")] == []
             assert netns.ip_json(node.netns, ["route", "show", "table", "500"]) == []
-    finally:
+    finally:  # (the walkthrough's subnet covers the LAN: left behind, it would refuse later tests' pools)
         lab.kubectl("delete", "namespace", NS, "--wait=false")
-    wait_no_records(lab, NS, timeout=120)
-    lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s")
+        wait_no_records(lab, NS, timeout=120)
+        lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s", "--ignore-not-found")
 
 
 SUBNET6 = """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import threading
@@ -24,8 +25,9 @@ from spiderpool_lab.cluster import Lab, LabError
 from tests.faults import invariants as inv
 from tests.stack import LAB_NODES_ONLY
 
-#: Deployment replicas at the storm's peak (the CI size; the DaemonSet adds one pod per node)
-REPLICAS = 12
+#: Deployment replicas at the storm's peak (the CI size; the DaemonSet adds one pod per node).
+#: STORM_REPLICAS=60 runs the full size (the pool range holds 60 + nodes + spares).
+REPLICAS = int(os.environ.get("STORM_REPLICAS", "12"))
 SPARE_IPS = 4
 POOL = "p-faults"
 POOL_RANGE = "172.18.60.1-172.18.60.40"

@@ -168,4 +168,5 @@ def fuzz_agent(agents: Agents, tmp_path_factory: pytest.TempPathFactory) -> Iter
         lab.kubectl("delete", "node", NODE, "--wait=false", check=False)
         lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=60s", check=False)
         topology.remove_node(lab.prefix, topology.node_name(NETNS_INDEX))
+        (lab.logs / "fuzz-counts.json").write_text(json.dumps(COUNTS, sort_keys=True))
         print("fuzzing through the lab, inputs per kind: " + json.dumps(COUNTS, sort_keys=True))
