@@ -4,7 +4,7 @@ A real ``spiderpool-agent`` process (for a node with no kubelet) against a real 
 on loopback (``spiderpool_lab.envtest``: no lab, no root needed), 100 pods with ten NICs each:
 
 - the floor: 1,000 concurrent ``GET /v1/ipam/healthy`` (the socket and the HTTP server, no API call);
-- unloaded: the 1,000 ADDs one at a time (each a record create);
+- unloaded: 100 ADDs one at a time (each a record create; an eleventh NIC of each pod);
 - loaded: the 1,000 ADDs at once, then the 1,000 DELs at once (the pods deleted first).
 
 Prints p50/p99/max per phase, the ratios to the floor and to the unloaded ADD, the failures (must be
