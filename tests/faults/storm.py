@@ -303,7 +303,14 @@ class Storm:
             row.converge_s = round(time.monotonic() - restored, 1)
             row.total_s = round(time.monotonic() - injected, 1)
             # the SpiderEndpoints (written just after each reply, re-derived by a restarted agent) agree
-            procs.wait_for(self._endpoints_agree, timeout=60, what="every pod's SpiderEndpoint to name its IP")
+            procs.wait_for(
+                self._endpoints_agree,
+                timeout=60,
+                what="every pod's SpiderEndpoint to name its IP",
+                detail=lambda: self.lab.kubectl(
+                    "get", "spiderendpoints,pods", "-n", self.namespace, "-o", "wide", check=False
+                ).stdout[-6000:],
+            )
             fault.after_converged(row)
             self._kubectl("scale", "-n", self.namespace, f"deployment/{APP}", "--replicas=0")
             self._kubectl("delete", "-n", self.namespace, f"daemonset/{APP}-ds", "--wait=false")

@@ -247,3 +247,44 @@ async def test_a_released_address_cools_down_before_it_is_handed_out_again(clien
         last = (await ipam.allocator.allocate(add(third, defaultIPv4IPPool=[pool])))["ips"][0]["address"]
         assert last == held
         assert loop.time() - began > 0.5
+
+
+class _Flaky:
+    """The real client, but its first ``failures`` endpoint creates fail as an apiserver going down
+    would (every other call goes through to the real API)."""
+
+    def __init__(self, client: Client, failures: int) -> None:
+        self._client, self.failures = client, failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def create(self, kind: Any, body: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if kind is ENDPOINT and self.failures > 0:
+            self.failures -= 1
+            raise ApiError(503, "ServiceUnavailable", "the apiserver is going down")
+        return await self._client.create(kind, body, *args, **kwargs)
+
+
+async def test_a_failed_endpoint_write_is_tried_again_with_back_off(client: Client, namespace: str) -> None:
+    """Found by the fault matrix: with the apiserver killed mid-burst, a pod's SpiderEndpoint write
+    failed once and was never tried again (the pod ran, its endpoint stayed missing)."""
+    pool = unique("pool")
+    await client.create(IPPOOL, pool_body(pool, "10.64.0.0/24", ["10.64.0.10-10.64.0.12"]))
+    pod = await make_pod(client, namespace, "late")
+    async with agent(client) as ipam:
+        flaky = _Flaky(client, failures=2)
+        ipam.endpoints.client = flaky  # type: ignore[assignment]
+        reply = await ipam.allocator.allocate(add(pod, defaultIPv4IPPool=[pool]))
+        assert [ip["address"] for ip in reply["ips"]] == ["10.64.0.10/24"]
+
+        async def written() -> bool:
+            try:
+                endpoint = await client.get(ENDPOINT, "late", namespace)
+            except ApiError:
+                return False
+            return bool(endpoint["status"]["current"]["ips"][0]["ipv4"] == "10.64.0.10/24")
+
+        # (retries after 1 s, then 2 s)
+        await eventually(written, within=30, what="the endpoint written after two failed tries")
+        assert flaky.failures == 0

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 ENDPOINT_WORKERS = 4
 #: how long an endpoint write may wait for a burst of allocations to pass
 ENDPOINT_MAX_DELAY = 5.0
+#: a failed endpoint write is tried again after this, doubled per failure up to the maximum
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 
 
 class Activity:
@@ -74,12 +76,17 @@ class EndpointWriter:
         self._active = 0
         self._idle = asyncio.Event()
         self._flushing = False
+        #: the latest uid marked per pod, and the failed writes in a row, while a retry is due
+        self._latest: dict[str, str] = {}
+        self._failures: dict[str, int] = {}
+        self._stopped = False
 
     def mark(self, key: str, uid: str) -> None:
         """Bring pod ``key``'s endpoint in line with the records of ``uid``, soon."""
         queued = self._dirty.get(key)
         # (a pod already queued keeps its place and age; the latest uid wins)
         self._dirty[key] = (uid, queued[1] if queued else time.monotonic())
+        self._latest[key] = uid
         ENDPOINTS_PENDING.set(len(self._dirty) + self._active)
         self._idle.clear()
         self._wake.set()
@@ -120,12 +127,24 @@ class EndpointWriter:
             try:
                 async with self.locks.hold(key):
                     await self._sync(key, uid)
+                self._failures.pop(key, None)
+                if key not in self._dirty:
+                    self._latest.pop(key, None)
             except Exception as exc:
-                # (the records stay the truth; the next change of this pod, or the next start, writes it)
-                log.warning("endpoint sync failed pod=%s error=%r", key, exc)
+                # The records stay the truth, but a view left stale until the agent restarts is a
+                # silent failure (an apiserver down mid-burst did it): tried again, with back-off.
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (failures - 1))
+                log.warning("endpoint sync failed pod=%s error=%r retry_in=%.0fs", key, exc, delay)
+                asyncio.get_running_loop().call_later(delay, self._retry, key, uid)
             finally:
                 self._active -= 1
                 ENDPOINTS_PENDING.set(len(self._dirty) + self._active)
+
+    def _retry(self, key: str, uid: str) -> None:
+        # (not if a newer incarnation of the pod was marked since: its own sync is the one that counts)
+        if not self._stopped and self._latest.get(key) == uid and key not in self._dirty:
+            self.mark(key, uid)
 
     async def _sync(self, key: str, uid: str) -> None:
         ns, name = key.split("/", 1)
@@ -215,6 +234,7 @@ class EndpointWriter:
                     self.activity.quiet.clear()
 
     def stop(self) -> None:
+        self._stopped = True
         for task in self._workers:
             task.cancel()
         self._workers = []
