@@ -220,3 +220,9 @@ def pool_pod(name: str, namespace: str, pool: str, node: str, ipv6_pool: str | N
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
         }
     )
+
+
+def delete_walkthrough_subnet(lab: Lab) -> None:
+    """Delete the walkthrough's SpiderSubnet ``subnet-test`` if it is there. It covers the lab's LAN:
+    left behind by a failed test, it would refuse every later test's pool there."""
+    lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s", "--ignore-not-found")

@@ -10,7 +10,7 @@ import time
 
 from spiderpool_lab import demo, procs
 from spiderpool_lab.cluster import Lab
-from tests.helpers import allocation_record, get_json, pool_manifest
+from tests.helpers import allocation_record, delete_walkthrough_subnet, get_json, pool_manifest
 from tests.stack import Controllers
 
 # The walkthrough's SpiderSubnet with its indentation fixed.
@@ -45,8 +45,8 @@ def test_walkthrough_subnet_applies_and_lists_counts(controllers: Controllers) -
         )
         header = lab.kubectl("get", "spidersubnet").stdout.splitlines()[0].split()
         assert header == ["NAME", "VERSION", "SUBNET", "ALLOCATED-IP-COUNT", "TOTAL-IP-COUNT", "AGE"]
-    finally:  # the walkthrough's subnet covers the LAN: left behind, it would refuse other tests' pools
-        lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s", "--ignore-not-found")
+    finally:
+        delete_walkthrough_subnet(lab)
 
 
 def _dry_run_rejected(lab: Lab) -> tuple[bool, str]:

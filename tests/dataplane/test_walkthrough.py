@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from spiderpool_lab import demo, install, netns, procs, topology
-from tests.helpers import apply, get_json, in_netns, wait_gone, wait_running
+from tests.helpers import apply, delete_walkthrough_subnet, get_json, in_netns, wait_gone, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.ipam.test_autopool import DEPLOYMENT, SUBNET, auto_pools
 from tests.stack import Agents
@@ -108,10 +108,10 @@ def test_walkthrough_deployment_on_the_veth_data_plane(walkthrough: Agents) -> N
             links = netns.ip_json(node.netns, ["link", "show", "type", "veth"])
             assert [str(x["ifname"]) for x in links if str(x["ifname"]).startswith("veth")] == []
             assert netns.ip_json(node.netns, ["route", "show", "table", "500"]) == []
-    finally:  # (the walkthrough's subnet covers the LAN: left behind, it would refuse later tests' pools)
+    finally:
         lab.kubectl("delete", "namespace", NS, "--wait=false")
         wait_no_records(lab, NS, timeout=120)
-        lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s", "--ignore-not-found")
+        delete_walkthrough_subnet(lab)
 
 
 SUBNET6 = """

@@ -3,6 +3,7 @@ pool, and the table of rows, printed at the end and kept for docs/reliability.md
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterator
 
@@ -10,7 +11,7 @@ import pytest
 
 from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
-from tests.faults.storm import POOL, POOL_RANGE, REPLICAS, SPARE_IPS, Row
+from tests.faults.storm import POOL, POOL_FIRST, REPLICAS, SPARE_IPS, Row
 from tests.helpers import apply, get_json, pool_manifest
 from tests.ipam.conftest import assert_consistent, macvlan_spiderpool, use_cni
 from tests.stack import Agents, Controllers
@@ -34,10 +35,9 @@ def storm_lab(agents: Agents, controllers: Controllers) -> Iterator[Lab]:
         what=f"an earlier run's {POOL} to go",
     )
     use_cni(lab, macvlan_spiderpool())
-    first, last = POOL_RANGE.split("-")
     size = REPLICAS + len(lab.nodes()) + SPARE_IPS
-    last = ".".join([*first.split(".")[:3], str(int(first.split(".")[3]) + size - 1)])
-    apply(lab, pool_manifest(POOL, "172.18.0.0/16", [f"{first}-{last}"]))
+    last = ipaddress.ip_address(POOL_FIRST) + size - 1
+    apply(lab, pool_manifest(POOL, "172.18.0.0/16", [f"{POOL_FIRST}-{last}"]))
     yield lab
     lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=120s", check=False)
     lab.reset_cni_config()

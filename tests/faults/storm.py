@@ -26,11 +26,11 @@ from tests.faults import invariants as inv
 from tests.stack import LAB_NODES_ONLY
 
 #: Deployment replicas at the storm's peak (the CI size; the DaemonSet adds one pod per node).
-#: STORM_REPLICAS=60 runs the full size (the pool range holds 60 + nodes + spares).
+#: STORM_REPLICAS=60 runs the full size (the pool is sized from POOL_FIRST: replicas + nodes + spares).
 REPLICAS = int(os.environ.get("STORM_REPLICAS", "12"))
 SPARE_IPS = 4
 POOL = "p-faults"
-POOL_RANGE = "172.18.60.1-172.18.60.40"
+POOL_FIRST = "172.18.60.1"
 NETWORK = "172.18.0.0/16"
 APP = "storm"
 #: the storm's pods, Deployment and DaemonSet alike (their IPs come from POOL)

@@ -9,7 +9,7 @@ from typing import Any
 
 from spiderpool_lab import demo, procs
 from spiderpool_lab.cluster import Lab
-from tests.helpers import get_json, pods, wait_running
+from tests.helpers import delete_walkthrough_subnet, get_json, pods, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.stack import Agents
 
@@ -20,12 +20,6 @@ FIRST, LAST = ipaddress.ip_address("172.18.30.131"), ipaddress.ip_address("172.1
 
 # The walkthrough's SpiderSubnet and Deployment, verbatim (applied in namespace "walk"; the lab pulls no image).
 SUBNET, DEPLOYMENT = demo.SUBNET, demo.DEPLOYMENT
-
-
-def delete_subnet(lab: Lab) -> None:
-    """The walkthrough's subnet covers the LAN: left behind by a failed test, it would refuse every
-    later test's pool there."""
-    lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s", "--ignore-not-found")
 
 
 def auto_pools(lab: Lab) -> list[dict[str, Any]]:
@@ -113,7 +107,7 @@ def test_walkthrough_subnet_gives_the_deployment_an_auto_pool(stack: Agents) -> 
     finally:
         lab.kubectl("delete", "namespace", NS, "--wait=false")
         wait_no_records(lab, NS, timeout=120)
-        delete_subnet(lab)
+        delete_walkthrough_subnet(lab)
 
 
 def _app(kind: str, name: str, annotations: dict[str, str]) -> str:
@@ -179,7 +173,7 @@ def test_kept_pool_is_adopted_and_daemonsets_get_one_ip_per_node(stack: Agents) 
         wait_no_records(lab, NS2, timeout=120)
         for p in _pools_of(lab, "keeper"):
             lab.kubectl("delete", "spiderippool", p["metadata"]["name"], "--wait=true", "--timeout=60s")
-        delete_subnet(lab)
+        delete_walkthrough_subnet(lab)
 
 
 def _pool_ips(pool: dict[str, Any]) -> list[str]:
