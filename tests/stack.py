@@ -180,10 +180,14 @@ class Controllers(_Component):
             detail=lambda: _describe(self.lab, self.app),
         )
 
-    def leader(self) -> str:
-        """The pod holding the Lease (its identity is '<pod>_<random per start>')."""
+    def holder(self) -> str:
+        """The Lease's holder identity: '<pod>_<random per start>' (a restarted container is a new one)."""
         lease = get_json(self.lab, "lease", "-n", NS, "spiderpool-controller")
-        return str(lease["spec"].get("holderIdentity") or "").split("_", 1)[0]
+        return str(lease["spec"].get("holderIdentity") or "")
+
+    def leader(self) -> str:
+        """The pod holding the Lease."""
+        return self.holder().split("_", 1)[0]
 
     def other(self, name: str) -> str:
         (found,) = [n for n in self.names() if n != name]
