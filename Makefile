@@ -31,12 +31,13 @@ demo-down: $(VENV)/.installed
 # that bring up labs of their own (the demo's, a private one; by then the shared lab is long up). The
 # suite waits far more than it computes (under one core busy on average), so this saves minutes of
 # wall time; the side runs niced, so that the shared lab's timing-bound tests (a Lease handover) keep
-# the CPU they need. Its report is printed after.
+# the CPU they need. Its report is printed after; per-test times are in build/junit-*.xml.
 SIDE := tests/unit tests/inproc tests/lab/test_demo.py tests/lab/test_lifecycle.py
 test: deps lint lab-build
 	@log=$$(mktemp); \
-	nice -n 10 $(BIN)/pytest -p no:cacheprovider $(SIDE) > $$log 2>&1 & quick=$$!; \
-	$(BIN)/pytest $(addprefix --ignore=,$(SIDE)); lab=$$?; \
+	mkdir -p build; \
+	nice -n 10 $(BIN)/pytest -p no:cacheprovider --junitxml=build/junit-side.xml $(SIDE) > $$log 2>&1 & quick=$$!; \
+	$(BIN)/pytest --junitxml=build/junit-lab.xml $(addprefix --ignore=,$(SIDE)); lab=$$?; \
 	wait $$quick; fast=$$?; \
 	echo "=== $(SIDE) (run beside the lab's tests) ==="; \
 	if [ $$fast -ne 0 ]; then cat $$log; else tail -n 40 $$log; fi; rm -f $$log; \

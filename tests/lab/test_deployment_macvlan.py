@@ -45,8 +45,12 @@ spec:
 
 def test_deployment_runs_on_two_nodes_and_cleans_up(lab: Lab) -> None:
     lab.reset_cni_config()
+    before = _netns_files(lab)
     apply(lab, DEPLOYMENT)
     pods = wait_running(lab, NS, "app=web", 3)
+    # Only this Deployment's sandboxes are judged: pods of earlier tests may still be terminating.
+    ours = _netns_files(lab) - before
+    assert len(ours) >= 3, ours
 
     # The real scheduler spread them over both nodes, and each got an address from its node's range.
     by_node: dict[str, list[dict[str, object]]] = {}
@@ -84,9 +88,10 @@ def test_deployment_runs_on_two_nodes_and_cleans_up(lab: Lab) -> None:
     lab.kubectl("scale", "-n", NS, "deployment/web", "--replicas=0")
     wait_gone(lab, NS, "app=web")
     procs.wait_for(
-        lambda: not [f for node in lab.nodes() for f in (node.dir / "run" / "netns").iterdir()],
-        timeout=60,
+        lambda: not ours & _netns_files(lab),
+        timeout=90,
         what="the runtime to remove the pods' network namespaces",
+        detail=lambda: f"left: {sorted(ours & _netns_files(lab))}",
     )
     for node in lab.nodes():
         macvlans = netns.ip_json(node.netns, ["link", "show", "type", "macvlan"])
@@ -98,3 +103,8 @@ def test_deployment_runs_on_two_nodes_and_cleans_up(lab: Lab) -> None:
     events = get_json(lab, "events", "-n", NS)["items"]
     assert not [e for e in events if e.get("reason") == "FailedCreatePodSandBox"], "unexpected sandbox failures"
     lab.kubectl("delete", "namespace", NS, "--wait=false")
+
+
+def _netns_files(lab: Lab) -> set[str]:
+    """The network namespaces the runtime holds on every node, as node/name."""
+    return {f"{node.name}/{f.name}" for node in lab.nodes() for f in (node.dir / "run" / "netns").iterdir()}
