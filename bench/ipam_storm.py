@@ -1,30 +1,45 @@
-"""IPAM storm: 1000 allocations from 10 agents at once into one pool of exactly 1000 IPs.
+"""IPAM storm, side by side: the same allocations, from the same nodes, with the same concurrency, for
+spiderpool, Whereabouts and host-local, and the raw-create ceiling, interleaved over several rounds.
 
-Runs against the lab's real kube-apiserver. Each agent serves a Node object of its own ("bench-N",
-no kubelet: this script plays the runtime and calls the agents' sockets directly, as the CNI plugin
-does). Reports allocations per second, API writes and conflicts per allocation, latency at the agent,
-and, in the same run, the exec latency of the installed ``spiderpool`` plugin against the reference
-``host-local`` plugin (the floor for an exec'd IPAM plugin).
+Runs against the lab's real kube-apiserver and etcd. Pods are API objects on Nodes of their own
+("bench-N", no kubelet): this script plays the runtime and execs each IPAM plugin with the stdin and
+``CNI_*`` environment a runtime's main plugin (macvlan) passes it, ``--inflight`` at a time per node.
 
-    python bench/ipam_storm.py [--agents 10] [--ips 1000] [--inflight 10] [--plugin-samples 100]
+- ``spiderpool``: its plugin, installed by one agent per bench node, asking that agent's socket;
+  one SpiderIPPool of exactly ``--ips`` addresses.
+- ``whereabouts``: its plugin (the lab's build of v0.9.2, its CRDs applied), kubernetes backend,
+  one range of exactly ``--ips`` addresses.
+- ``host-local``: the floor for an exec'd IPAM plugin: per-node ranges, a file write, no coordination.
+- ``raw``: the physical ceiling: creates of SpiderIPAllocation objects of the same size as the
+  agents write, with the same concurrency and no IPAM logic (every spiderpool allocation makes one).
+
+Per system and round: allocations/s, ADD latency p50/p99, API writes and conflicts (409s) per
+allocation (from the apiserver's own counters), CPU seconds per component, failures, duplicates;
+then every allocation is released (DEL), and what is left is counted.
+
+    python bench/ipam_storm.py [--nodes 10] [--ips 1000] [--inflight 10] [--rounds 3] \
+        [--systems raw,spiderpool,whereabouts,host-local] [--sequential 100] [--out results.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import os
 import re
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,226 +47,479 @@ sys.path.insert(0, str(ROOT))
 from bench.common import lab_with_crds, pct, say, wait_absent  # noqa: E402
 from tests.stack import free_port, unix_request  # noqa: E402
 
-from spiderpool_lab import build, paths, procs  # noqa: E402
-
-T = TypeVar("T")
+from spiderpool.api.objects import new_record  # noqa: E402
+from spiderpool.ipam.allocate import record_name  # noqa: E402
+from spiderpool.k8s import kinds  # noqa: E402
+from spiderpool.k8s.client import Client  # noqa: E402
+from spiderpool_lab import build, install, paths, procs  # noqa: E402
+from spiderpool_lab.cluster import Lab  # noqa: E402
 
 NS = "bench"
 POOL = "bench-pool"
-PLUGIN_POOL = "bench-plugin-pool"
-FIRST = ipaddress.ip_address("172.18.200.1")
-
-
-def metric_sum(text: str, name: str) -> float:
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
+SEQ_POOL = "bench-seq-pool"
+SEQ_FIRST = ipaddress.ip_address("172.18.240.1")
+WB_SEQ_NET = ipaddress.ip_network("172.18.244.0/22")
+#: the agents' default --ip-reuse-cooldown: a storm into the same full-size pool waits it out first
+COOLDOWN = 5.0
+RAW_POOL = "bench-raw"
+SP_FIRST = ipaddress.ip_address("172.18.200.1")
+WB_NET = ipaddress.ip_network("172.18.208.0/20")
+RAW_FIRST = ipaddress.ip_address("172.18.224.1")
+SYSTEMS = ("raw", "spiderpool", "whereabouts", "host-local")
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+#: one ADD or DEL: (seconds, the failure or None, the addresses returned)
+Outcome = tuple[float, str | None, list[str]]
+Call = Callable[[dict[str, Any]], Outcome]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--agents", type=int, default=10)
-    ap.add_argument("--ips", type=int, default=1000)
-    ap.add_argument("--inflight", type=int, default=10, help="concurrent requests per agent")
-    ap.add_argument("--plugin-samples", type=int, default=100)
+    ap.add_argument("--nodes", type=int, default=10)
+    ap.add_argument("--ips", type=int, default=1000, help="allocations per storm = addresses in each pool")
+    ap.add_argument("--inflight", type=int, default=10, help="concurrent ADDs per node")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sequential", type=int, default=100, help="ADDs one at a time after each storm (0: none)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--out", type=Path, help="also write the results here (JSON)")
     args = ap.parse_args()
+    systems = [s for s in args.systems.split(",") if s]
+    if unknown := set(systems) - set(SYSTEMS):
+        ap.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if args.ips > 4000:
+        ap.error("--ips: at most 4000 (each system's range is a /20)")
 
     lab = lab_with_crds()
-    last = ipaddress.ip_address(int(FIRST) + args.ips - 1)
-    pool = {
-        "apiVersion": "spiderpool.spidernet.io/v2beta1",
-        "kind": "SpiderIPPool",
-        "metadata": {"name": POOL},
-        "spec": {"subnet": "172.18.0.0/16", "ipVersion": 4, "ips": [f"{FIRST}-{last}"], "gateway": "172.18.0.1"},
-    }
-    lab.kubectl("apply", "-f", "-", input_text=json.dumps(pool))
-    plugin_pool = {
-        **pool,
-        "metadata": {"name": PLUGIN_POOL},
-        "spec": {**pool["spec"], "ips": [f"172.18.210.1-172.18.210.{args.plugin_samples}"]},
-    }
-    lab.kubectl("apply", "-f", "-", input_text=json.dumps(plugin_pool))
-    nodes = [f"bench-{i + 1}" for i in range(args.agents)]
-    per_node = args.ips // args.agents
-    say(f"creating {args.agents} nodes and {per_node * args.agents} pods")
-    wait_absent(lab, ("namespace", NS))
-    lab.kubectl("create", "namespace", NS)
-    items: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in nodes]
-    ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})}
-    items += [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": f"{n}-p{j:04d}", "namespace": NS, "annotations": ann},
-            "spec": {"nodeName": n, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
-        }
-        for n in nodes
-        for j in range(per_node)
-    ]
-    plugin_ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [PLUGIN_POOL]})}
-    items += [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"plug-{j:04d}",
-                "namespace": NS,
-                "labels": {"plugin": "yes"},
-                "annotations": plugin_ann,
-            },
-            "spec": {"nodeName": nodes[0], "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
-        }
-        for j in range(args.plugin_samples)
-    ]
-    lab.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
-    everything = json.loads(lab.kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"]
-    pods = [p for p in everything if not p["metadata"].get("labels", {}).get("plugin")]
-    plugin_pods = [p for p in everything if p["metadata"].get("labels", {}).get("plugin")]
-    work = Path(tempfile.mkdtemp(prefix="spiderpool-bench-"))
-    sockets: dict[str, str] = {}
-    metrics: dict[str, int] = {}
+    bench = Storm(lab, nodes=args.nodes, ips=args.ips, inflight=args.inflight, sequential=args.sequential)
+    runs: list[dict[str, Any]] = []
     try:
-        for n in nodes:
-            sockets[n], metrics[n] = str(work / f"{n}.sock"), free_port()
-            lab.start_process(
+        bench.setup(systems)
+        for r in range(args.rounds):
+            for system in systems:
+                say(f"round {r + 1}/{args.rounds}: {system}")
+                run = bench.storm(system, r)
+                runs.append(run)
+                say(
+                    f"  {run['allocations_per_second']} alloc/s, p50 {run['add_ms']['p50']} ms, "
+                    f"{run['failures']} failed, {run['duplicates']} duplicates"
+                )
+    finally:
+        bench.teardown()
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cores": os.cpu_count(),
+        "nodes": args.nodes,
+        "allocations": args.ips,
+        "inflight_per_node": args.inflight,
+        "runs": runs,
+        "median": summary(runs, systems),
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+class Storm:
+    def __init__(self, lab: Lab, *, nodes: int, ips: int, inflight: int, sequential: int) -> None:
+        self.lab = lab
+        self.sequential = sequential
+        self.inflight = inflight
+        self.ips = ips
+        self.nodes = [f"bench-{i + 1}" for i in range(nodes)]
+        self.per_node = ips // nodes
+        self.work = Path(tempfile.mkdtemp(prefix="spiderpool-bench-"))
+        self.sockets: dict[str, str] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.seq_pods: list[dict[str, Any]] = []
+        self.released_at: dict[str, float] = {}
+        self.agents = False
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, systems: list[str]) -> None:
+        lab = self.lab
+        last = ipaddress.ip_address(int(SP_FIRST) + self.ips - 1)
+        pool = {
+            "apiVersion": "spiderpool.spidernet.io/v2beta1",
+            "kind": "SpiderIPPool",
+            "metadata": {"name": POOL},
+            "spec": {"subnet": "172.18.0.0/16", "ipVersion": 4, "ips": [f"{SP_FIRST}-{last}"], "gateway": "172.18.0.1"},
+        }
+        wait_absent(lab, ("namespace", NS), ("spiderippool", POOL))
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(pool))
+        if self.sequential:
+            seq_last = ipaddress.ip_address(int(SEQ_FIRST) + self.sequential - 1)
+            seq = {**pool, "metadata": {"name": SEQ_POOL}, "spec": {**pool["spec"], "ips": [f"{SEQ_FIRST}-{seq_last}"]}}
+            lab.kubectl("apply", "-f", "-", input_text=json.dumps(seq))
+        if "whereabouts" in systems:
+            say("Whereabouts: its CRDs and DaemonSet, as its README installs it")
+            install.whereabouts(lab)
+        say(f"creating {len(self.nodes)} nodes and {self.per_node * len(self.nodes)} pods")
+        lab.kubectl("create", "namespace", NS)
+        items: list[dict[str, Any]] = [
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in self.nodes
+        ]
+        ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})}
+        items += [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"{n}-p{j:04d}", "namespace": NS, "annotations": ann},
+                "spec": {"nodeName": n, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
+            }
+            for n in self.nodes
+            for j in range(self.per_node)
+        ]
+        seq_ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [SEQ_POOL]})}
+        items += [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"seq-{j:04d}", "namespace": NS, "labels": {"seq": "yes"}, "annotations": seq_ann},
+                "spec": {"nodeName": self.nodes[0], "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
+            }
+            for j in range(self.sequential)
+        ]
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        everything = json.loads(lab.kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"]
+        self.pods = [p for p in everything if not p["metadata"].get("labels", {}).get("seq")]
+        self.seq_pods = [p for p in everything if p["metadata"].get("labels", {}).get("seq")]
+        if "spiderpool" in systems:
+            self._start_agents()
+
+    def _start_agents(self) -> None:
+        for n in self.nodes:
+            self.sockets[n] = str(self.work / f"{n}.sock")
+            self.lab.start_process(
                 f"bench-agent/{n}",
                 [
                     sys.executable,
                     "-m",
                     "spiderpool",
                     "agent",
-                    f"--kubeconfig={lab.kubeconfig}",
+                    f"--kubeconfig={self.lab.kubeconfig}",
                     f"--node-name={n}",
-                    f"--socket={sockets[n]}",
-                    f"--cni-bin-dir={work / n / 'bin'}",
+                    f"--socket={self.sockets[n]}",
+                    f"--cni-bin-dir={self.work / n / 'bin'}",
                     "--metrics-bind=127.0.0.1",
-                    f"--metrics-port={metrics[n]}",
+                    f"--metrics-port={free_port()}",
                     "--log-level=WARNING",
                 ],
             )
-        for n in nodes:
+        self.agents = True
+        for n in self.nodes:
             procs.wait_for(
-                lambda n=n: unix_request(sockets[n], "GET", "/v1/ipam/healthy")[0] == 200,
+                lambda n=n: (
+                    unix_request(self.sockets[n], "GET", "/v1/ipam/healthy")[0] == 200
+                    and (self.work / n / "bin" / "spiderpool").exists()
+                ),
                 timeout=120,
-                what=f"agent {n}",
-            )
-        say(f"storm: {len(pods)} allocations, {args.agents} agents x {args.inflight} in flight")
-
-        def allocate(pod: dict[str, Any]) -> tuple[float, int]:
-            meta = pod["metadata"]
-            body = {
-                "containerID": f"c-{meta['uid']}",
-                "ifName": "eth0",
-                "netNamespace": "/x",
-                "podNamespace": NS,
-                "podName": meta["name"],
-                "podUID": meta["uid"],
-            }
-            t = time.perf_counter()
-            status, _ = unix_request(sockets[pod["spec"]["nodeName"]], "POST", "/v1/ipam/ip", body, timeout=120)
-            return time.perf_counter() - t, status
-
-        cpu_before = cpu_seconds()
-        started = time.perf_counter()
-        results = per_agent(pods, allocate, args.inflight)
-        wall = time.perf_counter() - started
-        cpu_after = cpu_seconds()
-        cpu = {k: round(cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0), 2) for k in cpu_after}
-        ok = [lat for lat, status in results if status == 200]
-        scraped = {n: urllib.request.urlopen(f"http://127.0.0.1:{metrics[n]}/metrics").read().decode() for n in nodes}
-        conflicts = sum(metric_sum(t, "spiderpool_ipam_allocation_conflict_counts_total") for t in scraped.values())
-        writes = sum(metric_sum(t, "spiderpool_ipam_api_writes_total") for t in scraped.values())
-        recs = json.loads(lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
-        mine = [r for r in recs if r["spec"]["pool"] == POOL]
-        ips = [r["spec"]["ip"] for r in mine]
-        by_pod: dict[str, int] = {}
-        for r in mine:
-            by_pod[r["spec"]["pod"]] = by_pod.get(r["spec"]["pod"], 0) + 1
-
-        # The SpiderEndpoints are written after the replies; measure how long they trail, and take the
-        # plugin samples once they are written, so those measure an ADD, not the storm's tail.
-        def pending() -> float:
-            return sum(
-                metric_sum(
-                    urllib.request.urlopen(f"http://127.0.0.1:{metrics[n]}/metrics").read().decode(),
-                    "spiderpool_ipam_endpoint_sync_pending",
-                )
-                for n in nodes
+                what=f"agent {n} and its plugin",
             )
 
-        procs.wait_for(lambda: pending() == 0, timeout=300, interval=0.05, what="endpoint writes")
-        endpoints_done = time.perf_counter() - started
-        endpoints = json.loads(lab.kubectl("get", "spiderendpoints", "-n", NS, "-o", "json").stdout)["items"]
-
-        say(f"plugin exec latency, {args.plugin_samples} fresh ADDs each (spiderpool through its agent; host-local)")
-        plugin_lat, hostlocal_lat = plugin_samples(work, sockets[nodes[0]], plugin_pods)
-
-        # Release everything, as the runtime would once the pods are gone (one delete-collection call).
-        lab.kubectl("delete", "--raw", f"/api/v1/namespaces/{NS}/pods?gracePeriodSeconds=0")
-        procs.wait_for(
-            lambda: not json.loads(lab.kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"],
-            timeout=300,
-            what="pods deleted",
-        )
-
-        def release(pod: dict[str, Any]) -> int:
-            meta = pod["metadata"]
-            body = {
-                "containerID": f"c-{meta['uid']}",
-                "ifName": "eth0",
-                "podNamespace": NS,
-                "podName": meta["name"],
-                "podUID": meta["uid"],
-            }
-            return unix_request(sockets[pod["spec"]["nodeName"]], "DELETE", "/v1/ipam/ip", body, timeout=120)[0]
-
-        released = per_agent(pods + plugin_pods, release, args.inflight)
-        left = [
-            r
-            for r in json.loads(lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
-            if r["spec"]["pool"] in (POOL, PLUGIN_POOL)
-        ]
-    finally:
-        for n in nodes:
-            lab.stop_process(f"bench-agent/{n}")
+    def teardown(self) -> None:
+        lab = self.lab
+        if self.agents:
+            for n in self.nodes:
+                lab.stop_process(f"bench-agent/{n}")
         lab.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        lab.kubectl("delete", "node", *nodes, check=False)
-        lab.kubectl("delete", "spiderippool", POOL, PLUGIN_POOL, "--wait=false", check=False)
+        lab.kubectl("delete", "node", *self.nodes, check=False)
+        lab.kubectl("delete", "spiderippool", POOL, SEQ_POOL, "--wait=false", check=False)
+        raw = json.loads(lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
+        names = [r["metadata"]["name"] for r in raw if r["spec"]["pool"] == RAW_POOL]
+        if names:
+            lab.kubectl("delete", "spideripallocations", *names, "--wait=false", check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
 
-    result = {
-        "allocations": len(pods),
-        "succeeded": len(ok),
-        "wall_seconds": round(wall, 2),
-        "cpu_seconds_during_storm": cpu,
-        "endpoints_written": len(endpoints),
-        "endpoints_written_after_seconds": round(endpoints_done, 2),
-        "allocations_per_second": round(len(ok) / wall, 1),
-        "agent_latency_ms": {"p50": round(pct(ok, 0.5) * 1000, 1), "p99": round(pct(ok, 0.99) * 1000, 1)},
-        "conflicts_per_allocation": round(conflicts / max(1, len(ok)), 4),
-        "api_writes_per_allocation": round(writes / max(1, len(ok)), 2),
-        "duplicates": len(ips) - len(set(ips)),
-        "pods_with_more_than_one_ip": sum(1 for v in by_pod.values() if v > 1),
-        "records_after_release": len(left),
-        "release_failures": sum(1 for s in released if s != 200),
-        "plugin_add_ms": {"p50": round(pct(plugin_lat, 0.5) * 1000, 1), "p99": round(pct(plugin_lat, 0.99) * 1000, 1)},
-        "host_local_add_ms": {
-            "p50": round(pct(hostlocal_lat, 0.5) * 1000, 1),
-            "p99": round(pct(hostlocal_lat, 0.99) * 1000, 1),
-        },
-        "plugin_over_host_local_p50": round(pct(plugin_lat, 0.5) / pct(hostlocal_lat, 0.5), 2),
-    }
-    print(json.dumps(result, indent=2))
+    # ------------------------------------------------------------------ one storm
+
+    def storm(self, system: str, round_: int) -> dict[str, Any]:
+        tag = f"{system[:2]}{round_}"
+        add: Call | _RawCalls
+        delete: Call | _RawCalls
+        if system == "raw":
+            add, delete = self._raw()
+        else:
+            conf, env_of = self._plugin(system, round_)
+            add = lambda pod: self._exec(conf, env_of(pod, "ADD", tag))  # noqa: E731
+            delete = lambda pod: self._exec(conf, env_of(pod, "DEL", tag))  # noqa: E731
+        if system == "spiderpool" and system in self.released_at:
+            # (the same pool, just released: its addresses cool down before they are handed out again)
+            time.sleep(max(0.0, self.released_at[system] + COOLDOWN + 0.5 - time.monotonic()))
+        before = self._counters()
+        started = time.perf_counter()
+        results = per_node(self.pods, add, self.inflight)
+        wall = time.perf_counter() - started
+        after = self._counters()
+        ok = [r for r in results if r[1] is None]
+        ips = [ip for r in ok for ip in r[2]]
+        failures: dict[str, int] = {}
+        for r in results:
+            if r[1] is not None:
+                failures[r[1]] = failures.get(r[1], 0) + 1
+        release_started = time.perf_counter()
+        released = per_node(self.pods, delete, self.inflight)
+        release_wall = time.perf_counter() - release_started
+        self.released_at[system] = time.monotonic()
+        return {
+            "system": system,
+            "round": round_ + 1,
+            "allocations": len(results),
+            "succeeded": len(ok),
+            "failures": len(results) - len(ok),
+            "failure_reasons": dict(sorted(failures.items(), key=lambda kv: -kv[1])[:5]),
+            "duplicates": len(ips) - len(set(ips)),
+            "wall_s": round(wall, 2),
+            "allocations_per_second": round(len(ok) / wall, 1),
+            "add_ms": {"p50": ms(pct([r[0] for r in ok], 0.5)), "p99": ms(pct([r[0] for r in ok], 0.99))},
+            "api_writes_per_allocation": round(
+                (sum(after["writes"].values()) - sum(before["writes"].values())) / max(1, len(ok)), 2
+            ),
+            "api_writes_by_resource": {
+                k: int(v - before["writes"].get(k, 0))
+                for k, v in sorted(after["writes"].items())
+                if v - before["writes"].get(k, 0) > 0
+            },
+            "conflicts_per_allocation": round((after["conflicts"] - before["conflicts"]) / max(1, len(ok)), 3),
+            "cpu_s": {k: round(after["cpu"][k] - before["cpu"].get(k, 0.0), 2) for k in after["cpu"]},
+            "release_s": round(release_wall, 2),
+            "sequential_add_ms": self._sequential(system, round_),
+            "release_failures": sum(1 for r in released if r[1] is not None),
+            "left_after_release": self._left(system),
+        }
+
+    def _sequential(self, system: str, round_: int) -> dict[str, float] | None:
+        """``--sequential`` fresh ADDs one after the other (then their DELs): the plugin's own latency
+        without the storm around it, as a runtime starting one pod sees it."""
+        if system == "raw" or not self.sequential:
+            return None
+        conf, env_of = self._plugin(system, round_, sequential=True)
+        tag = f"sq{system[:2]}{round_}"
+        pods = self.seq_pods
+        took = []
+        for pod in pods:
+            seconds, error, _ = self._exec(conf, env_of(pod, "ADD", tag))
+            if error is None:
+                took.append(seconds)
+        for pod in pods:
+            self._exec(conf, env_of(pod, "DEL", tag))
+        if not took:
+            return None
+        return {"p50": ms(pct(took, 0.5)), "p99": ms(pct(took, 0.99)), "failed": len(pods) - len(took)}
+
+    def _plugin(
+        self, system: str, round_: int, *, sequential: bool = False
+    ) -> tuple[dict[str, Any], Callable[[dict[str, Any], str, str], dict[str, str]]]:
+        """The IPAM plugin's stdin (as macvlan passes it on) and the environment of one exec."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+        ipam: dict[str, Any]
+        if system == "spiderpool":
+            binary = str(self.work / self.nodes[0] / "bin" / "spiderpool")
+            ipam = {"type": "spiderpool"}
+        elif system == "whereabouts":
+            binary = str(build.binary("whereabouts"))
+            net = WB_SEQ_NET if sequential else WB_NET
+            last = ipaddress.ip_address(int(net.network_address) + (self.sequential if sequential else self.ips))
+            ipam = {
+                "type": "whereabouts",
+                "range": str(net),
+                "range_start": str(net.network_address + 1),
+                "range_end": str(last),
+                "kubernetes": {"kubeconfig": str(self.lab.kubeconfig)},
+            }
+        else:
+            binary = str(build.binary("host-local"))
+            data = self.work / f"host-local-{round_}{'-seq' if sequential else ''}"
+            ipam = {"type": "host-local", "dataDir": str(data)}
+        conf = {"cniVersion": "1.0.0", "name": f"bench-{system}", "type": "macvlan", "master": "eth0", "ipam": ipam}
+        node_index = {n: i for i, n in enumerate(self.nodes)}
+
+        def env_of(pod: dict[str, Any], command: str, tag: str) -> dict[str, str]:
+            meta = pod["metadata"]
+            node = pod["spec"]["nodeName"]
+            return {
+                **base,
+                "BENCH_BINARY": binary,
+                "BENCH_NODE": node,
+                "BENCH_NODE_INDEX": str(node_index[node]),
+                "CNI_COMMAND": command,
+                "CNI_CONTAINERID": f"{tag}-{meta['uid']}",
+                "CNI_NETNS": f"/var/run/netns/{tag}-{meta['uid'][:8]}",
+                "CNI_IFNAME": "eth0",
+                "CNI_PATH": str(Path(binary).parent),
+                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={meta['name']};"
+                f"K8S_POD_INFRA_CONTAINER_ID={tag}-{meta['uid']};K8S_POD_UID={meta['uid']}",
+            }
+
+        return conf, env_of
+
+    def _exec(self, conf: dict[str, Any], env: dict[str, str]) -> Outcome:
+        """One exec of the IPAM plugin; (seconds, error or None, the addresses it returned)."""
+        binary = env.pop("BENCH_BINARY")
+        node, index = env.pop("BENCH_NODE"), int(env.pop("BENCH_NODE_INDEX"))
+        ipam = dict(conf["ipam"])
+        if ipam["type"] == "spiderpool":
+            ipam["ipam_unix_socket_path"] = self.sockets[node]
+        elif ipam["type"] == "host-local":  # each node its own range, as host-local is deployed
+            ipam["ranges"] = [[{"subnet": f"10.250.{index}.0/24", "rangeStart": f"10.250.{index}.1"}]]
+            ipam["dataDir"] = f"{ipam['dataDir']}/{node}"
+        t = time.perf_counter()
+        out = subprocess.run(
+            [binary], input=json.dumps({**conf, "ipam": ipam}), capture_output=True, text=True, env=env
+        )
+        took = time.perf_counter() - t
+        if out.returncode != 0:
+            return took, _reason(out.stdout or out.stderr), []
+        if env["CNI_COMMAND"] != "ADD":
+            return took, None, []
+        try:
+            ips = [i["address"].split("/")[0] for i in json.loads(out.stdout).get("ips", [])]
+        except (ValueError, KeyError, AttributeError):
+            return took, "unparsable result", []
+        return took, None if ips else "no address in the result", ips
+
+    def _raw(self) -> tuple[_RawCalls, _RawCalls]:
+        """Creates (and deletes) of SpiderIPAllocation objects as the agents write them, one aiohttp
+        client per node, exactly as the agents do."""
+        index = {p["metadata"]["uid"]: i for i, p in enumerate(self.pods)}
+
+        def record(pod: dict[str, Any]) -> dict[str, Any]:
+            ip = str(ipaddress.ip_address(int(RAW_FIRST) + index[pod["metadata"]["uid"]]))
+            meta = pod["metadata"]
+            return dict(
+                new_record(
+                    record_name(ip),
+                    {
+                        "ip": ip,
+                        "pool": RAW_POOL,
+                        "ipVersion": 4,
+                        "namespace": NS,
+                        "pod": meta["name"],
+                        "podUID": meta["uid"],
+                        "interface": "eth0",
+                        "node": pod["spec"]["nodeName"],
+                        "containerID": f"raw-{meta['uid']}",
+                        "cleanGateway": False,
+                        "ownerKind": "Pod",
+                        "ownerName": meta["name"],
+                    },
+                )
+            )
+
+        return _RawCalls(self, record, "create"), _RawCalls(self, record, "delete")
+
+    def _counters(self) -> dict[str, Any]:
+        text = self.lab.kubectl("get", "--raw", "/metrics").stdout
+        writes: dict[str, float] = {}
+        conflicts = 0.0
+        for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$", text, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            if labels.get("code") == "409":
+                conflicts += float(m.group(2))
+            if labels.get("verb") in WRITE_VERBS:
+                key = labels.get("resource", "?")
+                writes[key] = writes.get(key, 0.0) + float(m.group(2))
+        return {"writes": writes, "conflicts": conflicts, "cpu": cpu_seconds()}
+
+    def _left(self, system: str) -> int:
+        if system in ("spiderpool", "raw"):
+            recs = json.loads(self.lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
+            pool = POOL if system == "spiderpool" else RAW_POOL
+            return sum(1 for r in recs if r["spec"]["pool"] == pool and r["spec"].get("podUID"))
+        if system == "whereabouts":
+            pools = json.loads(self.lab.kubectl("get", "ippools.whereabouts.cni.cncf.io", "-A", "-o", "json").stdout)
+            return sum(len(p["spec"].get("allocations") or {}) for p in pools["items"])
+        return sum(1 for f in self.work.glob("host-local-*/*/*/*") if re.fullmatch(r"[0-9.]+", f.name))
+
+
+class _RawCalls:
+    """What ``per_node`` runs for the raw system: one API call per pod, on an event loop per node."""
+
+    def __init__(self, storm: Storm, record: Callable[[dict[str, Any]], dict[str, Any]], verb: str) -> None:
+        self.storm, self.record, self.verb = storm, record, verb
+
+
+def per_node(
+    pods: list[dict[str, Any]],
+    call: Call | _RawCalls,
+    inflight: int,
+) -> list[Outcome]:
+    """Run ``call`` for every pod, exactly ``inflight`` at a time per node, all nodes at once (the
+    load of nodes that each start many pods together)."""
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for pod in pods:
+        by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+    if isinstance(call, _RawCalls):
+        with ThreadPoolExecutor(max_workers=len(by_node)) as ex:
+            parts = list(ex.map(lambda item: _raw_node(call, item[0], item[1], inflight), by_node.items()))
+        return [r for part in parts for r in part]
+    pools = [ThreadPoolExecutor(max_workers=inflight) for _ in by_node]
+    try:
+        futures = [
+            ex.submit(call, pod) for ex, node_pods in zip(pools, by_node.values(), strict=True) for pod in node_pods
+        ]
+        return [f.result() for f in futures]
+    finally:
+        for ex in pools:
+            ex.shutdown()
+
+
+def _raw_node(call: _RawCalls, node: str, pods: list[dict[str, Any]], inflight: int) -> list[Outcome]:
+    """One node's raw calls on an event loop of its own, ``inflight`` at a time (as an agent)."""
+
+    async def run() -> list[Outcome]:
+        client = Client.from_kubeconfig(str(call.storm.lab.kubeconfig), field_manager="bench")
+        gate = asyncio.Semaphore(inflight)
+
+        async def one(pod: dict[str, Any]) -> Outcome:
+            rec = call.record(pod)
+            async with gate:
+                t = time.perf_counter()
+                try:
+                    if call.verb == "create":
+                        await client.create(kinds.IPALLOCATION, rec)
+                    else:
+                        await client.delete(kinds.IPALLOCATION, rec["metadata"]["name"])
+                except Exception as exc:  # a failure is counted, not fatal
+                    return time.perf_counter() - t, type(exc).__name__, []
+                return time.perf_counter() - t, None, [rec["spec"]["ip"]] if call.verb == "create" else []
+
+        try:
+            return list(await asyncio.gather(*(one(p) for p in pods)))
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def _reason(text: str) -> str:
+    """A failure's reason, short enough to count (numbers and names stripped)."""
+    try:
+        doc = json.loads(text)
+        text = str(doc.get("msg") or doc.get("details") or text)
+    except (ValueError, AttributeError):
+        pass
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)*", "N", text.strip().splitlines()[-1] if text.strip() else "")
+    return text[:120] or "failed without a message"
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
 
 
 def cpu_seconds() -> dict[str, float]:
-    """CPU time used so far by the lab's processes, grouped (where the storm's time goes)."""
+    """CPU time used so far by the lab's processes, grouped, and by the plugin execs (this script's
+    waited-for children)."""
     groups = {  # first match wins
         "kube-apiserver": "/kube-apiserver ",
         "etcd": "/etcd ",
-        "agents": "-m spiderpool agent",
+        "spiderpool agents": "-m spiderpool agent",
+        "whereabouts ip-control-loop": "/ip-control-loop",
         "other lab processes": f"{paths.cache_dir()}/",
         "lab nodes (kubelet, containerd)": "-m spiderpool_lab.",
     }
     tick = os.sysconf("SC_CLK_TCK")
-    out = dict.fromkeys([*groups, "bench client (this script)"], 0.0)
+    out = dict.fromkeys([*groups, "plugin execs", "bench client (this script)"], 0.0)
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -266,68 +534,35 @@ def cpu_seconds() -> dict[str, float]:
             if needle in cmd:
                 out[group] += used
                 break
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["plugin execs"] = children.ru_utime + children.ru_stime
     return out
 
 
-def per_agent(pods: list[dict[str, Any]], call: Callable[[dict[str, Any]], T], inflight: int) -> list[T]:
-    """Run ``call`` for every pod with exactly ``inflight`` calls at a time per node (agent), all
-    agents at once: the load of nodes that each start many pods together."""
-    by_node: dict[str, list[dict[str, Any]]] = {}
-    for pod in pods:
-        by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
-    pools = [ThreadPoolExecutor(max_workers=inflight) for _ in by_node]
-    try:
-        futures = [
-            ex.submit(call, pod) for ex, node_pods in zip(pools, by_node.values(), strict=True) for pod in node_pods
-        ]
-        return [f.result() for f in futures]
-    finally:
-        for ex in pools:
-            ex.shutdown()
+def summary(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[str, Any]]:
+    """Per system, the median of each figure over the rounds."""
+    out: dict[str, dict[str, Any]] = {}
+    for system in systems:
+        mine = [r for r in runs if r["system"] == system]
+        if not mine:
+            continue
 
+        def med(get: Callable[[dict[str, Any]], float], mine: list[dict[str, Any]] = mine) -> float:
+            return round(statistics.median(get(r) for r in mine), 3)
 
-def plugin_samples(work: Path, sock: str, pods: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """Exec the installed spiderpool plugin for fresh ADDs (one per pod), and host-local for as many fresh
-    ADDs, one after the other, as a runtime would exec them."""
-    plugin = next(work.glob("bench-1/bin/spiderpool"))
-    host_local = build.binary("host-local")
-    conf = {
-        "cniVersion": "1.0.0",
-        "name": "bench",
-        "type": "macvlan",
-        "ipam": {"type": "spiderpool", "ipam_unix_socket_path": sock},
-    }
-    hl_conf = {
-        "cniVersion": "1.0.0",
-        "name": "bench-hl",
-        "type": "macvlan",
-        "ipam": {"type": "host-local", "dataDir": str(work / "host-local"), "ranges": [[{"subnet": "10.250.0.0/16"}]]},
-    }
-    plugin_lat, hl_lat = [], []
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
-    for i, pod in enumerate(pods):
-        meta = pod["metadata"]
-        env = {
-            **base,
-            "CNI_COMMAND": "ADD",
-            "CNI_CONTAINERID": f"c-{meta['uid']}",
-            "CNI_NETNS": "/x",
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": str(plugin.parent),
-            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={meta['name']};K8S_POD_UID={meta['uid']}",
+        out[system] = {
+            "allocations_per_second": med(lambda r: r["allocations_per_second"]),
+            "add_ms_p50": med(lambda r: r["add_ms"]["p50"]),
+            "add_ms_p99": med(lambda r: r["add_ms"]["p99"]),
+            "api_writes_per_allocation": med(lambda r: r["api_writes_per_allocation"]),
+            "conflicts_per_allocation": med(lambda r: r["conflicts_per_allocation"]),
+            "cpu_s_total": med(lambda r: sum(r["cpu_s"].values())),
+            "failures": sum(r["failures"] for r in mine),
+            "duplicates": sum(r["duplicates"] for r in mine),
+            "left_after_release": sum(r["left_after_release"] for r in mine),
+            "sequential_add_ms_p50": med(lambda r: (r["sequential_add_ms"] or {}).get("p50", 0.0)),
         }
-        t = time.perf_counter()
-        out = subprocess.run([str(plugin)], input=json.dumps(conf), capture_output=True, text=True, env=env)
-        plugin_lat.append(time.perf_counter() - t)
-        if out.returncode != 0:
-            raise RuntimeError(f"plugin ADD failed: {out.stdout}")
-        env_hl = {**env, "CNI_CONTAINERID": f"hl-{i}", "CNI_PATH": str(host_local.parent)}
-        t = time.perf_counter()
-        out = subprocess.run([str(host_local)], input=json.dumps(hl_conf), capture_output=True, text=True, env=env_hl)
-        hl_lat.append(time.perf_counter() - t)
-        if out.returncode != 0:
-            raise RuntimeError(f"host-local ADD failed: {out.stdout}")
-    return plugin_lat, hl_lat
+    return out
 
 
 if __name__ == "__main__":

@@ -123,6 +123,27 @@ COMPONENTS: tuple[Component, ...] = (
             )
         },
     ),
+    # The peer the benchmarks compare with: Whereabouts' IPAM plugin and ip-control-loop, with what its
+    # users apply (its CRDs and DaemonSet) and the scripts its image runs.
+    Component(
+        name="whereabouts",
+        module_dir="whereabouts",
+        module="github.com/k8snetworkplumbingwg/whereabouts",
+        versions=("v0.9.2", "v0.9.0"),
+        binaries={
+            "whereabouts": "github.com/k8snetworkplumbingwg/whereabouts/cmd",
+            "ip-control-loop": "github.com/k8snetworkplumbingwg/whereabouts/cmd/controlloop",
+        },
+        files=(
+            "doc/crds/daemonset-install.yaml",
+            "doc/crds/whereabouts.cni.cncf.io_ippools.yaml",
+            "doc/crds/whereabouts.cni.cncf.io_overlappingrangeipreservations.yaml",
+            "doc/crds/whereabouts.cni.cncf.io_nodeslicepools.yaml",
+            "script/install-cni.sh",
+            "script/lib.sh",
+            "script/token-watcher.sh",
+        ),
+    ),
     # Only their CRDs, for server-side dry runs of the chart's cert-manager and monitoring profiles
     # (the modules are downloaded, nothing is built).
     Component(

@@ -46,6 +46,8 @@ PACKAGES = (
     "nginx-light",
 )
 BASE_REF = "lab.local/debian:bookworm"
+#: the peer IPAM the benchmarks compare with (its DaemonSet's image is replaced by this one)
+WHEREABOUTS_IMAGE = "lab.local/whereabouts:v0.9.2"
 #: the machine's extra CA certificates, trusted inside the images too
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 
@@ -78,6 +80,11 @@ def _specs() -> tuple[ImageSpec, ...]:
             "multus",
             ("lab.local/multus-cni:v4.3.0",),
             extra={b: b for b in ("multus", "passthru", "install_multus", "thin_entrypoint")},
+        ),
+        ImageSpec(
+            "whereabouts",
+            (WHEREABOUTS_IMAGE,),
+            extra={b: b for b in ("whereabouts", "ip-control-loop", "install-cni.sh", "lib.sh", "token-watcher.sh")},
         ),
         ImageSpec("spiderpool", ("spiderpool-python:0.1.0",), context=repo, containerfile="Dockerfile"),
     )
@@ -331,6 +338,8 @@ def _bundle(lock: dict[str, Built], log: Path) -> Path:
 def _extra_source(spec: ImageSpec, name: str) -> Path:
     if spec.name == "multus":
         return build.binary(name)
+    if spec.name == "whereabouts":
+        return build.module_file("whereabouts", name) if name.endswith(".sh") else build.binary(name)
     raise ImageError(f"no source for {name!r} of image {spec.name}")
 
 

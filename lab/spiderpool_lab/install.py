@@ -1,6 +1,7 @@
 """What users install into a cluster, installed the way they install it: Multus by its own DaemonSet
 manifest, spiderpool by its Helm chart (from the lab's chart repository, as the walkthrough does,
-or from the checkout)."""
+or from the checkout), and Whereabouts (the peer the benchmarks compare with) by its CRDs and
+DaemonSet manifest."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ import json
 from typing import Any
 
 from spiderpool.api import crds
-from spiderpool_lab import helm, procs
+from spiderpool_lab import build, helm, images, procs
 from spiderpool_lab.cluster import Lab
 
 MULTUS_LABEL = "app=multus"
+WHEREABOUTS_LABEL = "app=whereabouts"
+WHEREABOUTS_CRDS = (
+    "whereabouts.cni.cncf.io_ippools.yaml",
+    "whereabouts.cni.cncf.io_overlappingrangeipreservations.yaml",
+    "whereabouts.cni.cncf.io_nodeslicepools.yaml",
+)
+#: where Whereabouts' DaemonSet writes its kubeconfig on each node (its docs' default)
+WHEREABOUTS_KUBECONFIG = "/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig"
 RELEASE = "spiderpool"
 NAMESPACE = "kube-system"
 #: the walkthrough's flags (the older chart's spelling, still accepted)
@@ -68,6 +77,54 @@ def remove_multus(lab: Lab) -> None:
             for f in multus_d.iterdir():
                 f.unlink()
             multus_d.rmdir()
+
+
+def whereabouts_daemonset() -> str:
+    """Whereabouts' install manifest from its module, with only the image changed to the lab's build."""
+    text = build.module_file("whereabouts", "daemonset-install.yaml").read_text()
+    upstream = "ghcr.io/k8snetworkplumbingwg/whereabouts:latest"
+    if upstream not in text:
+        raise RuntimeError(f"Whereabouts' DaemonSet manifest no longer names {upstream}: update the lab")
+    return text.replace(upstream, images.WHEREABOUTS_IMAGE)
+
+
+def whereabouts(lab: Lab) -> str:
+    """Apply Whereabouts' CRDs and DaemonSet as its README says; wait until every node has a Ready pod,
+    the plugin in its CNI bin dir and the kubeconfig the plugin uses."""
+    out = []
+    for crd in WHEREABOUTS_CRDS:
+        text = build.module_file("whereabouts", crd).read_text()
+        out.append(lab.kubectl("apply", "--server-side", "-f", "-", input_text=text).stdout)
+    out.append(lab.kubectl("apply", "-f", "-", input_text=whereabouts_daemonset()).stdout)
+
+    def installed() -> bool:
+        return _every_node(lab, NAMESPACE, WHEREABOUTS_LABEL) and all(
+            (n.cni_bin_dir / "whereabouts").exists()
+            and (n.cni_conf_dir / "whereabouts.d" / "whereabouts.kubeconfig").exists()
+            for n in lab.nodes()
+        )
+
+    procs.wait_for(
+        installed,
+        timeout=120,
+        what="a Whereabouts pod, its plugin and its kubeconfig on every node",
+        detail=lambda: lab.kubectl("get", "pods,events", "-n", NAMESPACE, "-o", "wide", check=False).stdout,
+    )
+    return "".join(out)
+
+
+def remove_whereabouts(lab: Lab) -> None:
+    """Delete Whereabouts' DaemonSet and what it wrote on the nodes (its CRDs and pools stay, as
+    deleting the DaemonSet leaves them for its users)."""
+    lab.kubectl("delete", "daemonset", "-n", NAMESPACE, "whereabouts", "--ignore-not-found", "--wait=true")
+    procs.wait_for(lambda: not _pods(lab, NAMESPACE, WHEREABOUTS_LABEL), timeout=60, what="Whereabouts' pods to go")
+    for node in lab.nodes():
+        (node.cni_bin_dir / "whereabouts").unlink(missing_ok=True)
+        wd = node.cni_conf_dir / "whereabouts.d"
+        if wd.is_dir():
+            for f in wd.iterdir():
+                f.unlink()
+            wd.rmdir()
 
 
 def spiderpool_crds(lab: Lab) -> str:

@@ -11,6 +11,7 @@ it is down they are admitted (asserted below, so the gap is documented by a test
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,30 +336,35 @@ def test_at_least_25_cases_and_both_kinds_of_rule() -> None:
 
 def test_invalid_objects_rejected_with_and_without_controller(controllers: Controllers) -> None:
     lab = controllers.lab
-    failures = []
-    # 1. Controller running: every case is rejected with its message.
-    for case in CASES:
-        ok, out = _run_case(lab, case, controller_up=True)
-        if ok or case.expect not in out:
-            failures.append(f"[controller up] {case.id}: expected rejection with {case.expect!r}, got: {out.strip()}")
-        _cleanup(lab, case)
-    for case in CASES:
-        procs.wait_for(lambda case=case: _gone(lab, case), timeout=60, what=f"{case.id} objects deleted")
-
-    # 2. Controller stopped: the schema still rejects its cases; webhook cases get through.
-    controllers.stop_all()
-    try:
-        for case in CASES:
-            ok, out = _run_case(lab, case, controller_up=False)
-            if case.by == "schema" and (ok or case.expect not in out):
-                failures.append(f"[controller down] {case.id}: schema should reject with {case.expect!r}: {out}")
-            if case.by == "webhook" and not ok:
-                failures.append(f"[controller down] {case.id}: only the webhook covers this, yet: {out}")
+    # The cases share no object, so they run side by side (each is a few kubectl calls).
+    with ThreadPoolExecutor(max_workers=6) as ex:
+        # 1. Controller running: every case is rejected with its message.
+        def up(case: Case) -> str | None:
+            ok, out = _run_case(lab, case, controller_up=True)
             _cleanup(lab, case)
-        for case in CASES:
-            procs.wait_for(lambda case=case: _gone(lab, case), timeout=60, what=f"{case.id} objects deleted")
-    finally:
-        controllers.start_all()
+            procs.wait_for(lambda: _gone(lab, case), timeout=60, what=f"{case.id} objects deleted")
+            if ok or case.expect not in out:
+                return f"[controller up] {case.id}: expected rejection with {case.expect!r}, got: {out.strip()}"
+            return None
+
+        failures = [f for f in ex.map(up, CASES) if f]
+
+        # 2. Controller stopped: the schema still rejects its cases; webhook cases get through.
+        def down(case: Case) -> str | None:
+            ok, out = _run_case(lab, case, controller_up=False)
+            _cleanup(lab, case)
+            procs.wait_for(lambda: _gone(lab, case), timeout=60, what=f"{case.id} objects deleted")
+            if case.by == "schema" and (ok or case.expect not in out):
+                return f"[controller down] {case.id}: schema should reject with {case.expect!r}: {out}"
+            if case.by == "webhook" and not ok:
+                return f"[controller down] {case.id}: only the webhook covers this, yet: {out}"
+            return None
+
+        controllers.stop_all()
+        try:
+            failures += [f for f in ex.map(down, CASES) if f]
+        finally:
+            controllers.start_all()
     assert not failures, "\n".join(failures)
 
 
