@@ -15,6 +15,9 @@ def say(msg: str) -> None:
 
 
 def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0 when there are no values: a run where everything failed)."""
+    if not values:
+        return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

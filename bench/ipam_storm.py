@@ -7,6 +7,8 @@ Runs against the lab's real kube-apiserver and etcd. Pods are API objects on Nod
 
 - ``spiderpool``: its plugin, installed by one agent per bench node, asking that agent's socket;
   one SpiderIPPool of exactly ``--ips`` addresses.
+- ``spiderpool-agent``: the same requests sent to the agents' sockets directly (no exec): the
+  allocation path alone, which the raw ceiling bounds.
 - ``whereabouts``: its plugin (the lab's build of v0.9.2, its CRDs applied), kubernetes backend,
   one range of exactly ``--ips`` addresses.
 - ``host-local``: the floor for an exec'd IPAM plugin: per-node ranges, a file write, no coordination.
@@ -57,15 +59,17 @@ from spiderpool_lab.cluster import Lab  # noqa: E402
 NS = "bench"
 POOL = "bench-pool"
 SEQ_POOL = "bench-seq-pool"
-SEQ_FIRST = ipaddress.ip_address("172.18.240.1")
-WB_SEQ_NET = ipaddress.ip_network("172.18.244.0/22")
+SEQ_FIRST = ipaddress.ip_address("10.23.0.1")
+WB_SEQ_NET = ipaddress.ip_network("10.24.0.0/16")
 #: the agents' default --ip-reuse-cooldown: a storm into the same full-size pool waits it out first
 COOLDOWN = 5.0
 RAW_POOL = "bench-raw"
-SP_FIRST = ipaddress.ip_address("172.18.200.1")
-WB_NET = ipaddress.ip_network("172.18.208.0/20")
-RAW_FIRST = ipaddress.ip_address("172.18.224.1")
-SYSTEMS = ("raw", "spiderpool", "whereabouts", "host-local")
+# Each system's addresses (records only: nothing is configured on a link), a /16 each.
+SP_NET = ipaddress.ip_network("10.20.0.0/16")
+SP_FIRST = SP_NET.network_address + 1
+WB_NET = ipaddress.ip_network("10.21.0.0/16")
+RAW_FIRST = ipaddress.ip_address("10.22.0.1")
+SYSTEMS = ("raw", "spiderpool-agent", "spiderpool", "whereabouts", "host-local")
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 #: one ADD or DEL: (seconds, the failure or None, the addresses returned)
 Outcome = tuple[float, str | None, list[str]]
@@ -85,8 +89,8 @@ def main() -> None:
     systems = [s for s in args.systems.split(",") if s]
     if unknown := set(systems) - set(SYSTEMS):
         ap.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
-    if args.ips > 4000:
-        ap.error("--ips: at most 4000 (each system's range is a /20)")
+    if args.ips > 60000 or args.ips // args.nodes > 250:
+        ap.error("--ips: at most 60000, and 250 per node (host-local has a /24 per node)")
 
     lab = lab_with_crds()
     bench = Storm(lab, nodes=args.nodes, ips=args.ips, inflight=args.inflight, sequential=args.sequential)
@@ -102,6 +106,8 @@ def main() -> None:
                     f"  {run['allocations_per_second']} alloc/s, p50 {run['add_ms']['p50']} ms, "
                     f"{run['failures']} failed, {run['duplicates']} duplicates"
                 )
+                for reason, count in run["failure_reasons"].items():
+                    say(f"    {count} x {reason}")
     finally:
         bench.teardown()
     result = {
@@ -143,24 +149,34 @@ class Storm:
             "apiVersion": "spiderpool.spidernet.io/v2beta1",
             "kind": "SpiderIPPool",
             "metadata": {"name": POOL},
-            "spec": {"subnet": "172.18.0.0/16", "ipVersion": 4, "ips": [f"{SP_FIRST}-{last}"], "gateway": "172.18.0.1"},
+            "spec": {"subnet": str(SP_NET), "ipVersion": 4, "ips": [f"{SP_FIRST}-{last}"]},
         }
         wait_absent(lab, ("namespace", NS), ("spiderippool", POOL))
         lab.kubectl("apply", "-f", "-", input_text=json.dumps(pool))
         if self.sequential:
             seq_last = ipaddress.ip_address(int(SEQ_FIRST) + self.sequential - 1)
-            seq = {**pool, "metadata": {"name": SEQ_POOL}, "spec": {**pool["spec"], "ips": [f"{SEQ_FIRST}-{seq_last}"]}}
+            seq = {
+                **pool,
+                "metadata": {"name": SEQ_POOL},
+                "spec": {"subnet": "10.23.0.0/16", "ipVersion": 4, "ips": [f"{SEQ_FIRST}-{seq_last}"]},
+            }
             lab.kubectl("apply", "-f", "-", input_text=json.dumps(seq))
         if "whereabouts" in systems:
             say("Whereabouts: its CRDs and DaemonSet, as its README installs it")
             install.whereabouts(lab)
-        say(f"creating {len(self.nodes)} nodes and {self.per_node * len(self.nodes)} pods")
+        say(f"creating {len(self.nodes)} nodes")
         lab.kubectl("create", "namespace", NS)
-        items: list[dict[str, Any]] = [
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in self.nodes
-        ]
+        nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in self.nodes]
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        if {"spiderpool", "spiderpool-agent"} & set(systems):
+            self._start_agents()
+
+    def _make_pods(self) -> None:
+        """A fresh set of pods for one storm (and the sequential samples): the runtime DELs an
+        allocation once its pod is gone, and spiderpool keeps the addresses of a live pod on DEL."""
         ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})}
-        items += [
+        seq_ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [SEQ_POOL]})}
+        items = [
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -169,9 +185,7 @@ class Storm:
             }
             for n in self.nodes
             for j in range(self.per_node)
-        ]
-        seq_ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [SEQ_POOL]})}
-        items += [
+        ] + [
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -180,12 +194,21 @@ class Storm:
             }
             for j in range(self.sequential)
         ]
-        lab.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
-        everything = json.loads(lab.kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"]
+        self.lab.kubectl(
+            "create", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        )
+        everything = json.loads(self.lab.kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"]
         self.pods = [p for p in everything if not p["metadata"].get("labels", {}).get("seq")]
         self.seq_pods = [p for p in everything if p["metadata"].get("labels", {}).get("seq")]
-        if "spiderpool" in systems:
-            self._start_agents()
+
+    def _drop_pods(self) -> None:
+        """Delete every pod at once (no kubelet: they go at once) and wait until they are gone."""
+        self.lab.kubectl("delete", "--raw", f"/api/v1/namespaces/{NS}/pods?gracePeriodSeconds=0")
+        procs.wait_for(
+            lambda: not json.loads(self.lab.kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"],
+            timeout=300,
+            what="the pods to be deleted",
+        )
 
     def _start_agents(self) -> None:
         for n in self.nodes:
@@ -235,15 +258,18 @@ class Storm:
 
     def storm(self, system: str, round_: int) -> dict[str, Any]:
         tag = f"{system[:2]}{round_}"
+        self._make_pods()
         add: Call | _RawCalls
         delete: Call | _RawCalls
         if system == "raw":
             add, delete = self._raw()
+        elif system == "spiderpool-agent":
+            add, delete = self._socket("POST", tag), self._socket("DELETE", tag)
         else:
             conf, env_of = self._plugin(system, round_)
             add = lambda pod: self._exec(conf, env_of(pod, "ADD", tag))  # noqa: E731
             delete = lambda pod: self._exec(conf, env_of(pod, "DEL", tag))  # noqa: E731
-        if system == "spiderpool" and system in self.released_at:
+        if system.startswith("spiderpool") and self.released_at:
             # (the same pool, just released: its addresses cool down before they are handed out again)
             time.sleep(max(0.0, self.released_at[system] + COOLDOWN + 0.5 - time.monotonic()))
         before = self._counters()
@@ -257,10 +283,14 @@ class Storm:
         for r in results:
             if r[1] is not None:
                 failures[r[1]] = failures.get(r[1], 0) + 1
+        sequential, sequential_del = self._sequential(system, round_)
+        self._drop_pods()
         release_started = time.perf_counter()
         released = per_node(self.pods, delete, self.inflight)
         release_wall = time.perf_counter() - release_started
-        self.released_at[system] = time.monotonic()
+        sequential_del()
+        if system.startswith("spiderpool"):
+            self.released_at["spiderpool"] = time.monotonic()
         return {
             "system": system,
             "round": round_ + 1,
@@ -283,16 +313,17 @@ class Storm:
             "conflicts_per_allocation": round((after["conflicts"] - before["conflicts"]) / max(1, len(ok)), 3),
             "cpu_s": {k: round(after["cpu"][k] - before["cpu"].get(k, 0.0), 2) for k in after["cpu"]},
             "release_s": round(release_wall, 2),
-            "sequential_add_ms": self._sequential(system, round_),
+            "sequential_add_ms": sequential,
             "release_failures": sum(1 for r in released if r[1] is not None),
             "left_after_release": self._left(system),
         }
 
-    def _sequential(self, system: str, round_: int) -> dict[str, float] | None:
-        """``--sequential`` fresh ADDs one after the other (then their DELs): the plugin's own latency
-        without the storm around it, as a runtime starting one pod sees it."""
-        if system == "raw" or not self.sequential:
-            return None
+    def _sequential(self, system: str, round_: int) -> tuple[dict[str, float] | None, Callable[[], None]]:
+        """``--sequential`` fresh ADDs one after the other: the plugin's own latency without the storm
+        around it, as a runtime starting one pod sees it. Returns them, and what DELs them (once
+        their pods are gone)."""
+        if system in ("raw", "spiderpool-agent") or not self.sequential:
+            return None, lambda: None
         conf, env_of = self._plugin(system, round_, sequential=True)
         tag = f"sq{system[:2]}{round_}"
         pods = self.seq_pods
@@ -301,11 +332,14 @@ class Storm:
             seconds, error, _ = self._exec(conf, env_of(pod, "ADD", tag))
             if error is None:
                 took.append(seconds)
-        for pod in pods:
-            self._exec(conf, env_of(pod, "DEL", tag))
+
+        def release() -> None:
+            for pod in pods:
+                self._exec(conf, env_of(pod, "DEL", tag))
+
         if not took:
-            return None
-        return {"p50": ms(pct(took, 0.5)), "p99": ms(pct(took, 0.99)), "failed": len(pods) - len(took)}
+            return None, release
+        return {"p50": ms(pct(took, 0.5)), "p99": ms(pct(took, 0.99)), "failed": len(pods) - len(took)}, release
 
     def _plugin(
         self, system: str, round_: int, *, sequential: bool = False
@@ -318,6 +352,12 @@ class Storm:
             ipam = {"type": "spiderpool"}
         elif system == "whereabouts":
             binary = str(build.binary("whereabouts"))
+            # the flat file its DaemonSet writes on each node (kubernetes backend), here naming the
+            # lab's loopback kubeconfig: this script runs outside the nodes
+            flat = self.work / "whereabouts.conf"
+            flat.write_text(
+                json.dumps({"datastore": "kubernetes", "kubernetes": {"kubeconfig": str(self.lab.kubeconfig)}})
+            )
             net = WB_SEQ_NET if sequential else WB_NET
             last = ipaddress.ip_address(int(net.network_address) + (self.sequential if sequential else self.ips))
             ipam = {
@@ -326,6 +366,7 @@ class Storm:
                 "range_start": str(net.network_address + 1),
                 "range_end": str(last),
                 "kubernetes": {"kubeconfig": str(self.lab.kubeconfig)},
+                "configuration_path": str(flat),
             }
         else:
             binary = str(build.binary("host-local"))
@@ -378,6 +419,34 @@ class Storm:
             return took, "unparsable result", []
         return took, None if ips else "no address in the result", ips
 
+    def _socket(self, method: str, tag: str) -> Call:
+        """The agent's socket called directly, with the request the plugin sends: spiderpool's
+        allocation path without the plugin's exec (what the raw ceiling compares with)."""
+
+        def call(pod: dict[str, Any]) -> Outcome:
+            meta = pod["metadata"]
+            body = {
+                "containerID": f"{tag}-{meta['uid']}",
+                "ifName": "eth0",
+                "netNamespace": f"/var/run/netns/{tag}-{meta['uid'][:8]}",
+                "podNamespace": NS,
+                "podName": meta["name"],
+                "podUID": meta["uid"],
+            }
+            t = time.perf_counter()
+            status, reply = unix_request(
+                self.sockets[pod["spec"]["nodeName"]], method, "/v1/ipam/ip", body, timeout=120
+            )
+            took = time.perf_counter() - t
+            if status != 200:
+                return took, _reason(json.dumps(reply) if not isinstance(reply, str) else reply), []
+            if method != "POST":
+                return took, None, []
+            ips = [str(i["address"]).split("/")[0] for i in (reply or {}).get("ips", [])]  # type: ignore[union-attr]
+            return took, None if ips else "no address in the reply", ips
+
+        return call
+
     def _raw(self) -> tuple[_RawCalls, _RawCalls]:
         """Creates (and deletes) of SpiderIPAllocation objects as the agents write them, one aiohttp
         client per node, exactly as the agents do."""
@@ -422,10 +491,10 @@ class Storm:
         return {"writes": writes, "conflicts": conflicts, "cpu": cpu_seconds()}
 
     def _left(self, system: str) -> int:
-        if system in ("spiderpool", "raw"):
+        if system in ("spiderpool", "spiderpool-agent", "raw"):
             recs = json.loads(self.lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
-            pool = POOL if system == "spiderpool" else RAW_POOL
-            return sum(1 for r in recs if r["spec"]["pool"] == pool and r["spec"].get("podUID"))
+            pools = (RAW_POOL,) if system == "raw" else (POOL, SEQ_POOL)
+            return sum(1 for r in recs if r["spec"]["pool"] in pools and r["spec"].get("podUID"))
         if system == "whereabouts":
             pools = json.loads(self.lab.kubectl("get", "ippools.whereabouts.cni.cncf.io", "-A", "-o", "json").stdout)
             return sum(len(p["spec"].get("allocations") or {}) for p in pools["items"])
@@ -496,7 +565,7 @@ def _reason(text: str) -> str:
     """A failure's reason, short enough to count (numbers and names stripped)."""
     try:
         doc = json.loads(text)
-        text = str(doc.get("msg") or doc.get("details") or text)
+        text = str(doc.get("msg") or doc.get("message") or doc.get("error") or doc.get("details") or text)
     except (ValueError, AttributeError):
         pass
     text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)*", "N", text.strip().splitlines()[-1] if text.strip() else "")
