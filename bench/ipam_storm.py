@@ -271,7 +271,7 @@ class Storm:
             delete = lambda pod: self._exec(conf, env_of(pod, "DEL", tag))  # noqa: E731
         if system.startswith("spiderpool") and self.released_at:
             # (the same pool, just released: its addresses cool down before they are handed out again)
-            time.sleep(max(0.0, self.released_at[system] + COOLDOWN + 0.5 - time.monotonic()))
+            time.sleep(max(0.0, self.released_at["spiderpool"] + COOLDOWN + 0.5 - time.monotonic()))
         before = self._counters()
         started = time.perf_counter()
         results = per_node(self.pods, add, self.inflight)
