@@ -126,8 +126,22 @@ def main() -> None:
 
 
 class Storm:
-    def __init__(self, lab: Lab, *, nodes: int, ips: int, inflight: int, sequential: int) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        *,
+        nodes: int,
+        ips: int,
+        inflight: int,
+        sequential: int,
+        idle_agents: int = 0,
+        record_watch: str = "pools",
+    ) -> None:
+        """``idle_agents``: more nodes, each with its agent, that get no pods (a bigger cluster);
+        ``record_watch``: the agents' ``--record-watch``."""
         self.lab = lab
+        self.record_watch = record_watch
+        self.idle = [f"bench-idle-{i + 1}" for i in range(idle_agents)]
         self.sequential = sequential
         self.inflight = inflight
         self.ips = ips
@@ -166,7 +180,7 @@ class Storm:
             install.whereabouts(lab)
         say(f"creating {len(self.nodes)} nodes")
         lab.kubectl("create", "namespace", NS)
-        nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in self.nodes]
+        nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in self.nodes + self.idle]
         lab.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
         if {"spiderpool", "spiderpool-agent"} & set(systems):
             self._start_agents()
@@ -211,7 +225,7 @@ class Storm:
         )
 
     def _start_agents(self) -> None:
-        for n in self.nodes:
+        for n in self.nodes + self.idle:
             self.sockets[n] = str(self.work / f"{n}.sock")
             self.lab.start_process(
                 f"bench-agent/{n}",
@@ -227,10 +241,11 @@ class Storm:
                     "--metrics-bind=127.0.0.1",
                     f"--metrics-port={free_port()}",
                     "--log-level=WARNING",
+                    f"--record-watch={self.record_watch}",
                 ],
             )
         self.agents = True
-        for n in self.nodes:
+        for n in self.nodes + self.idle:
             procs.wait_for(
                 lambda n=n: (
                     unix_request(self.sockets[n], "GET", "/v1/ipam/healthy")[0] == 200
@@ -243,10 +258,10 @@ class Storm:
     def teardown(self) -> None:
         lab = self.lab
         if self.agents:
-            for n in self.nodes:
+            for n in self.nodes + self.idle:
                 lab.stop_process(f"bench-agent/{n}")
         lab.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        lab.kubectl("delete", "node", *self.nodes, check=False)
+        lab.kubectl("delete", "node", *self.nodes, *self.idle, check=False)
         lab.kubectl("delete", "spiderippool", POOL, SEQ_POOL, "--wait=false", check=False)
         raw = json.loads(lab.kubectl("get", "spideripallocations", "-o", "json").stdout)["items"]
         names = [r["metadata"]["name"] for r in raw if r["spec"]["pool"] == RAW_POOL]

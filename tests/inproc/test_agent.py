@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from spiderpool.agent.ipam import IPAM
+from spiderpool.agent.records import pool_scoped
 from spiderpool.agent.settings import Settings
 from spiderpool.controller.cache import ObjectCache
 from spiderpool.controller.status import StatusReconciler
 from spiderpool.ipam.allocate import record_name
-from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.cache import ScopedCache, WatchCache
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import ENDPOINT, IPALLOCATION, IPPOOL, RESERVEDIP, SUBNET
 from spiderpool.k8s.kinds import POD as POD_KIND
@@ -23,13 +24,11 @@ NODE = "node1"
 
 @contextlib.asynccontextmanager
 async def agent(client: Client, *, watch: bool = True, reuse_cooldown: float = 0.0) -> AsyncIterator[IPAM]:
-    """An agent's IP service on its own caches. ``watch=False``: the caches are listed once and
-    then follow nothing (an agent whose watch lags, as far as the test needs it to)."""
-    pools, reserved, records = (
-        WatchCache(client, IPPOOL),
-        WatchCache(client, RESERVEDIP),
-        WatchCache(client, IPALLOCATION),
-    )
+    """An agent's IP service on its own caches, its records watched per pool served as the agent
+    does. ``watch=False``: the caches (every record) are listed once and then follow nothing (an
+    agent whose watch lags, as far as the test needs it to)."""
+    pools, reserved = WatchCache(client, IPPOOL), WatchCache(client, RESERVEDIP)
+    records: WatchCache | ScopedCache = pool_scoped(client, NODE) if watch else WatchCache(client, IPALLOCATION)
     ipam = IPAM(
         client,
         Settings(node=NODE, reuse_cooldown=reuse_cooldown),
@@ -43,6 +42,7 @@ async def agent(client: Client, *, watch: bool = True, reuse_cooldown: float = 0
         if watch:
             tasks.append(asyncio.create_task(c.run()))
         else:
+            assert isinstance(c, WatchCache)
             await c._relist()
     await eventually(ipam.ready, within=30, what="the agent's caches")
     try:
@@ -288,3 +288,73 @@ async def test_a_failed_endpoint_write_is_tried_again_with_back_off(client: Clie
         # (retries after 1 s, then 2 s)
         await eventually(written, within=30, what="the endpoint written after two failed tries")
         assert flaky.failures == 0
+
+
+async def test_an_agent_watches_the_records_of_the_pools_it_serves_and_finds_them_again_after_a_restart(
+    client: Client, namespace: str
+) -> None:
+    """The watch fan-out: an agent decodes the records of the pools it allocates from (every node's,
+    so it knows what is taken) and of those its node's pods hold addresses in, not every record."""
+    mine, other = unique("pool"), unique("pool")
+    await client.create(IPPOOL, pool_body(mine, "10.67.0.0/24", ["10.67.0.10-10.67.0.12"]))
+    await client.create(IPPOOL, pool_body(other, "10.68.0.0/24", ["10.68.0.10-10.68.0.12"]))
+    elsewhere = await make_pod(client, namespace, "elsewhere")
+    uid = elsewhere["metadata"]["uid"]
+    # another node's pods hold an address in each pool
+    await create_record(client, record_spec("10.67.0.10", mine, namespace, "elsewhere", uid, node="node2"))
+    await create_record(client, record_spec("10.68.0.10", other, namespace, "elsewhere", uid, node="node2"))
+    pod = await make_pod(client, namespace, "web")
+    async with agent(client) as ipam:
+        assert isinstance(ipam.records.cache, ScopedCache)
+        # (other tests' pools may be served: this node holds addresses there)
+        assert mine not in ipam.records.cache.served()
+        assert other not in ipam.records.cache.served()
+        assert "10.67.0.10" not in ipam.records.used
+        reply = await ipam.allocator.allocate(add(pod, defaultIPv4IPPool=[mine]))
+        # the other node's 10.67.0.10 was known as taken: the next address
+        assert [ip["address"] for ip in reply["ips"]] == ["10.67.0.11/24"]
+        assert mine in ipam.records.cache.served()
+        assert other not in ipam.records.cache.served()
+        assert {"10.67.0.10", "10.67.0.11"} <= ipam.records.used
+        assert "10.68.0.10" not in ipam.records.used  # nothing of the other pool
+    async with agent(client) as ipam:  # restarted: it serves again the pool its pod holds an address in
+        assert isinstance(ipam.records.cache, ScopedCache)
+        assert mine in ipam.records.cache.served()
+        assert other not in ipam.records.cache.served()
+        assert [r["spec"]["ip"] for r in ipam.records.of(pod["metadata"]["uid"])] == ["10.67.0.11"]
+        await force_delete(client, namespace, "web")
+        await ipam.releaser.release(add(pod))
+        assert await gone(client, IPALLOCATION, record_name("10.67.0.11"))
+
+
+async def test_a_statefulset_pod_keeps_its_address_from_a_pool_the_agent_did_not_watch(
+    client: Client, namespace: str
+) -> None:
+    """A StatefulSet pod re-created on this node finds its predecessor's record (written by another
+    node's agent, in a pool this agent had no watch of) by its name label, and keeps the address."""
+    pool = unique("pool")
+    await client.create(IPPOOL, pool_body(pool, "10.69.0.0/24", ["10.69.0.10-10.69.0.12"]))
+    owner = [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "0000-sts", "controller": True}]
+    old = await make_pod(client, namespace, "db-0", ownerReferences=owner)
+    await create_record(
+        client,
+        record_spec(
+            "10.69.0.12", pool, namespace, "db-0", old["metadata"]["uid"], node="node2",
+            ownerKind="StatefulSet", ownerName="db",
+        ),
+    )  # fmt: skip
+    await force_delete(client, namespace, "db-0")
+    new = await make_pod(client, namespace, "db-0", ownerReferences=owner)
+    async with agent(client) as ipam:
+        reply = await ipam.allocator.allocate(add(new, defaultIPv4IPPool=[pool]))
+        assert [ip["address"] for ip in reply["ips"]] == ["10.69.0.12/24"]
+        record = await client.get(IPALLOCATION, record_name("10.69.0.12"))
+        assert (record["spec"]["podUID"], record["spec"]["node"]) == (new["metadata"]["uid"], NODE)
+        assert record["metadata"]["labels"]["ipam.spidernet.io/node"] == NODE
+
+
+async def force_delete(client: Client, namespace: str, name: str) -> None:
+    """Delete a pod at once (no kubelet runs it) and wait until it is gone."""
+    body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
+    await client.request("DELETE", POD_KIND.path(namespace, name), body)
+    await eventually(lambda: gone(client, POD_KIND, name, namespace), within=30, what=f"pod {name} to go")

@@ -83,8 +83,13 @@ class Allocator:
         if objects.nodes is not None:
             objects.nodes.listeners.append(self._on_node)
         self._pools_changed = asyncio.Event()
-        pools.listeners.append(lambda *_: self._pools_changed.set())
+        pools.listeners.append(self._on_pool)
         records.cache.listeners.append(lambda *_: self._pools_changed.set())
+
+    def _on_pool(self, _kind: str, key: str, _obj: dict[str, Any]) -> None:
+        self._pools_changed.set()
+        if key not in self.pools.items:
+            self.records.unserve(key)
 
     def _on_node(self, _kind: str, _key: str, _obj: dict[str, Any]) -> None:
         self._nodes_generation += 1
@@ -224,6 +229,8 @@ class Allocator:
         deadline = loop.time() + self.settings.auto_pool_wait
         while True:
             pool = self._find_auto_pool(app, ifname, family)
+            if pool is not None:
+                await self.records.serve(str(pool["metadata"]["name"]))
             if pool is not None and self._has_free(pool):
                 return str(pool["metadata"]["name"])
             remaining = deadline - loop.time()
@@ -285,6 +292,7 @@ class Allocator:
             if pool is None:
                 reasons.append(f"{pool_name}: no such SpiderIPPool")
                 continue
+            await self.records.serve(pool_name)
             space = usable(pool, reserved)
             tries = 0
             eligible = self._eligible(pool)
@@ -363,10 +371,8 @@ class Allocator:
         ns, name = pod.meta["namespace"], pod.meta["name"]
         old = [
             r
-            for r in self.records.all()
-            if r["spec"]["namespace"] == ns
-            and r["spec"]["pod"] == name
-            and r["spec"]["interface"] == ifname
+            for r in await self.records.predecessors(ns, name)
+            if r["spec"]["interface"] == ifname
             and r["spec"].get("ownerKind") == "StatefulSet"
             and not r["spec"].get("quarantineUntil")  # taken back by the garbage collector: nobody's
         ]

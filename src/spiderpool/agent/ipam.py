@@ -17,7 +17,7 @@ from spiderpool.agent.pods import Objects, PodLocks
 from spiderpool.agent.records import Records
 from spiderpool.agent.release import Releaser
 from spiderpool.agent.settings import Settings
-from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.cache import ScopedCache, WatchCache
 from spiderpool.k8s.client import Client
 
 
@@ -29,7 +29,7 @@ class IPAM:
         *,
         pools: WatchCache,
         reserved: WatchCache,
-        records: WatchCache,
+        records: WatchCache | ScopedCache,
         pods: WatchCache | None = None,
         namespaces: WatchCache | None = None,
         nodes: WatchCache | None = None,

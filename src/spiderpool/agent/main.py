@@ -31,8 +31,9 @@ from spiderpool.agent.errors import IPAMError
 from spiderpool.agent.install import install_plugins, missing_plugins
 from spiderpool.agent.ipam import IPAM
 from spiderpool.agent.metrics import PLUGIN_REINSTALLS, REQUEST_ERRORS
+from spiderpool.agent.records import pool_scoped
 from spiderpool.agent.settings import Settings
-from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.cache import ScopedCache, WatchCache
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import COORDINATOR, IPALLOCATION, IPPOOL, NAMESPACE, NODE, POD, RESERVEDIP, SUBNET
 from spiderpool.net import veth
@@ -77,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5.0,
         help="seconds a released address waits before it is handed out again (its last pod's link may still"
         " carry it: the runtime's DEL frees the address before the link is deleted)",
+    )
+    p.add_argument(
+        "--record-watch",
+        choices=("pools", "all"),
+        default="pools",
+        help="which allocation records the agent watches: those of the pools it serves (its cost follows"
+        " them), or every record in the cluster (each agent then decodes every allocation)",
     )
     p.add_argument(
         "--plugin-check-interval",
@@ -139,18 +147,19 @@ class Agent:
         self.args = args
         veth.PROC_DIR = args.proc_dir
         self.client = Client.from_kubeconfig(args.kubeconfig, field_manager="spiderpool-agent")
-        self.caches = [
-            WatchCache(self.client, IPPOOL),
-            WatchCache(self.client, RESERVEDIP),
-            WatchCache(self.client, IPALLOCATION),
-            # the pods of this node, every namespace and node: an allocation reads no API object
-            WatchCache(self.client, POD, "Pod", fields={"spec.nodeName": args.node_name}),
-            WatchCache(self.client, NAMESPACE, "Namespace"),
-            # every node: their names and labels split each pool among the agents (see ipam.allocate)
-            WatchCache(self.client, NODE, "Node"),
-            WatchCache(self.client, SUBNET),
-            WatchCache(self.client, COORDINATOR),
-        ]
+        pools, reserved = WatchCache(self.client, IPPOOL), WatchCache(self.client, RESERVEDIP)
+        records: WatchCache | ScopedCache = (
+            WatchCache(self.client, IPALLOCATION)
+            if args.record_watch == "all"
+            else pool_scoped(self.client, args.node_name)
+        )
+        # the pods of this node, every namespace and node: an allocation reads no API object
+        pods = WatchCache(self.client, POD, "Pod", fields={"spec.nodeName": args.node_name})
+        namespaces = WatchCache(self.client, NAMESPACE, "Namespace")
+        # every node: their names and labels split each pool among the agents (see ipam.allocate)
+        nodes = WatchCache(self.client, NODE, "Node")
+        subnets, coordinators = WatchCache(self.client, SUBNET), WatchCache(self.client, COORDINATOR)
+        self.caches = [pools, reserved, records, pods, namespaces, nodes, subnets, coordinators]
         self.ipam = IPAM(
             self.client,
             Settings(
@@ -162,18 +171,18 @@ class Agent:
                 conflict_quarantine=args.ip_conflict_quarantine,
                 reuse_cooldown=args.ip_reuse_cooldown,
             ),
-            pools=self.caches[0],
-            reserved=self.caches[1],
-            records=self.caches[2],
-            pods=self.caches[3],
-            namespaces=self.caches[4],
-            nodes=self.caches[5],
-            subnets=self.caches[6],
+            pools=pools,
+            reserved=reserved,
+            records=records,
+            pods=pods,
+            namespaces=namespaces,
+            nodes=nodes,
+            subnets=subnets,
         )
         self.coordinator = Coordinator(
-            self.caches[3],
+            pods,
             self.ipam.releaser,
-            coordinators=self.caches[7],
+            coordinators=coordinators,
             conflict_quarantine=args.ip_conflict_quarantine,
             events=self.ipam.allocator.events,
             state_dir=Path(args.socket).parent / "overlay",

@@ -16,10 +16,17 @@ import logging
 import time
 
 from spiderpool.agent.metrics import API_WRITES, CONFLICTS, RELEASED_IPS
-from spiderpool.api.constants import LABEL_RECORD_POD_UID
+from spiderpool.api.constants import (
+    LABEL_RECORD_NODE,
+    LABEL_RECORD_POD,
+    LABEL_RECORD_POD_UID,
+    LABEL_RECORD_POOL,
+    name_label,
+    pod_label,
+)
 from spiderpool.api.objects import Record, RecordSpec, as_record, held_for, new_record
 from spiderpool.ipam.allocate import FREE, MINE, OTHER, record_name
-from spiderpool.k8s.cache import WatchCache
+from spiderpool.k8s.cache import ScopedCache, WatchCache
 from spiderpool.k8s.client import ApiError, Client, preconditions
 from spiderpool.k8s.kinds import IPALLOCATION
 
@@ -33,8 +40,21 @@ REUSE_COOLDOWN = 5.0
 COOLING_MAX = 4096
 
 
+def pool_scoped(client: Client, node: str) -> ScopedCache:
+    """The records of the pools this node's agent serves: those its pods hold addresses in (found
+    at start), and each pool it allocates from (``Records.serve``), not every record in the cluster."""
+
+    async def pools_of_node() -> list[str]:
+        items, _ = await client.list(IPALLOCATION, labels=f"{LABEL_RECORD_NODE}={name_label(node)}")
+        return sorted({str((i["metadata"].get("labels") or {}).get(LABEL_RECORD_POOL, "")) for i in items} - {""})
+
+    return ScopedCache(client, IPALLOCATION, label=LABEL_RECORD_POOL, discover=pools_of_node)
+
+
 class Records:
-    def __init__(self, client: Client, cache: WatchCache, node: str, *, cooldown: float = REUSE_COOLDOWN) -> None:
+    def __init__(
+        self, client: Client, cache: WatchCache | ScopedCache, node: str, *, cooldown: float = REUSE_COOLDOWN
+    ) -> None:
         self.client, self.cache, self.node = client, cache, node
         #: IPs with a record (from the watch) or being created by this agent right now
         self.used: set[str] = set()
@@ -96,6 +116,27 @@ class Records:
             del self.cooling[ip]
             return None
         return until
+
+    async def serve(self, pool: str) -> None:
+        """Make sure the index holds every record of ``pool`` (a scoped cache watches it from now on)."""
+        if isinstance(self.cache, ScopedCache):
+            await self.cache.serve(name_label(pool))
+
+    def unserve(self, pool: str) -> None:
+        """``pool`` is gone: stop watching its records."""
+        if isinstance(self.cache, ScopedCache):
+            self.cache.unserve(name_label(pool))
+
+    async def predecessors(self, namespace: str, name: str) -> list[Record]:
+        """The records held under the pod name ``namespace/name`` (by any uid): from the index, and
+        when it has none and watches only some pools, from the API (their pools are served from then on)."""
+        found = [r for r in self.all() if r["spec"]["namespace"] == namespace and r["spec"]["pod"] == name]
+        if found or not isinstance(self.cache, ScopedCache):
+            return found
+        items, _ = await self.client.list(IPALLOCATION, labels=f"{LABEL_RECORD_POD}={pod_label(namespace, name)}")
+        for pool in {str(i["spec"]["pool"]) for i in items}:
+            await self.serve(pool)
+        return [r for r in self.all() if r["spec"]["namespace"] == namespace and r["spec"]["pod"] == name]
 
     async def read_of(self, uid: str, ifname: str) -> list[Record]:
         """What pod ``uid`` holds for ``ifname``, read from the API (the cache may have missed it):

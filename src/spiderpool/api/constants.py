@@ -10,9 +10,12 @@ FINALIZER = "spiderpool.spidernet.io"
 LABEL_IPPOOL_CIDR = "ipam.spidernet.io/ippool-cidr"
 LABEL_SUBNET_CIDR = "ipam.spidernet.io/subnet-cidr"
 LABEL_OWNER_SUBNET = "ipam.spidernet.io/owner-spider-subnet"
-#: on a SpiderIPAllocation: the pool it was taken from, and the pod holding it
+#: on a SpiderIPAllocation: the pool it was taken from, the pod holding it (its uid, and
+#: ``<namespace>.<name>`` as ``name_label`` puts it) and that pod's node
 LABEL_RECORD_POOL = "ipam.spidernet.io/ippool"
 LABEL_RECORD_POD_UID = "ipam.spidernet.io/pod-uid"
+LABEL_RECORD_POD = "ipam.spidernet.io/pod"
+LABEL_RECORD_NODE = "ipam.spidernet.io/node"
 
 #: the longest label value the API accepts
 LABEL_VALUE_MAX = 63
@@ -38,3 +41,8 @@ def name_label(name: str) -> str:
 IP_CONFLICT_QUARANTINE = 600.0
 #: seconds a deleted SpiderIPPool must hold no IP before its finalizer comes off
 POOL_FINALIZER_GRACE = 10.0
+
+
+def pod_label(namespace: str, name: str) -> str:
+    """A pod as one label value: ``<namespace>.<name>`` (a namespace has no dot, so it splits)."""
+    return name_label(f"{namespace}.{name}")

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict, cast
 
-from spiderpool.api.constants import LABEL_RECORD_POD_UID, LABEL_RECORD_POOL, name_label
+from spiderpool.api.constants import (
+    LABEL_RECORD_NODE,
+    LABEL_RECORD_POD,
+    LABEL_RECORD_POD_UID,
+    LABEL_RECORD_POOL,
+    name_label,
+    pod_label,
+)
 from spiderpool.api.v2beta1 import API_VERSION
 
 
@@ -58,13 +65,23 @@ def as_record(obj: dict[str, Any]) -> Record:
     return cast(Record, obj)
 
 
+def record_labels(spec: RecordSpec) -> dict[str, str]:
+    """What a record is selected by: its pool (an agent watches the pools it serves), its pod and node."""
+    labels = {LABEL_RECORD_POOL: name_label(spec["pool"]), LABEL_RECORD_POD_UID: spec["podUID"]}
+    if spec.get("namespace") and spec.get("pod"):
+        labels[LABEL_RECORD_POD] = pod_label(spec["namespace"], spec["pod"])
+    if spec.get("node"):
+        labels[LABEL_RECORD_NODE] = name_label(str(spec.get("node")))
+    return labels
+
+
 def new_record(name: str, spec: RecordSpec) -> Record:
     return {
         "apiVersion": API_VERSION,
         "kind": "SpiderIPAllocation",
         "metadata": {
             "name": name,
-            "labels": {LABEL_RECORD_POOL: name_label(spec["pool"]), LABEL_RECORD_POD_UID: spec["podUID"]},
+            "labels": record_labels(spec),
         },
         "spec": spec,
     }
@@ -72,8 +89,8 @@ def new_record(name: str, spec: RecordSpec) -> Record:
 
 def held_for(record: Record, uid: str, **changes: Any) -> Record:
     """A copy of ``record`` held by pod ``uid`` ("" for nobody), its pod-uid label following."""
-    labels = {**(record["metadata"].get("labels") or {}), LABEL_RECORD_POD_UID: uid}
     spec = cast(RecordSpec, {**record["spec"], **changes, "podUID": uid})
+    labels = {**(record["metadata"].get("labels") or {}), **record_labels(spec)}
     return {**record, "metadata": {**record["metadata"], "labels": labels}, "spec": spec}
 
 

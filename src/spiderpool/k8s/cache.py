@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from spiderpool.k8s.client import ApiError, Client
@@ -60,16 +60,21 @@ class WatchCache:
         fields: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
         backoff: Backoff | None = None,
+        items: dict[str, dict[str, Any]] | None = None,
+        listeners: list[Listener] | None = None,
     ) -> None:
         """``namespace`` None or "*" watches a namespaced kind in every namespace; ``fields`` is a
-        field selector, ``labels`` a label selector (equality)."""
+        field selector, ``labels`` a label selector (equality). ``items`` and ``listeners`` may be
+        shared with other caches of the same kind whose selectors match other objects (``ScopedCache``)."""
         self.client, self.res, self.kind = client, res, kind or res.name
         self.namespace = None if namespace in (None, "*") else namespace
         self.fields = ",".join(f"{k}={v}" for k, v in (fields or {}).items())
         self.labels = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
-        self.items: dict[str, dict[str, Any]] = {}
+        self._label_eq = dict(labels or {})
+        self._shared = items is not None
+        self.items: dict[str, dict[str, Any]] = {} if items is None else items
         self.synced = asyncio.Event()
-        self.listeners: list[Listener] = []
+        self.listeners: list[Listener] = [] if listeners is None else listeners
         self.backoff = backoff or Backoff(0.5, 30.0)
         #: key -> the last version we deleted ourselves
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -79,6 +84,11 @@ class WatchCache:
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.items.get(key)
+
+    def owns(self, obj: dict[str, Any]) -> bool:
+        """``obj`` is one of this cache's (its labels match the selector)."""
+        labels = obj.get("metadata", {}).get("labels") or {}
+        return all(labels.get(k) == v for k, v in self._label_eq.items())
 
     def _opened(self) -> None:
         self.live = True
@@ -129,6 +139,8 @@ class WatchCache:
         listed = {"metadata": {"resourceVersion": rv}}
         self._tombstones.clear()  # the list is the truth now
         for key in set(self.items) - set(fresh):
+            if self._shared and not self.owns(self.items[key]):
+                continue  # another cache's, sharing these items
             if older(listed, self.items[key]):
                 continue  # written by us after the list was taken
             self._drop(key)
@@ -180,3 +192,109 @@ class WatchCache:
                 # (the connection, most often: resumed from the last resourceVersion seen)
                 log.warning("watch broke kind=%s error=%r", self.kind, exc)
             await asyncio.sleep(self.backoff.next())
+
+
+class ScopedCache:
+    """The objects of one kind whose label ``label`` has one of the values asked for: one watch per
+    value (``serve``), opened on demand, their objects in one set of items. Readers use it as a
+    ``WatchCache``.
+
+    Why: the agents' record watch. With one watch of every record, every agent decodes every
+    allocation in the cluster, and the agents' CPU per allocation grows with the number of nodes.
+    Watching only the pools it allocates from (and those its node's pods hold addresses in), an
+    agent's cost follows the pools it serves (docs/benchmarks.md, "watch fan-out").
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        res: Kind,
+        *,
+        label: str,
+        discover: Callable[[], Awaitable[list[str]]],
+        backoff: Backoff | None = None,
+    ) -> None:
+        """``discover`` names the values to serve from the start (run once, retried until it answers)."""
+        self.client, self.res, self.kind, self.label = client, res, res.name, label
+        self.discover = discover
+        self.items: dict[str, dict[str, Any]] = {}
+        self.listeners: list[Listener] = []
+        self.synced = asyncio.Event()
+        self.backoff = backoff or Backoff(0.5, 30.0)
+        self.parts: dict[str, WatchCache] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def live(self) -> bool:
+        return all(p.live for p in self.parts.values())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.items.get(key)
+
+    def served(self) -> list[str]:
+        return sorted(self.parts)
+
+    async def serve(self, value: str) -> None:
+        """Watch the objects labelled ``value`` (if not yet), and return once they are in the items."""
+        part = self.parts.get(value)
+        if part is None:
+            part = WatchCache(
+                self.client,
+                self.res,
+                self.kind,
+                labels={self.label: value},
+                items=self.items,
+                listeners=self.listeners,
+            )
+            self.parts[value] = part
+            self._tasks[value] = asyncio.create_task(part.run(), name=f"watch {self.kind} {self.label}={value}")
+            log.debug("watch opened kind=%s %s=%s", self.kind, self.label, value)
+        await part.synced.wait()
+
+    def unserve(self, value: str) -> None:
+        """Stop watching ``value`` (its objects leave the items)."""
+        part = self.parts.pop(value, None)
+        task = self._tasks.pop(value, None)
+        if task is not None:
+            task.cancel()
+        if part is None:
+            return
+        for key in [k for k, obj in self.items.items() if part.owns(obj)]:
+            part._drop(key)
+
+    def _part_of(self, obj: dict[str, Any] | None) -> WatchCache | None:
+        labels = (obj or {}).get("metadata", {}).get("labels") or {}
+        value = labels.get(self.label)
+        return self.parts.get(value) if isinstance(value, str) else None
+
+    def apply_local(self, obj: dict[str, Any] | None, *, key: str | None = None) -> None:
+        part = self._part_of(obj if obj is not None else self.items.get(key or ""))
+        if part is not None:
+            part.apply_local(obj, key=key)
+            return
+        # (an object of a value not served, read on purpose: kept until its value is served)
+        if obj is not None:
+            k = key_of(obj)
+            if not older(obj, self.items.get(k)):
+                self.items[k] = obj
+                for listener in self.listeners:
+                    listener(self.kind, k, obj)
+        elif key is not None and (old := self.items.pop(key, None)) is not None:
+            for listener in self.listeners:
+                listener(self.kind, key, old)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    values = await self.discover()
+                    break
+                except Exception as exc:
+                    log.warning("scope discovery failed kind=%s error=%r", self.kind, exc)
+                    await asyncio.sleep(self.backoff.next())
+            await asyncio.gather(*(self.serve(v) for v in values))
+            self.synced.set()
+            await asyncio.Event().wait()  # the parts run as tasks of their own
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
