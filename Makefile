@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 LAB := $(BIN)/spiderpool-lab
 NODES ?= 2
 
-.PHONY: deps demo demo-down test unit faults lint lab-build down clean-venv manifest
+.PHONY: deps demo demo-down test unit faults lint lab-build down clean-venv manifest plots
 
 # The product with its dev tools, and the lab (test tooling, a package of its own: never in the product).
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
@@ -60,6 +60,11 @@ lint: $(VENV)/.installed
 
 lab-build: $(VENV)/.installed
 	$(LAB) build
+
+## plots: redraw docs/bench/*.png from the benchmarks' JSON results in docs/bench (matplotlib, the bench extra)
+plots: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/plot.py
 
 ## down: stop the lab and remove everything it created
 down: $(VENV)/.installed

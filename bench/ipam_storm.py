@@ -317,6 +317,8 @@ class Storm:
             "wall_s": round(wall, 2),
             "allocations_per_second": round(len(ok) / wall, 1),
             "add_ms": {"p50": ms(pct([r[0] for r in ok], 0.5)), "p99": ms(pct([r[0] for r in ok], 0.99))},
+            # (every ADD's latency, for the CDFs bench/plot.py draws)
+            "add_ms_samples": sorted(ms(r[0]) for r in ok),
             "api_writes_per_allocation": round(
                 (sum(after["writes"].values()) - sum(before["writes"].values())) / max(1, len(ok)), 2
             ),

@@ -94,6 +94,9 @@ class WatchCache:
         self.live = True
 
     def _set(self, obj: dict[str, Any]) -> None:
+        # managedFields are most of a small object's size and nothing here reads them: not kept
+        # (an agent's RSS per 10k records, docs/benchmarks.md)
+        obj.get("metadata", {}).pop("managedFields", None)
         key = key_of(obj)
         if older(obj, self.items.get(key)):
             return  # a late event: we hold a newer version already
