@@ -3,13 +3,14 @@
 - ``storm-rate.png``: allocations per second per system (median of the rounds, each round a dot);
 - ``storm-cdf.png``: the ADD latency CDF per system, every round's allocations together;
 - ``watch-fanout.png``: the agents' CPU per allocation against the number of agents, both designs;
-- ``pool-size.png``: allocation latency p50/p99 against the pool's size, empty and 90 % allocated.
+- ``pool-size.png``: allocation latency p50/p99 against the pool's size, empty and 90 % allocated;
+- ``e2e.png``: real pods, create / rebuild / delete seconds per CNI chain.
 
 Each figure carries the date of its run and the machine's core count. Needs the ``bench`` extra
 (matplotlib): ``pip install -e '.[bench]'``.
 
     python bench/plot.py [--storm docs/bench/storm.json] [--fanout docs/bench/watch-fanout.json]
-        [--pool-size docs/bench/pool-size.json] [--out docs/bench]
+        [--pool-size docs/bench/pool-size.json] [--e2e docs/bench/e2e.json] [--out docs/bench]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def storm_rate(result: dict[str, Any], out: Path) -> None:
     for i, s in enumerate(systems):
         rounds = [r["allocations_per_second"] for r in result["runs"] if r["system"] == s]
         ax.scatter([i] * len(rounds), rounds, color="black", s=10, zorder=3)
-        ax.annotate(f"{medians[i]:.0f}/s", (i, medians[i]), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{medians[i]:.3g}/s", (i, medians[i]), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("allocations per second")
     ax.set_title(
         f"{result['allocations']} allocations into {result['allocations']} IPs, {result['nodes']} nodes, "
@@ -143,11 +144,44 @@ def pool_size(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+E2E_COLOURS = {
+    "macvlan + spiderpool + veth": COLOURS["spiderpool"],
+    "macvlan + whereabouts": COLOURS["whereabouts"],
+    "macvlan + host-local": COLOURS["host-local"],
+}
+
+
+def e2e(result: dict[str, Any], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    phases = ("create_s", "rebuild_s", "delete_s")
+    chains = [c for c in E2E_COLOURS if c in result["best_of_rounds"]]
+    width = 0.8 / len(chains)
+    for k, chain in enumerate(chains):
+        xs = [i + (k - (len(chains) - 1) / 2) * width for i in range(len(phases))]
+        values = [result["best_of_rounds"][chain][p] for p in phases]
+        ax.bar(xs, values, width, color=E2E_COLOURS[chain], label=chain)
+        for x, v in zip(xs, values, strict=True):
+            ax.annotate(f"{v:.0f}", (x, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(phases)))
+    ax.set_xticklabels(["create → all Running", "rebuild (delete all pods)", "delete → all IPs released"])
+    ax.set_ylabel("seconds")
+    ax.set_title(
+        f"{result['pods']} pods on {result['nodes']} real nodes, pool size = pod count (best of the rounds)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    stamp(fig, result, "bench/e2e_pods.py")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(out / "e2e.png", dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--storm", type=Path, default=DOCS / "storm.json")
     ap.add_argument("--fanout", type=Path, default=DOCS / "watch-fanout.json")
     ap.add_argument("--pool-size", type=Path, default=DOCS / "pool-size.json")
+    ap.add_argument("--e2e", type=Path, default=DOCS / "e2e.json")
     ap.add_argument("--out", type=Path, default=DOCS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +189,7 @@ def main() -> None:
         (args.storm, (storm_rate, storm_cdf)),
         (args.fanout, (fanout,)),
         (args.pool_size, (pool_size,)),
+        (args.e2e, (e2e,)),
     ):
         if not path.exists():
             print(f"[plot] {path.name}: no results, skipped")
