@@ -159,9 +159,9 @@ def e2e(result: dict[str, Any], out: Path) -> None:
     for k, chain in enumerate(chains):
         xs = [i + (k - (len(chains) - 1) / 2) * width for i in range(len(phases))]
         values = [result["best_of_rounds"][chain][p] for p in phases]
-        ax.bar(xs, values, width, color=E2E_COLOURS[chain], label=chain)
-        for x, v in zip(xs, values, strict=True):
-            ax.annotate(f"{v:.0f}", (x, v), ha="center", va="bottom", fontsize=7)
+        ax.bar(xs, [v or 0 for v in values], width, color=E2E_COLOURS[chain], label=chain)
+        for x, v in zip(xs, values, strict=True):  # None: the phase did not finish within the limit
+            ax.annotate("not done" if v is None else f"{v:.0f}", (x, v or 0), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(phases)))
     ax.set_xticklabels(["create → all Running", "rebuild (delete all pods)", "delete → all IPs released"])
     ax.set_ylabel("seconds")
