@@ -11,7 +11,6 @@ moves to its next candidate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -36,6 +35,7 @@ from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionErro
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError
 from spiderpool.k8s.kinds import NAMESPACE, NODE
+from spiderpool.k8s.retry import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,7 @@ class Allocator:
             if remaining <= 0:
                 break
             self._pools_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._pools_changed.wait(), remaining)
+            await wait_event(self._pools_changed, remaining)
         if pool is not None:
             return str(pool["metadata"]["name"])  # full: the allocation explains that it is used up
         raise IPAMError(

@@ -25,6 +25,7 @@ from spiderpool.ipam.result import assigned_from
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import ENDPOINT
+from spiderpool.k8s.retry import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,7 @@ class EndpointWriter:
             uid, queued = self._dirty[key]
             wait = queued + ENDPOINT_MAX_DELAY - time.monotonic()
             if self.activity.count and wait > 0 and not self._flushing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.activity.quiet.wait(), wait)
+                await wait_event(self.activity.quiet, wait)
                 continue
             del self._dirty[key]
             self._active += 1

@@ -321,7 +321,8 @@ class Agent:
         log.info("serving node=%s socket=%s", a.node_name, sock)
         try:
             await self.stop.wait()
-            await asyncio.wait_for(self.ipam.endpoints.flush(), 10)
+            async with asyncio.timeout(10):  # (not wait_for: see retry.wait_event)
+                await self.ipam.endpoints.flush()
         finally:
             self.ipam.endpoints.stop()
             for t in tasks:

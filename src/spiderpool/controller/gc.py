@@ -10,7 +10,6 @@ counted in ``spiderpool_controller_gc_released_ips_total{reason}``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import math
@@ -25,7 +24,7 @@ from spiderpool.ipam import gc
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError, Client, preconditions
 from spiderpool.k8s.kinds import IPALLOCATION, LEASE, NODE, POD, STATEFULSET
-from spiderpool.k8s.retry import TRANSIENT, Backoff
+from spiderpool.k8s.retry import TRANSIENT, Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +80,7 @@ class GarbageCollector:
                     log.warning("gc scan failed, retrying error=%r", exc)
                     next_due = self.rest.server_time() + backoff.next()
                 timeout = max(0.5, min(self.scan_interval, next_due - self.rest.server_time()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                await wait_event(self.wake, timeout)
                 self.wake.clear()
                 await asyncio.sleep(BATCH_SECONDS)  # coalesce a burst of pod events into one scan
         finally:

@@ -10,7 +10,6 @@ over at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 from collections.abc import Callable, Coroutine
@@ -20,7 +19,7 @@ from prometheus_client import Counter, Gauge
 
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import LEASE
-from spiderpool.k8s.retry import Backoff
+from spiderpool.k8s.retry import Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,8 @@ class LeaderElector:
         try:
             while not stop.is_set():
                 try:
-                    ok = await asyncio.wait_for(self.try_acquire_or_renew(), self.retry_period * 2)
+                    async with asyncio.timeout(self.retry_period * 2):  # (not wait_for: retry.wait_event)
+                        ok = await self.try_acquire_or_renew()
                 except Exception as exc:
                     log.warning("lease update failed lease=%s/%s error=%s", self.namespace, self.name, exc)
                     ok = False
@@ -157,8 +157,7 @@ class LeaderElector:
                     if work is not None:
                         work.cancel()
                         work = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.retry_period)
+                await wait_event(stop, self.retry_period)
         finally:
             if work is not None:
                 work.cancel()

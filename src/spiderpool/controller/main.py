@@ -38,7 +38,7 @@ from spiderpool.controller.status import StatusReconciler
 from spiderpool.ipam import gc
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import MUTATING_WEBHOOKS, VALIDATING_WEBHOOKS
-from spiderpool.k8s.retry import TRANSIENT, until
+from spiderpool.k8s.retry import TRANSIENT, until, wait_event
 
 log = logging.getLogger("spiderpool.controller")
 
@@ -255,11 +255,8 @@ class Controller:
             due = (served.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
             # (past due and not renewed yet, e.g. by cert-manager: look again every 30 s at most)
             wait = min(a.cert_check_interval, due + 1.0 if due > 0 else 30.0)
-            try:
-                await asyncio.wait_for(self.stop.wait(), max(1.0, wait))
+            if await wait_event(self.stop, max(1.0, wait)):
                 return
-            except TimeoutError:
-                pass
             try:
                 current = await self._load_cert()
                 if current is None or current == served:
@@ -280,11 +277,8 @@ class Controller:
         re-applies them): the apiserver checks our certificate against it, and with the wrong one
         every call fails, which ``failurePolicy: Ignore`` turns into objects admitted unchecked."""
         while not self.stop.is_set():
-            try:
-                await asyncio.wait_for(self.stop.wait(), self.args.webhook_check_interval)
+            if await wait_event(self.stop, self.args.webhook_check_interval):
                 return
-            except TimeoutError:
-                pass
             try:
                 hooks = [
                     h

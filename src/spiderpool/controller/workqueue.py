@@ -11,7 +11,6 @@ every failure is logged and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Gauge
 
 from spiderpool.k8s.client import ApiError
-from spiderpool.k8s.retry import TRANSIENT, Backoff
+from spiderpool.k8s.retry import TRANSIENT, Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,7 @@ class WorkQueue:
         """Forever: wait for keys, let a burst settle, then ``handle(kind, key)`` for each, sorted."""
         while True:
             if not self.pending:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self._due())
+                await wait_event(self.wake, self._due())
             self.wake.clear()
             await asyncio.sleep(self.batch_seconds)  # coalesce a burst of events into one pass
             self._take_due()

@@ -39,14 +39,24 @@ class Backoff:
         self.failures = 0
 
 
+async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
+    """Wait until ``event`` is set or ``seconds`` pass (None: no limit); whether it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it loses a cancellation that arrives as the event is
+    set (it returns the result instead of raising), and the loop around it then runs on, cancelled
+    in vain; a leader whose GC task was cancelled so never saw it end. ``asyncio.timeout`` keeps it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
+
+
 async def pause(seconds: float, stop: asyncio.Event | None = None) -> bool:
     """Sleep ``seconds``, or less if ``stop`` is set meanwhile; True when stopped."""
     if stop is None:
         await asyncio.sleep(seconds)
         return False
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
+    return await wait_event(stop, seconds)
 
 
 #: what a call to the API raises when the API, not the call, is the trouble
