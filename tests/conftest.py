@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -58,3 +58,52 @@ def agents(controllers: Controllers) -> Agents:
     ag = Agents(controllers.lab)
     ag.wait_all()
     return ag
+
+
+#: what a lab test creates that is cluster-wide: left behind by a failed test, a pool or subnet on
+#: the lab's LAN refuses every later test's pool there (one failure became thirty in CI)
+LEFTOVER_LISTS = {
+    "namespace": "/api/v1/namespaces",
+    "spidersubnet": "/apis/spiderpool.spidernet.io/v2beta1/spidersubnets",
+    "spiderippool": "/apis/spiderpool.spidernet.io/v2beta1/spiderippools",
+    "spiderreservedip": "/apis/spiderpool.spidernet.io/v2beta1/spiderreservedips",
+}
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+def _present(lab: Lab) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for kind, path in LEFTOVER_LISTS.items():
+        code, listed = lab.api("GET", path)
+        out[kind] = {i["metadata"]["name"] for i in listed["items"]} if code == 200 else set()
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_cascade(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a lab test fails, remove the namespaces, subnets, pools and reservations it created and
+    left (its own clean-up may not have run), so that its failure is reported alone."""
+    if "lab" not in request.fixturenames:
+        yield
+        return
+    lab: Lab = request.getfixturevalue("lab")
+    before = _present(lab)
+    yield
+    if not request.node.stash.get(FAILED, False):
+        return
+    after = _present(lab)
+    for kind in LEFTOVER_LISTS:  # namespaces first: their pods hold the pools' IPs
+        left = sorted(after[kind] - before[kind])
+        if left:
+            print(f"\n[no_cascade] removing what the failed test left: {kind} {' '.join(left)}")
+            lab.kubectl("delete", kind, *left, "--wait=true", "--timeout=180s", "--ignore-not-found", check=False)

@@ -230,6 +230,13 @@ class Lab:
         if leaks:
             raise LabError(f"refusing to start: the root namespace routes lab subnets: {leaks}")
         state = self.state()
+        if self._stale(state):
+            # The machine restarted under a running lab (or everything of it was killed): its etcd
+            # still holds the old cluster's objects, pods of gone sandboxes and their IPs among
+            # them, which later tests and demos would trip over. Start clean.
+            say("the lab's processes and namespaces are gone (machine restart?): starting clean")
+            self.down()
+            state = {}
         if not state.get("lab_id"):
             state = {"lab_id": secrets.token_hex(6), "procs": {}, "nodes": []}
         # The machine's values of the sysctls kubelet changes, read before any kubelet ever ran here.
@@ -250,6 +257,15 @@ class Lab:
         leaks = topology.root_routes_to_lab()
         if leaks:
             raise LabError(f"the root namespace routes lab subnets: {leaks}")
+
+    def _stale(self, state: dict[str, Any]) -> bool:
+        """Whether ``state`` describes a lab of which nothing runs any more: no process carries its
+        mark and none of its namespaces exists. (One dead component is not that: ``up`` restarts it
+        and the cluster's data is kept.)"""
+        lab_id = state.get("lab_id")
+        if not isinstance(lab_id, str) or not lab_id:
+            return False
+        return not procs.marked(lab_id) and not topology.lab_namespaces(self.prefix)
 
     def _cp(self, argv: list[str]) -> list[str]:
         """argv run inside the control plane's network namespace."""

@@ -101,12 +101,19 @@ def test_exhausted_pool_fails_the_pod_with_an_event(stack: Agents) -> None:
             "p-tiny: all IP addresses used out: all 2 usable IPs are allocated (the pool is used up)" in m
             for m in messages
         ), messages
-        sandbox = _events(lab, "tiny", waiting["metadata"]["name"], "FailedCreatePodSandBox")
-        assert any("the pool is used up" in m for m in sandbox), "the runtime's event carries the plugin's message"
+        # The runtime's event carries the plugin's message (the kubelet posts it a moment after the
+        # agent's own event: wait for it).
+        name = waiting["metadata"]["name"]
+        procs.wait_for(
+            lambda: any("the pool is used up" in m for m in _events(lab, "tiny", name, "FailedCreatePodSandBox")),
+            timeout=60,
+            what="a FailedCreatePodSandBox event with the plugin's message",
+            detail=lambda: str(_events(lab, "tiny", name, "FailedCreatePodSandBox")),
+        )
     finally:
         lab.kubectl("delete", "namespace", "tiny", "--wait=false")
-    wait_no_records(lab, "tiny", timeout=120)
-    lab.kubectl("delete", "spiderippool", "p-tiny", "--wait=true", "--timeout=60s")
+        wait_no_records(lab, "tiny", timeout=120)
+        lab.kubectl("delete", "spiderippool", "p-tiny", "--wait=true", "--timeout=60s")
 
 
 def test_messages_name_reserved_ips_node_rules_and_the_owning_application(stack: Agents) -> None:
