@@ -2,6 +2,8 @@
 
 - ``storm-rate.png``: allocations per second per system (median of the rounds, each round a dot);
 - ``storm-cdf.png``: the ADD latency CDF per system, every round's allocations together;
+- ``storm-growth.png``: allocations per second and CPU per allocation, 1000 from 10 nodes against
+  5000 from 20 (how each system grows);
 - ``watch-fanout.png``: the agents' CPU per allocation against the number of agents, both designs;
 - ``pool-size.png``: allocation latency p50/p99 against the pool's size, empty and 90 % allocated;
 - ``e2e.png``: real pods, create / rebuild / delete seconds per CNI chain.
@@ -9,7 +11,8 @@
 Each figure carries the date of its run and the machine's core count. Needs the ``bench`` extra
 (matplotlib): ``pip install -e '.[bench]'``.
 
-    python bench/plot.py [--storm docs/bench/storm.json] [--fanout docs/bench/watch-fanout.json]
+    python bench/plot.py [--storm docs/bench/storm.json] [--storm-large docs/bench/storm-5000.json]
+        [--fanout docs/bench/watch-fanout.json]
         [--pool-size docs/bench/pool-size.json] [--e2e docs/bench/e2e.json] [--out docs/bench]
 """
 
@@ -81,6 +84,42 @@ def storm_cdf(result: dict[str, Any], out: Path) -> None:
     stamp(fig, result, "bench/ipam_storm.py")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(out / "storm-cdf.png", dpi=110)
+    plt.close(fig)
+
+
+def storm_growth(small: dict[str, Any], large: dict[str, Any], out: Path) -> None:
+    systems = [s for s in large["median"] if s in small["median"]]
+    shapes = [
+        (small, f"{small['allocations']} from {small['nodes']} nodes"),
+        (large, f"{large['allocations']} from {large['nodes']} nodes"),
+    ]
+    fig, (rate, cpu) = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.38
+    for j, (result, label) in enumerate(shapes):
+        xs = [i + (j - 0.5) * width for i in range(len(systems))]
+        rates = [result["median"][s]["allocations_per_second"] for s in systems]
+        per = []
+        for s in systems:
+            runs = [r for r in result["runs"] if r["system"] == s]
+            per.append(sorted(1000 * sum(r["cpu_s"].values()) / r["allocations"] for r in runs)[len(runs) // 2])
+        hatch = "" if j == 0 else "//"
+        colours = [COLOURS.get(s, "#777") for s in systems]
+        rate.bar(xs, rates, width, color=colours, hatch=hatch, edgecolor="white", label=label)
+        cpu.bar(xs, per, width, color=colours, hatch=hatch, edgecolor="white", label=label)
+        for x, v in zip(xs, rates, strict=True):
+            rate.annotate(f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=7)
+    for ax, title, unit in (
+        (rate, "allocations per second", "allocations/s"),
+        (cpu, "CPU per allocation, every process", "CPU ms per allocation"),
+    ):
+        ax.set_xticks(range(len(systems)))
+        ax.set_xticklabels(systems, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=7)
+    stamp(fig, large, "bench/ipam_storm.py; plain: the small storm, hatched: the large one")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "storm-growth.png", dpi=110)
     plt.close(fig)
 
 
@@ -179,6 +218,7 @@ def e2e(result: dict[str, Any], out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--storm", type=Path, default=DOCS / "storm.json")
+    ap.add_argument("--storm-large", type=Path, default=DOCS / "storm-5000.json")
     ap.add_argument("--fanout", type=Path, default=DOCS / "watch-fanout.json")
     ap.add_argument("--pool-size", type=Path, default=DOCS / "pool-size.json")
     ap.add_argument("--e2e", type=Path, default=DOCS / "e2e.json")
@@ -198,6 +238,9 @@ def main() -> None:
         for draw in draws:
             draw(result, args.out)
             print(f"[plot] {draw.__name__} from {path.name}")
+    if args.storm.exists() and args.storm_large.exists():
+        storm_growth(json.loads(args.storm.read_text()), json.loads(args.storm_large.read_text()), args.out)
+        print(f"[plot] storm_growth from {args.storm.name} and {args.storm_large.name}")
 
 
 if __name__ == "__main__":
