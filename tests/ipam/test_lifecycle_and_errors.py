@@ -101,11 +101,16 @@ def test_exhausted_pool_fails_the_pod_with_an_event(stack: Agents) -> None:
             "p-tiny: all IP addresses used out: all 2 usable IPs are allocated (the pool is used up)" in m
             for m in messages
         ), messages
+        # ... and the command that explains it last
+        hint = f"; run 'kubectl spiderpool why tiny/{waiting['metadata']['name']}'"
+        assert all(m.endswith(hint) for m in messages), messages
         # The runtime's event carries the plugin's message (the kubelet posts it a moment after the
         # agent's own event: wait for it).
         name = waiting["metadata"]["name"]
         procs.wait_for(
-            lambda: any("the pool is used up" in m for m in _events(lab, "tiny", name, "FailedCreatePodSandBox")),
+            lambda: any(
+                "the pool is used up" in m and hint in m for m in _events(lab, "tiny", name, "FailedCreatePodSandBox")
+            ),
             timeout=60,
             what="a FailedCreatePodSandBox event with the plugin's message",
             detail=lambda: str(_events(lab, "tiny", name, "FailedCreatePodSandBox")),

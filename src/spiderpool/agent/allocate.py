@@ -105,7 +105,7 @@ class Allocator:
             LATENCY.observe(time.monotonic() - started)
             return reply
         except (IPAMError, ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            err = as_ipam_error(exc, f"pod {ns}/{name}", self.settings.node).prefixed()
+            err = as_ipam_error(exc, f"pod {ns}/{name}", self.settings.node).prefixed().hinted(ns, name)
             ALLOCATION_FAILURES.labels(err.reason).inc()
             if err.reason not in ("pod_gone",):
                 await self.events.warn(ns, name, str(req.get("podUID", "")), "IPAllocationFailed", err.msg)

@@ -1,9 +1,9 @@
 """The agent's errors as the plugin (and so the runtime, the pod's events and the admin) sees them.
 
-Every failed allocation reads ``spiderpool IP allocation error: <what and why>; <what to do>``: the
-first words are upstream's, so scripts and alerts written for upstream keep matching. API errors
-the agent can run into are translated into what to do about them; the raw status follows in
-brackets for the record.
+Every failed allocation reads ``spiderpool IP allocation error: <what and why>; <what to do>; run
+'kubectl spiderpool why <ns>/<pod>'``: the first words are upstream's, so scripts and alerts written
+for upstream keep matching. API errors the agent can run into are translated into what to do about
+them; the raw status follows in brackets for the record.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from spiderpool.k8s.client import ApiError
 ALLOCATION_ERROR = "spiderpool IP allocation error: "
 #: upstream's phrase for an exhausted pool
 USED_OUT = "all IP addresses used out"
+#: how every allocation failure ends: the command that explains the pod's pools, verdicts and failure
+WHY_HINT = "run 'kubectl spiderpool why {namespace}/{pod}'"
 
 
 class IPAMError(Exception):
@@ -24,6 +26,13 @@ class IPAMError(Exception):
     def __init__(self, code: int, msg: str, *, reason: str, details: str = "", http: int = 500) -> None:
         super().__init__(msg)
         self.code, self.msg, self.reason, self.details, self.http = code, msg, reason, details, http
+
+    def hinted(self, namespace: str, pod: str) -> IPAMError:
+        """This error ending with where to look next: the kubectl plugin's account of the pod."""
+        hint = WHY_HINT.format(namespace=namespace, pod=pod)
+        if not namespace or not pod or self.msg.endswith(hint):
+            return self
+        return IPAMError(self.code, f"{self.msg}; {hint}", reason=self.reason, details=self.details, http=self.http)
 
     def prefixed(self) -> IPAMError:
         """This error as an allocation failure (upstream's leading words, once)."""

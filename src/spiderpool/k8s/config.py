@@ -40,11 +40,12 @@ def _read_token(path: str) -> str:
     return Path(path).read_text().strip()  # a small local file: not worth a thread
 
 
-def load(kubeconfig: str | None = None) -> Credentials:
-    """Explicit path, then $KUBECONFIG (its first file), then the pod's service account."""
+def load(kubeconfig: str | None = None, *, context: str | None = None) -> Credentials:
+    """Explicit path, then $KUBECONFIG (its first file), then the pod's service account.
+    ``context`` names the kubeconfig's context to use instead of its current-context."""
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
     if path:
-        return from_file(Path(path))
+        return from_file(Path(path), context=context)
     return in_cluster()
 
 
@@ -59,12 +60,12 @@ def in_cluster() -> Credentials:
     return Credentials(f"https://{host}:{port}", ctx, _read_token(token_file), token_file)
 
 
-def from_file(path: Path) -> Credentials:
+def from_file(path: Path, *, context: str | None = None) -> Credentials:
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"kubeconfig {path}: {exc}") from None
-    return from_dict(doc, base=path.parent, where=str(path))
+    return from_dict(doc, base=path.parent, where=str(path), context=context)
 
 
 def _named(doc: dict[str, Any], section: str, name: str, where: str) -> dict[str, Any]:
@@ -74,16 +75,16 @@ def _named(doc: dict[str, Any], section: str, name: str, where: str) -> dict[str
     raise ConfigError(f"kubeconfig {where}: {section} has no entry named {name!r}")
 
 
-def from_dict(doc: dict[str, Any], *, base: Path, where: str = "kubeconfig") -> Credentials:
-    current = doc.get("current-context")
+def from_dict(doc: dict[str, Any], *, base: Path, where: str = "kubeconfig", context: str | None = None) -> Credentials:
+    current = context or doc.get("current-context")
     if not current:
-        raise ConfigError(f"kubeconfig {where}: current-context is not set")
-    context = _named(doc, "contexts", str(current), where)
-    cluster = _named(doc, "clusters", str(context.get("cluster")), where)
-    user = _named(doc, "users", str(context.get("user")), where) if context.get("user") else {}
+        raise ConfigError(f"kubeconfig {where}: current-context is not set (or pass --context)")
+    entry = _named(doc, "contexts", str(current), where)
+    cluster = _named(doc, "clusters", str(entry.get("cluster")), where)
+    user = _named(doc, "users", str(entry.get("user")), where) if entry.get("user") else {}
     server = str(cluster.get("server") or "").rstrip("/")
     if not server:
-        raise ConfigError(f"kubeconfig {where}: cluster {context.get('cluster')!r} has no server")
+        raise ConfigError(f"kubeconfig {where}: cluster {entry.get('cluster')!r} has no server")
     for unsupported in ("exec", "auth-provider"):
         if unsupported in user:
             raise ConfigError(
