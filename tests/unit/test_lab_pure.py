@@ -80,3 +80,27 @@ def test_image_names_are_what_the_kubelet_asks_for() -> None:
 def test_go_binary_names() -> None:
     assert build._default_binary_name("go.etcd.io/etcd/server/v3") == "server"
     assert build._default_binary_name("github.com/containernetworking/plugins/plugins/ipam/host-local") == "host-local"
+
+
+def test_a_lab_of_which_nothing_runs_is_started_clean(tmp_path: Path) -> None:
+    """After a machine restart nothing of the lab runs and its namespaces are gone, but its files
+    (etcd's data among them) are left: `up` must start a clean cluster, not the old one's objects.
+    One dead component is not that: `up` restarts it and keeps the data."""
+    import os
+    import subprocess
+    import uuid
+
+    from spiderpool_lab import procs
+    from spiderpool_lab.cluster import Lab
+
+    lab = Lab(tmp_path, prefix=f"splabu{uuid.uuid4().hex[:4]}")
+    lab_id = uuid.uuid4().hex[:12]
+    assert lab._stale({"lab_id": lab_id}) is True
+    assert lab._stale({}) is False  # never up: nothing to clean
+    alive = subprocess.Popen(["sleep", "60"], env=dict(os.environ, **{procs.MARK: lab_id}))
+    try:
+        procs.wait_for(lambda: alive.pid in procs.marked(lab_id), timeout=10, what="the marked process")
+        assert lab._stale({"lab_id": lab_id}) is False
+    finally:
+        alive.kill()
+        alive.wait()
