@@ -168,7 +168,7 @@ async def _subnets(s: Session) -> str:
             r.version,
             r.subnet,
             bar(r.in_pools, r.total),
-            max(0, r.total - r.in_pools),
+            r.free,
             r.pools,
             "; ".join(r.warnings),
         ]

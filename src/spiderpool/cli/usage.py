@@ -29,7 +29,8 @@ def bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
     return "▇" * filled + "▁" * (width - filled) + f" {used}/{total}"
 
 
-def _ips(obj: Obj) -> IPSet | None:
+def usable_ips(obj: Obj) -> IPSet | None:
+    """A pool's or subnet's usable addresses (ips less excludeIPs); None when its spec does not parse."""
     spec = obj.get("spec") or {}
     family = pool_family(obj)
     if family is None:
@@ -98,7 +99,7 @@ def pool_rows(pools: Iterable[Obj], records: Iterable[Obj], now: datetime.dateti
         if spec.get("quarantineUntil"):
             quarantined[of] = quarantined.get(of, 0) + 1
     ordered = sorted(pools, key=lambda p: str(p["metadata"]["name"]))
-    sets = {str(p["metadata"]["name"]): _ips(p) for p in ordered}
+    sets = {str(p["metadata"]["name"]): usable_ips(p) for p in ordered}
     rows = []
     for pool in ordered:
         meta, spec, status = pool["metadata"], pool.get("spec") or {}, pool.get("status") or {}
@@ -152,6 +153,10 @@ class SubnetRow:
     pools: int
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def free(self) -> int:
+        return max(0, self.total - self.in_pools)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -159,7 +164,7 @@ class SubnetRow:
             "subnet": self.subnet,
             "allocatedToPools": self.in_pools,
             "total": self.total,
-            "free": max(0, self.total - self.in_pools),
+            "free": self.free,
             "pools": self.pools,
             "warnings": self.warnings,
         }
@@ -172,12 +177,12 @@ def subnet_rows(subnets: Iterable[Obj], pools: Iterable[Obj]) -> list[SubnetRow]
     for subnet in sorted(subnets, key=lambda s: str(s["metadata"]["name"])):
         spec = subnet.get("spec") or {}
         cidr = str(spec.get("subnet") or "")
-        ips = _ips(subnet)
+        ips = usable_ips(subnet)
         mine = [p for p in pool_list if str((p.get("spec") or {}).get("subnet") or "") == cidr]
         taken = 0
         if ips is not None:
             for pool in mine:
-                pool_ips = _ips(pool)
+                pool_ips = usable_ips(pool)
                 if pool_ips is not None:
                     taken += pool_ips.intersection(ips).count()
         total = ips.count() if ips is not None else 0

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spiderpool.api import annotations as ann
+from spiderpool.cli.usage import usable_ips
 from spiderpool.ipam.autopool import L_APP_UID, App, owned_by
-from spiderpool.ipam.ranges import RangeError, usable
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic, pool_family
 
 Obj = Mapping[str, Any]
@@ -85,14 +85,13 @@ def _choice_text(choice: ann.PoolChoice | None) -> str:
 
 
 def _usage(pool: Obj) -> tuple[int, int]:
-    """(allocated, total) as the controller counts them in the pool's status."""
-    status, spec = pool.get("status") or {}, pool.get("spec") or {}
+    """(allocated, total) as the controller counts them in the pool's status (total: from the spec
+    when no status was written yet)."""
+    status = pool.get("status") or {}
     total = status.get("totalIPCount")
     if total is None:
-        try:
-            total = usable(spec.get("ips") or [], spec.get("excludeIPs") or [], pool_family(pool) or 4).count()
-        except RangeError:
-            total = 0
+        ips = usable_ips(pool)
+        total = ips.count() if ips is not None else 0
     return int(status.get("allocatedIPCount") or 0), int(total)
 
 
@@ -148,16 +147,17 @@ def explain(
         subnet_choice = next((c for c in pod_ann.subnets if c.interface == iface), None)
         one = pod_ann.ippool if not pod_ann.ippools else None
         many = next((c for c in pod_ann.ippools if c.interface == iface), None)
-        default_pools = [
-            n for n, p in sorted(pools.items()) if (p.get("spec") or {}).get("default") and pool_family(p) is not None
-        ]
+        defaults = {
+            f: [n for n, p in sorted(pools.items()) if (p.get("spec") or {}).get("default") and pool_family(p) == f]
+            for f in (4, 6)
+        }
         answer.sources = [
             ("pod annotation ipam.spidernet.io/subnet(s): an auto-pool", _choice_text(subnet_choice)),
             ("pod annotation ipam.spidernet.io/ippools", _choice_text(many)),
             ("pod annotation ipam.spidernet.io/ippool", _choice_text(one)),
             ("namespace default pools", _names(*ns_defaults)),
             (f"CNI config default pools ({network or 'the node default network'})", _names(netconf.ipv4, netconf.ipv6)),
-            ("cluster default pools (spec.default: true)", _names(default_pools, ())),
+            ("cluster default pools (spec.default: true)", _names(defaults[4], defaults[6])),
         ]
         pod_ann_nic = pod_ann
         if subnet_choice is not None:
