@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
+import sys
 import threading
 import urllib.parse
 from typing import Any
 
-from spiderpool_lab import procs
+from spiderpool_lab import build, procs
 from spiderpool_lab.cluster import Lab, LabError
 
 #: kubectl's resource names -> (API prefix, plural, namespaced), for ``get_json``
@@ -226,3 +228,20 @@ def delete_walkthrough_subnet(lab: Lab) -> None:
     """Delete the walkthrough's SpiderSubnet ``subnet-test`` if it is there. It covers the lab's LAN:
     left behind by a failed test, it would refuse every later test's pool there."""
     lab.kubectl("delete", "spidersubnet", "subnet-test", "--wait=true", "--timeout=60s", "--ignore-not-found")
+
+
+def spiderpool_cli(lab: Lab, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``kubectl spiderpool ARGS`` as an admin runs it: the lab's kubectl finds the plugin on PATH
+    (the package's ``kubectl-spiderpool``, beside this Python), with the lab's kubeconfig."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, KUBECONFIG=str(lab.kubeconfig), PATH=path)
+    argv = [str(build.binary("kubectl")), "spiderpool", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    if check and proc.returncode != 0:
+        raise LabError(f"kubectl spiderpool {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def spiderpool_json(lab: Lab, *args: str) -> Any:
+    """``kubectl spiderpool ARGS -o json``, parsed."""
+    return json.loads(spiderpool_cli(lab, *args, "-o", "json").stdout)

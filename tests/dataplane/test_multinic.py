@@ -14,7 +14,7 @@ from spiderpool_lab import netns, procs, topology
 from spiderpool_lab.cluster import Lab
 from tests.dataplane.conftest import use_multus
 from tests.dataplane.test_veth import conflist
-from tests.helpers import in_netns, pool_manifest, wait_gone, wait_running
+from tests.helpers import in_netns, pool_manifest, spiderpool_cli, spiderpool_json, wait_gone, wait_running
 from tests.ipam.conftest import wait_no_records
 from tests.stack import Agents
 
@@ -120,6 +120,20 @@ def test_replies_leave_by_the_nic_the_request_came_in_on(multus: Agents) -> None
             (ip0,), (ip1,) = addrs["eth0"], addrs["net1"]
             assert ip0.startswith("172.18.75.")
             assert ip1.startswith("172.19.75.")
+            # `kubectl spiderpool why`: a section per NIC, each with the pool it took and the pod's address
+            why = spiderpool_json(lab, "why", target)
+            assert [(n["interface"], [i["ip"] for i in n["ips"]]) for n in why["nics"]] == [
+                ("eth0", [ip0]),
+                ("net1", [ip1]),
+            ], why
+            assert [[(p["pool"], p["verdict"]) for p in n["pools"]] for n in why["nics"]] == [
+                [("p-mn0", "chosen")],
+                [("p-mn1", "chosen")],
+            ], why
+            assert why["nics"][1]["network"] == f"{NS}/macvlan-net1", why
+            text = spiderpool_cli(lab, "why", target).stdout
+            assert "NIC eth0" in text, text
+            assert f"NIC net1 (network {NS}/macvlan-net1)" in text, text
             routes = json.loads(in_netns(lab, target, "ip", "-j", "route").stdout)
             (default,) = [r for r in routes if r["dst"] == "default"]
             assert (default["gateway"], default["dev"]) == (gateway, default_nic), routes

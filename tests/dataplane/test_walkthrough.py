@@ -14,7 +14,16 @@ from collections.abc import Iterator
 import pytest
 
 from spiderpool_lab import demo, install, netns, procs, topology
-from tests.helpers import apply, delete_walkthrough_subnet, get_json, in_netns, wait_gone, wait_running
+from tests.helpers import (
+    apply,
+    delete_walkthrough_subnet,
+    get_json,
+    in_netns,
+    spiderpool_cli,
+    spiderpool_json,
+    wait_gone,
+    wait_running,
+)
 from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.ipam.test_autopool import DEPLOYMENT, SUBNET, auto_pools
 from tests.stack import Agents
@@ -75,6 +84,20 @@ def test_walkthrough_deployment_on_the_veth_data_plane(walkthrough: Agents) -> N
         addrs = in_netns(lab, src, "ip", "a").stdout  # kubectl exec, as the walkthrough does
         assert f"inet {a['status']['podIP']}/16" in addrs, addrs
         assert "veth0" in addrs, addrs
+        # `kubectl spiderpool why`: the subnet annotation won, the auto-pool it waited for was chosen,
+        # and the address is the one on the pod's eth0
+        auto = auto_pools(lab)[0]["metadata"]["name"]
+        why = spiderpool_json(lab, "why", src)
+        (nic,) = why["nics"]
+        assert nic["chosenSource"] == "pod annotation ipam.spidernet.io/subnet(s): an auto-pool", why
+        assert nic["autoPool"] == auto, why
+        assert [(p["pool"], p["verdict"]) for p in nic["pools"]] == [(auto, "chosen")], why
+        assert [i["ip"] for i in nic["ips"]] == [a["status"]["podIP"]], why
+        assert why["application"] == f"Deployment {NS}/{APP}", why
+        text = spiderpool_cli(lab, "why", a["metadata"]["name"], "-n", NS).stdout
+        assert f"IP: {a['status']['podIP']} (IPv4) from {auto}" in text, text
+        holder = spiderpool_json(lab, "who-has", a["status"]["podIP"])
+        assert (holder["state"], holder["pod"], holder["pool"]) == ("allocated", a["metadata"]["name"], auto)
 
         routes = json.loads(in_netns(lab, src, "ip", "-j", "route").stdout)
         assert next(r for r in routes if r["dst"] == "default")["gateway"] == "172.18.0.1"

@@ -9,7 +9,16 @@ import re
 from spiderpool.ipam.allocate import record_name
 from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
-from tests.helpers import allocation_record, get_json, in_netns, pods, pool_manifest, pool_pod, wait_running
+from tests.helpers import (
+    allocation_record,
+    get_json,
+    in_netns,
+    pods,
+    pool_manifest,
+    pool_pod,
+    spiderpool_json,
+    wait_running,
+)
 from tests.ipam.conftest import records, wait_no_records
 from tests.stack import Agents, Controllers, unix_request
 
@@ -137,6 +146,12 @@ def test_del_ends_the_quarantine_of_a_force_deleted_pod(stack: Agents, controlle
             "-p",
             json.dumps({"spec": {"quarantineUntil": LATER}}),
         )
+        # `kubectl spiderpool who-has`: quarantined, until when and why
+        found = spiderpool_json(lab, "who-has", ip)
+        assert (found["state"], found["releaseReason"]) == ("quarantined", "pod_deleted"), found
+        assert (found["pod"], found["quarantineUntil"]) == ("forced", LATER), found
+        found = spiderpool_json(lab, "who-has", other)
+        assert (found["state"], found["releaseReason"]) == ("quarantined", "ip_conflict"), found
         before = metric(stack_metrics(lab), "spiderpool_ipam_released_ip_counts_total", "quarantine_ended_by_del")
         body = {
             "containerID": container,

@@ -10,7 +10,16 @@ from typing import Any
 
 from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
-from tests.helpers import get_json, pods, pool_manifest, wait_gone, wait_running
+from tests.helpers import (
+    get_json,
+    in_netns,
+    pods,
+    pool_manifest,
+    spiderpool_cli,
+    spiderpool_json,
+    wait_gone,
+    wait_running,
+)
 from tests.ipam.conftest import pool_counts, records, wait_no_records
 from tests.stack import Agents
 
@@ -78,7 +87,8 @@ def test_statefulset_keeps_ips_and_deployment_frees_them(stack: Agents) -> None:
 
 def test_exhausted_pool_fails_the_pod_with_an_event(stack: Agents) -> None:
     lab = stack.lab
-    lab.kubectl("apply", "-f", "-", input_text=pool_manifest("p-tiny", "172.18.0.0/16", ["172.18.71.1-172.18.71.2"]))
+    tiny = pool_manifest("p-tiny", "172.18.0.0/16", ["172.18.71.1-172.18.71.3"], excludeIPs=["172.18.71.3"])
+    lab.kubectl("apply", "-f", "-", input_text=tiny)
     lab.kubectl("create", "namespace", "tiny")
     try:
         lab.kubectl("apply", "-f", "-", input_text=json.dumps(_workload("Deployment", "big", "tiny", 3, "p-tiny")))
@@ -115,6 +125,30 @@ def test_exhausted_pool_fails_the_pod_with_an_event(stack: Agents) -> None:
             what="a FailedCreatePodSandBox event with the plugin's message",
             detail=lambda: str(_events(lab, "tiny", name, "FailedCreatePodSandBox")),
         )
+        # `kubectl spiderpool why` says the same: the pool it tried, exhausted, and the failure
+        why = spiderpool_json(lab, "why", f"tiny/{name}")
+        (nic,) = why["nics"]
+        assert nic["chosenSource"] == "pod annotation ipam.spidernet.io/ippool", why
+        assert [(p["pool"], p["verdict"]) for p in nic["pools"]] == [("p-tiny", "rejected: exhausted 2/2")], why
+        assert (nic["ips"], why["lastFailure"]["message"][-len(hint) :]) == ([], hint), why
+        text = spiderpool_cli(lab, "why", name, "-n", "tiny").stdout
+        assert all(w in text for w in ("p-tiny", "rejected: exhausted 2/2", "Last failure")), text
+        # ... and for a pod that got one, the pool chosen and the address the pod has on eth0
+        running = next(p for p in pods(lab, "tiny", "app=big") if p["status"].get("podIP"))
+        target = f"tiny/{running['metadata']['name']}"
+        addrs = json.loads(in_netns(lab, target, "ip", "-j", "-4", "addr", "show", "eth0").stdout)
+        (in_pod,) = [a["local"] for a in addrs[0]["addr_info"]]
+        why = spiderpool_json(lab, "why", target)
+        assert [(p["pool"], p["verdict"]) for p in why["nics"][0]["pools"]] == [("p-tiny", "chosen")], why
+        assert [i["ip"] for i in why["nics"][0]["ips"]] == [in_pod], why
+        # who holds what: the running pod's address, the excluded one, one no pool offers
+        holder = spiderpool_json(lab, "who-has", in_pod)
+        assert (holder["state"], holder["pod"], holder["pool"]) == ("allocated", running["metadata"]["name"], "p-tiny")
+        assert (holder["node"], holder["interface"]) == (running["spec"]["nodeName"], "eth0"), holder
+        excluded = spiderpool_json(lab, "who-has", "172.18.71.3")
+        assert (excluded["state"], excluded["excludedBy"]) == ("excluded", ["p-tiny"]), excluded
+        assert spiderpool_json(lab, "who-has", "172.18.71.200")["state"] == "unpooled"
+        assert "in no SpiderIPPool" in spiderpool_cli(lab, "who-has", "172.18.71.200").stdout
     finally:
         lab.kubectl("delete", "namespace", "tiny", "--wait=false")
         wait_no_records(lab, "tiny", timeout=120)
@@ -182,6 +216,16 @@ def test_messages_name_reserved_ips_node_rules_and_the_owning_application(stack:
             what="both failures explained",
             detail=lambda: lab.kubectl("get", "events", "-n", "msgs").stdout,
         )
+        # `kubectl spiderpool why` gives the same reasons, pool by pool
+        why = spiderpool_json(lab, "why", "msgs/elsewhere")
+        (nic,) = why["nics"]
+        assert [(p["pool"], p["verdict"]) for p in nic["pools"]] == [
+            ("p-n1", "rejected: unmatched Node name of IPPool p-n1: its nodeName does not include node node2")
+        ], why
+        assert nic["ips"] == [], why
+        assert "does not include node node2" in why["lastFailure"]["message"], why
+        reserved = spiderpool_json(lab, "who-has", "172.18.71.9")
+        assert (reserved["state"], reserved["reservedBy"]) == ("reserved", ["r-rsv"]), reserved
     finally:
         lab.kubectl("delete", "namespace", "msgs", "--wait=false")
     wait_no_records(lab, "msgs", timeout=120)

@@ -13,6 +13,7 @@ from spiderpool.cli import render
 from spiderpool.cli.main import complete, parser
 from spiderpool.cli.usage import bar, pool_rows, subnet_rows
 from spiderpool.cli.whohas import who_has
+from spiderpool.cli.why import explain
 
 NOW = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
 
@@ -144,3 +145,55 @@ def test_completion_offers_commands_flags_and_formats() -> None:
     assert complete(["p"]) == ["pools"]
     assert complete(["pools", "-o", ""]) == ["table", "wide", "json", "yaml"]
     assert "--context" in complete(["pools", "--c"])
+
+
+def _nad(name: str, ipam: dict[str, Any]) -> dict[str, Any]:
+    config = {"cniVersion": "0.3.1", "plugins": [{"type": "macvlan", "master": "eth1", "ipam": ipam}]}
+    return {"metadata": {"name": name, "namespace": "kube-system"}, "spec": {"config": json.dumps(config)}}
+
+
+def test_why_explains_each_spiderpool_nic_and_skips_other_ipams() -> None:
+    pods_pools = {
+        "v4-node1": pool("v4-node1", ["172.18.40.10-172.18.40.11"], nodeName=["node1"]),
+        "v4-net2": pool("v4-net2", ["172.19.40.10"], subnet="172.19.0.0/16"),
+    }
+    nads = {
+        "kube-system/macvlan-eth0": _nad("macvlan-eth0", {"type": "spiderpool"}),
+        "kube-system/net2": _nad("net2", {"type": "spiderpool", "default_ipv4_ippool": ["v4-net2"]}),
+        "kube-system/other": _nad("other", {"type": "host-local", "subnet": "10.9.0.0/24"}),
+    }
+    networks = json.dumps([{"name": "net2", "namespace": "kube-system"}, {"name": "other", "namespace": "kube-system"}])
+    pod = {
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "uid-p",
+            "annotations": {
+                "k8s.v1.cni.cncf.io/networks": networks,
+                "ipam.spidernet.io/ippools": json.dumps(
+                    [{"interface": "eth0", "ipv4": ["v4-node1"]}, {"interface": "net1", "ipv4": ["v4-net2"]}]
+                ),
+            },
+        },
+        "spec": {"nodeName": "node2"},
+    }
+    answers = explain(
+        pod,
+        {"metadata": {"name": "ns"}},
+        {"metadata": {"name": "node2", "labels": {}}},
+        pods_pools,
+        [record("172.19.40.10", "v4-net2", interface="net1")],
+        nads,
+        cluster_network="kube-system/macvlan-eth0",
+        families=(4,),
+    )
+    assert [a.interface for a in answers] == ["eth0", "net1"]  # net2 (host-local) is not ours
+    eth0, net1 = answers
+    assert eth0.source.startswith("pod annotation ipam.spidernet.io/ippools")
+    assert eth0.verdicts[0].pool == "v4-node1"
+    assert "does not include node node2" in eth0.verdicts[0].verdict
+    assert eth0.ips == []
+    assert net1.network == "kube-system/net2"
+    assert net1.source == eth0.source
+    assert [(v.pool, v.verdict) for v in net1.verdicts] == [("v4-net2", "chosen")]
+    assert net1.ips == [(4, "172.19.40.10", "v4-net2")]

@@ -137,8 +137,15 @@ def explain(
     answers = []
     for iface in interfaces:
         network = networks.get(iface)
-        netconf = netconf_of(nads.get(network or "")) or NetconfDefaults()
+        nad = nads.get(network or "")
         answer = NicAnswer(interface=iface, network=network)
+        if nad is not None and netconf_of(nad) is None:
+            # another IPAM (host-local, DHCP, ...) serves this network: not ours to explain
+            if iface == "eth0":
+                answer.error = f"network {network} does not use spiderpool IPAM"
+                answers.append(answer)
+            continue
+        netconf = netconf_of(nad) or NetconfDefaults()
         answer.ips = sorted(
             (int(r["spec"].get("ipVersion") or 4), str(r["spec"]["ip"]), str(r["spec"]["pool"]))
             for r in mine
@@ -190,7 +197,9 @@ def explain(
             plan = plan_nic(ctx, iface, pools, netconf=netconf, families=present_families)
         except SelectionError as exc:
             answer.error = str(exc)
-            answer.source = _source_of(answer.sources)
+            answer.source = exc.candidates[0].source if exc.candidates else _source_of(answer.sources)
+            for cand in exc.candidates:
+                answer.verdicts += [Verdict(cand.family, n, f"rejected: {why}") for n, why in cand.rejected]
             answers.append(answer)
             continue
         answer.source = plan.source
@@ -207,12 +216,7 @@ def explain(
                 answer.verdicts.append(Verdict(cand.family, name, verdict))
             answer.verdicts += [Verdict(cand.family, n, f"rejected: {why}") for n, why in cand.rejected]
         answers.append(answer)
-    return [a for a in answers if a.interface == "eth0" or a.ips or a.verdicts or _serves(a)]
-
-
-def _serves(answer: NicAnswer) -> bool:
-    """A Multus NIC whose network does not use spiderpool IPAM is not ours to explain."""
-    return answer.error is not None and answer.network is not None and "not listed" not in answer.error
+    return answers
 
 
 def _source_of(sources: list[tuple[str, str]]) -> str:

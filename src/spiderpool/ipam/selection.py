@@ -64,7 +64,12 @@ class NicPlan:
 
 
 class SelectionError(ValueError):
-    pass
+    """No pool for a NIC. ``candidates``: what was tried, each rejected pool with its reason (for
+    ``kubectl spiderpool why``)."""
+
+    def __init__(self, message: str, candidates: tuple[Candidates, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 def matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
@@ -233,6 +238,7 @@ def plan_nic(
             tried = "; ".join(f"{n}: {r}" for n, r in cand.rejected)
             raise SelectionError(
                 f"no usable IPv{cand.family} pool for interface {ifname} of pod {ctx.namespace}/{ctx.name}"
-                f" (from {cand.source}): {tried}"
+                f" (from {cand.source}): {tried}",
+                tuple(out),
             )
     return NicPlan(ifname, source, clean, tuple(out))
