@@ -27,21 +27,35 @@ demo-down: $(VENV)/.installed
 	$(LAB) demo down
 
 ## test: lint, type-check, build the lab if needed, run the whole suite against it
-# Beside the lab's tests, in a second pytest: tests/unit and tests/inproc (no lab), then the two tests
-# that bring up labs of their own (the demo's, a private one; by then the shared lab is long up). The
-# suite waits far more than it computes (under one core busy on average), so this saves minutes of
-# wall time; the side runs niced, so that the shared lab's timing-bound tests (a Lease handover) keep
-# the CPU they need. Its report is printed after; per-test times are in build/junit-*.xml.
+# Three pytest runs side by side; the suite waits far more than it computes, so this saves minutes of
+# wall time:
+# - the shared lab: the IPAM, fault and fuzz tests;
+# - a second lab of its own (directory and namespace prefix, $(SECOND_LAB)): the lab, chart, API and
+#   data-plane tests;
+# - tests/unit and tests/inproc (no lab), then the two tests that bring up labs of their own (the
+#   demo's, a private one).
+# The two beside the shared lab run niced, so that its timing-bound tests (a Lease handover, the fault
+# matrix's storms) keep the CPU they need. Their reports are printed after; per-test times are in
+# build/junit-*.xml.
 SIDE := tests/unit tests/inproc tests/lab/test_demo.py tests/lab/test_lifecycle.py
+SECOND := tests/lab tests/api tests/dataplane
+SECOND_LAB := lab-b
+SECOND_ENV = SPIDERPOOL_LAB_PREFIX=splabb \
+	SPIDERPOOL_LAB_DIR="$$($(BIN)/python -c 'from spiderpool_lab import paths; print(paths.cache_dir() / "$(SECOND_LAB)")')"
 test: deps lint lab-build
-	@log=$$(mktemp); \
+	@side=$$(mktemp); second=$$(mktemp); \
 	mkdir -p build; \
-	nice -n 10 $(BIN)/pytest -p no:cacheprovider --junitxml=build/junit-side.xml $(SIDE) > $$log 2>&1 & quick=$$!; \
-	$(BIN)/pytest --junitxml=build/junit-lab.xml $(addprefix --ignore=,$(SIDE)); lab=$$?; \
+	nice -n 10 $(BIN)/pytest -p no:cacheprovider --junitxml=build/junit-side.xml $(SIDE) > $$side 2>&1 & quick=$$!; \
+	$(SECOND_ENV) nice -n 5 $(BIN)/pytest -p no:cacheprovider --junitxml=build/junit-lab-b.xml \
+		$(addprefix --ignore=,$(SIDE)) $(SECOND) > $$second 2>&1 & other=$$!; \
+	$(BIN)/pytest --junitxml=build/junit-lab.xml $(addprefix --ignore=,$(SIDE) $(SECOND)); lab=$$?; \
+	wait $$other; b=$$?; \
 	wait $$quick; fast=$$?; \
+	echo "=== $(SECOND) (on a second lab, beside the shared lab's tests) ==="; \
+	if [ $$b -ne 0 ]; then cat $$second; else tail -n 40 $$second; fi; rm -f $$second; \
 	echo "=== $(SIDE) (run beside the lab's tests) ==="; \
-	if [ $$fast -ne 0 ]; then cat $$log; else tail -n 40 $$log; fi; rm -f $$log; \
-	test $$lab -eq 0 -a $$fast -eq 0
+	if [ $$fast -ne 0 ]; then cat $$side; else tail -n 40 $$side; fi; rm -f $$side; \
+	test $$lab -eq 0 -a $$b -eq 0 -a $$fast -eq 0
 
 ## unit: the fast loop: lint, pure tests, in-process tests against a loopback apiserver (no root, no lab)
 unit: lint
@@ -69,6 +83,7 @@ plots: $(VENV)/.installed
 ## down: stop the lab and remove everything it created
 down: $(VENV)/.installed
 	$(LAB) down
+	$(SECOND_ENV) $(LAB) down
 
 ## manifest: regenerate deploy/spiderpool.yaml from the chart (helm template with its defaults)
 manifest: $(VENV)/.installed

@@ -99,6 +99,14 @@ async def test_pools_who_has_and_why(apiserver: ApiServer, client: Client, names
     code, text, _ = await kubectl_spiderpool(apiserver, "why", "p1", "-n", namespace)
     assert code == 0
     assert "IP: 172.30.1.1 (IPv4) from " + a in text
+    # -A: the pod found by name, wherever it is (and a name two namespaces hold must be qualified)
+    code, text, _ = await kubectl_spiderpool(apiserver, "why", "p1", "-A")
+    assert code == 0
+    first = text.splitlines()[0].split()
+    assert first == ["Pod:", f"{namespace}/p1"], text
+    code, _, err = await kubectl_spiderpool(apiserver, "why", "no-such-pod", "-A")
+    assert code == 2
+    assert "pod no-such-pod is in no namespace: give NAMESPACE/POD" in err
 
 
 async def test_why_shows_the_last_failure_of_a_pod_without_ip(

@@ -1,4 +1,4 @@
-"""The webhook certificate's renewal decision and CA bundle, and conf.yml parsing (pure)."""
+"""The webhook certificate's renewal decision, CA bundle and expiry gauge, and conf.yml parsing (pure)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import datetime
 
 import pytest
 from cryptography import x509
+from prometheus_client import REGISTRY
 
 from spiderpool.api import conf
 from spiderpool.controller import certs
@@ -24,6 +25,14 @@ def test_a_fresh_certificate_is_not_renewed_until_a_third_of_its_life_is_left() 
     assert not cert.needs_renewal(start + datetime.timedelta(days=15))
     assert cert.needs_renewal(leaf.not_valid_after_utc - datetime.timedelta(days=9))
     assert cert.needs_renewal(leaf.not_valid_after_utc + datetime.timedelta(seconds=1))
+
+
+def test_the_expiry_gauge_is_the_served_certificates_not_after() -> None:
+    for days in (30, 10):
+        cert = certs.generate(dns=DNS, ips=[], validity=datetime.timedelta(days=days))
+        cert.export_expiry()
+        name = "spiderpool_controller_webhook_cert_expiry_timestamp_seconds"
+        assert REGISTRY.get_sample_value(name) == cert.leaf().not_valid_after_utc.timestamp()
 
 
 def test_a_renewed_bundle_trusts_the_old_and_the_new_ca() -> None:

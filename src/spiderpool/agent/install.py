@@ -11,7 +11,9 @@ Two forms, both replaced atomically so an exec never sees half an installation:
   ``<bin>/<name>`` a symlink to its executable.
 
 Either way the agent's socket path is written to ``<bin>/.spiderpool/socket``, where the plugin
-looks for it when its network config names none.
+looks for it when its network config names none, and the installed files say which spiderpool
+version installed them (a ``# spiderpool-version:`` line in the launcher, a ``.spiderpool-version``
+file in the bundle folder): ``inspect_plugins`` reads that back for ``kubectl spiderpool doctor``.
 """
 
 from __future__ import annotations
@@ -19,18 +21,27 @@ from __future__ import annotations
 import os
 import py_compile
 import shutil
+from dataclasses import dataclass
 from importlib.util import cache_from_source
 from pathlib import Path
+from typing import Any
 
+from spiderpool import __version__
 from spiderpool.cni.plugins import PLUGINS
 
 MODULE_DIR = ".spiderpool"
+#: the launcher's line naming the version that installed it
+VERSION_LINE = "# spiderpool-version: "
+#: in an installed bundle folder: the version that installed it
+BUNDLE_VERSION_FILE = ".spiderpool-version"
+_LAUNCHER_MARK = "# Installed by spiderpool-agent"
 
 
-def render_launcher(module: str, module_dir: Path, *, python: str) -> str:
+def render_launcher(module: str, module_dir: Path, *, python: str, version: str = __version__) -> str:
     return (
         f"#!{python} -IS\n"
-        "# Installed by spiderpool-agent; do not edit. The code is in the module named below.\n"
+        f"{_LAUNCHER_MARK}; do not edit. The code is in the module named below.\n"
+        f"{VERSION_LINE}{version}\n"
         f"import sys; sys.path[:0] = [{str(module_dir)!r}]; import {module}; sys.exit({module}.main())\n"
     )
 
@@ -57,6 +68,7 @@ def _install_bundle(name: str, bundle: Path, module_dir: Path) -> str:
     staging = module_dir / f".{name}.bundle.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(bundle, staging, symlinks=True)
+    (staging / BUNDLE_VERSION_FILE).write_text(__version__ + "\n")
     old = module_dir / f".{name}.bundle.old-{os.getpid()}"
     if final.exists():
         final.rename(old)  # a running exec keeps its open files
@@ -92,4 +104,73 @@ def missing_plugins(bin_dir: Path) -> list[str]:
     out = [name for name in PLUGINS if not os.access(bin_dir / name, os.X_OK)]
     if not (bin_dir / MODULE_DIR / "socket").is_file():
         out.append(f"{MODULE_DIR}/socket")
+    return out
+
+
+@dataclass(frozen=True)
+class Installed:
+    """One plugin as found in the bin dir."""
+
+    name: str
+    #: ``<bin>/<name>`` leads to an executable
+    present: bool
+    #: script | bundle | other (a file spiderpool-agent did not write) | missing
+    form: str
+    #: the spiderpool version that installed it (None: not known, e.g. another program's file)
+    version: str | None
+    #: what else is wrong (a launcher whose module is gone)
+    problem: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "present": self.present,
+            "form": self.form,
+            "version": self.version,
+            "problem": self.problem or None,
+        }
+
+
+def _read_text(path: Path, limit: int = 4096) -> str | None:
+    try:
+        with path.open("rb") as f:
+            return f.read(limit).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def inspect_plugins(bin_dir: Path) -> list[Installed]:
+    """Each plugin in ``bin_dir``: whether it is there, in which form, and the version that installed it."""
+    out = []
+    for name, src in PLUGINS.items():
+        target = bin_dir / name
+        present = os.access(target, os.X_OK)
+        version: str | None = None
+        problem = ""
+        if target.is_symlink():
+            link = os.readlink(target)
+            if link == f"{MODULE_DIR}/{name}.bundle/{name}":
+                form = "bundle"
+                stamp = _read_text(bin_dir / MODULE_DIR / f"{name}.bundle" / BUNDLE_VERSION_FILE)
+                version = (stamp or "").strip() or None
+                if not present:
+                    problem = f"its bundle {MODULE_DIR}/{name}.bundle is gone"
+            else:
+                form = "other"
+                problem = f"a link to {link}, not to the bundle spiderpool-agent installs"
+        elif target.is_file():
+            head = _read_text(target) or ""
+            if head.startswith("#!") and _LAUNCHER_MARK in head:
+                form = "script"
+                for line in head.splitlines():
+                    if line.startswith(VERSION_LINE):
+                        version = line[len(VERSION_LINE) :].strip() or None
+                if not (bin_dir / MODULE_DIR / f"{src.stem}.py").is_file():
+                    problem = f"its module {MODULE_DIR}/{src.stem}.py is gone"
+            else:
+                form = "other"
+                problem = "not a file spiderpool-agent wrote"
+        else:
+            form = "missing"
+        out.append(Installed(name, present, form, version, problem))
     return out

@@ -27,11 +27,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from spiderpool import config, logs
 from spiderpool.agent import requests
 from spiderpool.agent.coordinator import Coordinator
+from spiderpool.agent.debug import PodAddresses
 from spiderpool.agent.errors import IPAMError
 from spiderpool.agent.install import install_plugins, missing_plugins
 from spiderpool.agent.ipam import IPAM
 from spiderpool.agent.metrics import PLUGIN_REINSTALLS, REQUEST_ERRORS
 from spiderpool.agent.records import pool_scoped
+from spiderpool.agent.selfcheck import SelfCheck
 from spiderpool.agent.settings import Settings
 from spiderpool.k8s.cache import ScopedCache, WatchCache
 from spiderpool.k8s.client import ApiError, Client
@@ -188,6 +190,14 @@ class Agent:
             state_dir=Path(args.socket).parent / "overlay",
         )
         self.stop = asyncio.Event()
+        # GET /v1/debug/status (kubectl spiderpool doctor); remembers the plugins put back
+        self.selfcheck = SelfCheck(
+            node=args.node_name,
+            socket_path=args.socket,
+            bin_dir=Path(args.cni_bin_dir),
+            check_interval=args.plugin_check_interval,
+            ready=self.ipam.ready,
+        )
 
     async def _guard(self, request: web.Request, route: str, action: Any) -> web.Response:
         if not self.ipam.ready():
@@ -273,8 +283,10 @@ class Agent:
                 if missing:
                     await asyncio.to_thread(self._install)
                     PLUGIN_REINSTALLS.inc()
+                    self.selfcheck.history.reinstalled(missing)
                     log.warning("plugins were missing and are installed again missing=%s", ",".join(missing))
             except OSError as exc:  # a full or read-only disk: say so, and try again next time
+                self.selfcheck.history.failed(repr(exc))
                 log.error("checking the installed plugins failed error=%r", exc)
 
     async def run(self) -> None:
@@ -315,6 +327,10 @@ class Agent:
         os.chmod(sock, 0o600)
         metrics = web.Application()
         metrics.add_routes([web.get("/metrics", self.metrics), web.get("/healthz", self.healthy)])
+        # read-only: version, own socket, installed plugins and their reinstalls (kubectl spiderpool doctor)
+        metrics.add_routes([web.get("/v1/debug/status", self.selfcheck.handle)])
+        # read-only: the addresses in this node's pod namespaces (kubectl spiderpool leaks --node)
+        metrics.add_routes([web.get("/v1/debug/addresses", PodAddresses(a.node_name).handle)])
         mrunner = web.AppRunner(metrics, access_log=None)
         await mrunner.setup()
         await web.TCPSite(mrunner, a.metrics_bind, a.metrics_port).start()

@@ -23,7 +23,9 @@ from spiderpool import __version__
 from spiderpool.api.conf import ConfError
 from spiderpool.api.conf import parse as parse_conf
 from spiderpool.api.constants import LABEL_RECORD_POD_UID
-from spiderpool.cli import render
+from spiderpool.cli import leaks_cmd, render
+from spiderpool.cli.doctor import AGENT_TIMEOUT, failed, judge, render_checks
+from spiderpool.cli.doctor_facts import gather_facts
 from spiderpool.cli.usage import bar, pool_rows, subnet_rows
 from spiderpool.cli.whohas import who_has
 from spiderpool.cli.why import explain
@@ -47,7 +49,7 @@ from spiderpool.k8s.kinds import (
 )
 
 PROG = "kubectl spiderpool"
-COMMANDS = ("why", "who-has", "pools", "subnets", "completion", "version")
+COMMANDS = ("why", "who-has", "pools", "subnets", "leaks", "doctor", "completion", "version")
 #: where the chart puts spiderpool's ConfigMap (its clusterNetwork names the pods' eth0 network)
 SPIDERPOOL_NAMESPACE = "kube-system"
 SPIDERPOOL_CONFIG = "spiderpool-conf"
@@ -87,6 +89,8 @@ def parser() -> argparse.ArgumentParser:
     who = sub.add_parser("who-has", help="who holds an address, or why nobody can", description="who holds IP")
     who.add_argument("ip", metavar="IP")
     _common(who, top=False)
+    _leaks_parser(sub)
+    _doctor_parser(sub)
     comp = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
     comp.add_argument("shell", choices=("bash", "zsh"))
     sub.add_parser("version", help="print the plugin's version")
@@ -130,6 +134,8 @@ class Session:
         self.client = Client(creds, field_manager="kubectl-spiderpool", timeout=30, retry=RetryPolicy(attempts=3))
         self.namespace: str = args.namespace or _context_namespace(path, args.context)
         self.output: str = args.output
+        #: the exit status (a command that finds something, like a linter, sets 1)
+        self.status = 0
 
     async def close(self) -> None:
         await self.client.close()
@@ -272,11 +278,24 @@ def _pod_ref(s: Session) -> tuple[str, str]:
     return (namespace or s.namespace), name
 
 
+async def _find_pod(s: Session, name: str) -> dict[str, Any]:
+    """``why POD -A``: the pod of that name in whichever namespace holds it (one only)."""
+    found, _ = await s.client.list(POD, fields=f"metadata.name={name}")
+    if len(found) != 1:
+        where = ", ".join(sorted(p["metadata"]["namespace"] for p in found)) or "no namespace"
+        raise UsageError(f"pod {name} is in {where}: give NAMESPACE/POD")
+    return found[0]
+
+
 async def _why(s: Session) -> str:
     ns, name = _pod_ref(s)
-    pod = await _get_or_none(s, s.client.get(POD, name, ns))
+    if s.args.all_namespaces and "/" not in str(s.args.pod).removeprefix("pod/").removeprefix("pods/"):
+        pod: dict[str, Any] | None = await _find_pod(s, name)
+        ns = pod["metadata"]["namespace"] if pod else ns
+    else:
+        pod = await _get_or_none(s, s.client.get(POD, name, ns))
     if pod is None:
-        raise UsageError(f"pod {ns}/{name} not found (give NAMESPACE/POD or -n NAMESPACE)")
+        raise UsageError(f"pod {ns}/{name} not found (give NAMESPACE/POD, -n NAMESPACE, or -A)")
     uid = pod["metadata"]["uid"]
     node_name = (pod.get("spec") or {}).get("nodeName")
     namespace, node, (pools, _), (records, _), nads = await asyncio.gather(
@@ -361,6 +380,95 @@ async def _none() -> dict[str, Any] | None:
     return None
 
 
+def _leaks_parser(sub: Any) -> None:
+    text = "records without a live pod, pod addresses without a record, pool status unlike the records"
+    leaks = sub.add_parser(
+        "leaks",
+        help=text,
+        description=f"{text}; with --node, the addresses in that node's pod namespaces that no record holds."
+        " Every namespace unless -n is given. Exit status: 0 no leaks (or all fixed), 1 leaks found (or some"
+        " left after --fix, or an API error), 2 the check could not run (bad arguments, the node's agent"
+        " does not answer, --fix without a terminal or --yes).",
+    )
+    leaks.add_argument("--node", metavar="NODE", help="also ask NODE's spiderpool-agent (apiserver pod proxy)")
+    leaks.add_argument(
+        "--fix",
+        action="store_true",
+        help="quarantine or release the records (as GC would), record the pods' addresses, rewrite the pool"
+        " statuses; asks first",
+    )
+    leaks.add_argument("--yes", "-y", action="store_true", help="with --fix: do not ask")
+    leaks.add_argument(
+        "--min-age",
+        type=float,
+        default=leaks_cmd.Options.min_age,
+        metavar="SECONDS",
+        help="records younger than this are not judged (the controller's --gc-min-age; default %(default)gs)",
+    )
+    leaks.add_argument(
+        "--agent-timeout",
+        type=float,
+        default=leaks_cmd.AGENT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long --node waits for the agent (default %(default)gs)",
+    )
+    _common(leaks, top=False)
+
+
+async def _leaks(s: Session) -> str:
+    a = s.args
+    options = leaks_cmd.Options(
+        namespace=None if a.all_namespaces else a.namespace,  # (not the context's: every namespace by default)
+        node=a.node,
+        fix=a.fix,
+        yes=a.yes,
+        output=s.output,
+        min_age=a.min_age,
+        agent_timeout=a.agent_timeout,
+    )
+    try:
+        outcome = await leaks_cmd.run(s.client, options)
+    except leaks_cmd.CannotCheck as exc:
+        raise UsageError(str(exc)) from None
+    s.status = outcome.status
+    return outcome.text
+
+
+def _doctor_parser(sub: Any) -> None:
+    text = "check the install: each problem with its fix"
+    doctor = sub.add_parser(
+        "doctor",
+        help=text,
+        description=f"{text}: controller leader, webhooks (configurations, Service endpoints, a dry-run that"
+        " each must answer, the certificate's expiry), every node's agent (Ready, its socket, the CNI plugins"
+        " in its bin dir and their version, plugins it had to put back), NetworkAttachmentDefinitions naming"
+        " pools that do not exist, the SpiderCoordinator's phase. Read-only (the probes are dry runs). Exit"
+        " status: 0 nothing FAILed, 1 something did.",
+    )
+    doctor.add_argument(
+        "--spiderpool-namespace",
+        metavar="NAMESPACE",
+        help="where spiderpool is installed (default: found by the chart's labels, kube-system first)",
+    )
+    doctor.add_argument(
+        "--agent-timeout",
+        type=float,
+        default=AGENT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long each agent may take to answer (default %(default)gs)",
+    )
+    _common(doctor, top=False)
+
+
+async def _doctor(s: Session) -> str:
+    facts = await gather_facts(s.client, namespace=s.args.spiderpool_namespace, agent_timeout=s.args.agent_timeout)
+    checks = judge(facts)
+    s.status = 1 if failed(checks) else 0
+    if s.output in ("json", "yaml"):
+        return render.structured([c.as_dict() for c in checks], s.output)
+    return render_checks(checks)
+
+
 COMPLETION_BASH = """\
 # bash completion for kubectl spiderpool (and kubectl-spiderpool)
 _kubectl_spiderpool() {
@@ -409,13 +517,15 @@ COMMAND_FUNCS: dict[str, Callable[[Session], Coroutine[Any, Any, str]]] = {
     "pools": _pools,
     "subnets": _subnets,
     "who-has": _who_has,
+    "leaks": _leaks,
+    "doctor": _doctor,
 }
 
 
-async def _run(args: argparse.Namespace) -> str:
+async def _run(args: argparse.Namespace) -> tuple[str, int]:
     session = Session(args)
     try:
-        return await COMMAND_FUNCS[args.command](session)
+        return await COMMAND_FUNCS[args.command](session), session.status
     finally:
         await session.close()
 
@@ -429,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_completion(args.shell))
         return 0
     try:
-        print(asyncio.run(_run(args)))
+        text, status = asyncio.run(_run(args))
+        print(text)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -439,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # (the apiserver cannot be reached)
         print(f"error: cannot reach the cluster: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 def complete_main() -> int:

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from prometheus_client import Gauge
 
 from spiderpool.certs import BACKDATE, VALIDITY, new_key, sign, x509_name
 from spiderpool.k8s.client import ApiError, Client
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 
 #: renew when less than this share of the certificate's lifetime is left
 RENEW_AT = 1 / 3
+
+#: 0 until a certificate is served (the chart's alert ignores 0)
+EXPIRY = Gauge(
+    "spiderpool_controller_webhook_cert_expiry_timestamp_seconds",
+    "When the webhook certificate this replica serves expires (its notAfter, unix seconds)",
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class ServingCert:
 
     def leaf(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.cert_pem)
+
+    def export_expiry(self) -> None:
+        """Say, in ``EXPIRY``, that this is the certificate now served."""
+        EXPIRY.set(self.leaf().not_valid_after_utc.timestamp())
 
     def renew_at(self) -> datetime.datetime:
         """When a third of its lifetime is left."""

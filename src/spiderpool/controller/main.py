@@ -266,6 +266,7 @@ class Controller:
                 self.served = current
                 crt, key = current.write(cert_dir)
                 ctx.load_cert_chain(str(crt), str(key))
+                current.export_expiry()
                 log.info("webhook certificate reloaded not_after=%s", current.leaf().not_valid_after_utc.isoformat())
                 served = current
             except Exception as exc:
@@ -363,6 +364,7 @@ class Controller:
         cert_dir = Path(tempfile.mkdtemp(prefix="spiderpool-webhook-"))
         crt, key = cert.write(cert_dir)
         ssl_context = webhook.server_ssl(crt, key)
+        cert.export_expiry()
         cache_task = asyncio.create_task(self.cache.run())
 
         self.settings = replace(self.settings, controller_users=await self._own_users())

@@ -12,17 +12,21 @@
 
 Changes arrive from the watch cache and are handled in small batches, so a burst of updates to
 one object costs one status write.
+
+The pool counts are also exported as the gauges ``spiderpool_ippool_allocated_ips`` and
+``spiderpool_ippool_total_ips`` (per pool and IP version), by the leader only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import time
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from spiderpool.api import constants as c
 from spiderpool.api.objects import PoolStatus, SubnetStatus
@@ -40,6 +44,18 @@ STATUS_WRITES = Counter("spiderpool_controller_status_writes_total", "Status upd
 ADOPTIONS = Counter(
     "spiderpool_controller_subnet_adoptions_total", "Pools linked to their SpiderSubnet by the controller"
 )
+#: pool usage, from the counts the status writer computes; only the leader's are true, so a
+#: replica exports them only while its reconciler runs (``StatusReconciler.run`` clears them)
+POOL_ALLOCATED = Gauge(
+    "spiderpool_ippool_allocated_ips",
+    "IPs of a SpiderIPPool held by allocation records (its status.allocatedIPCount)",
+    ["pool", "version"],
+)
+POOL_TOTAL = Gauge(
+    "spiderpool_ippool_total_ips",
+    "Usable IPs of a SpiderIPPool: ips minus excludeIPs (its status.totalIPCount)",
+    ["pool", "version"],
+)
 BATCH_SECONDS = 0.2
 #: how long a deleted pool must hold no record before its finalizer comes off
 FINALIZER_GRACE = 10.0
@@ -54,6 +70,14 @@ def pool_status(pool: dict[str, Any], allocated: dict[str, dict[str, str]]) -> P
         "allocatedIPCount": len(allocated),
         "totalIPCount": total,
     }
+
+
+def _version(pool: dict[str, Any]) -> str:
+    """The IP version label: the family of the pool's subnet ("" when it does not parse)."""
+    try:
+        return str(parse_cidr(str(pool.get("spec", {}).get("subnet", ""))).version)
+    except RangeError:
+        return ""
 
 
 def _cidr(obj: dict[str, Any]) -> str | None:
@@ -108,6 +132,8 @@ class StatusReconciler:
         self.queue = WorkQueue("status", BATCH_SECONDS)
         #: deleted pools seen without a record: name -> since when (monotonic)
         self._empty_since: dict[str, float] = {}
+        #: pools whose usage this reconciler exports: name -> the version label it used
+        self._exported: dict[str, str] = {}
         cache.listeners.append(self.enqueue)
 
     def enqueue(self, kind: str, name: str) -> None:
@@ -125,7 +151,29 @@ class StatusReconciler:
             self.enqueue("SpiderIPPool", name)
         for name in list(self.cache.subnets):
             self.enqueue("SpiderSubnet", name)
-        await self.queue.run(self._reconcile)
+        try:
+            await self.queue.run(self._reconcile)
+        finally:
+            # cancelled when this replica stops leading: the next leader's counts are the true
+            # ones, and a standby that kept its last values would be scraped as a second answer
+            for name in list(self._exported):
+                self._unexport(name)
+
+    def _export(self, pool: dict[str, Any], status: PoolStatus) -> None:
+        name, version = str(pool["metadata"]["name"]), _version(pool)
+        if self._exported.get(name, version) != version:
+            self._unexport(name)
+        self._exported[name] = version
+        POOL_ALLOCATED.labels(name, version).set(status["allocatedIPCount"])
+        POOL_TOTAL.labels(name, version).set(status["totalIPCount"])
+
+    def _unexport(self, name: str) -> None:
+        version = self._exported.pop(name, None)
+        if version is None:
+            return
+        for gauge in (POOL_ALLOCATED, POOL_TOTAL):
+            with contextlib.suppress(KeyError):  # (older prometheus_client: already removed)
+                gauge.remove(name, version)
 
     async def _reconcile(self, kind: str, name: str) -> None:
         try:
@@ -166,9 +214,13 @@ class StatusReconciler:
         pool = self.cache.pools.get(name)
         if pool is None:
             self._empty_since.pop(name, None)
+            self._unexport(name)
             return
         allocated = self.cache.allocations().get(name, {})
-        pool = await self._write_status(IPPOOL, pool, pool_status(pool, allocated), "SpiderIPPool")
+        want = pool_status(pool, allocated)
+        # from the records, before the write: true even while the write is refused and retried
+        self._export(pool, want)
+        pool = await self._write_status(IPPOOL, pool, want, "SpiderIPPool")
         await self._finalize(IPPOOL, pool, releasable=self._empty_long_enough(pool, bool(allocated)))
 
     def _empty_long_enough(self, pool: dict[str, Any], allocated: bool) -> bool:

@@ -180,9 +180,13 @@ class Client:
     async def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any]:
         return dict(await self.request("GET", kind.path(namespace, name)))
 
-    async def create(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, kind: Kind, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """``dry_run``: the apiserver admits the object (defaults, admission webhooks, schema) and
+        answers what it would store, but stores nothing."""
         ns = obj.get("metadata", {}).get("namespace")
         params = {"fieldManager": self.field_manager}
+        if dry_run:
+            params["dryRun"] = "All"
         return dict(await self.request("POST", kind.path(ns), obj, params=params))
 
     async def replace(self, kind: Kind, obj: dict[str, Any], *, subresource: str = "") -> dict[str, Any]:

@@ -73,15 +73,20 @@ def _dump(msg_type: int, body: bytes) -> list[tuple[bytes, dict[int, bytes]]]:
 
 def global_addresses() -> list[tuple[int, str]]:
     """(interface index, address) of every address of global scope."""
+    return [(ifindex, address) for ifindex, address, _ in global_prefixes()]
+
+
+def global_prefixes() -> list[tuple[int, str, int]]:
+    """(interface index, address, prefix length) of every address of global scope."""
     out = []
     for family in (socket.AF_INET, socket.AF_INET6):
         body = struct.pack("=BBBBI", family, 0, 0, 0, 0)
         for fixed, attrs in _dump(RTM_GETADDR, body):
-            _, _, _, scope, ifindex = struct.unpack("=BBBBI", fixed)
+            _, prefix, _, scope, ifindex = struct.unpack("=BBBBI", fixed)
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if scope != 0 or raw is None:
                 continue
-            out.append((ifindex, str(ipaddress.ip_address(raw))))
+            out.append((ifindex, str(ipaddress.ip_address(raw)), prefix))
     return out
 
 
