@@ -84,12 +84,13 @@ def test_walkthrough_deployment_on_the_veth_data_plane(walkthrough: Agents) -> N
         addrs = in_netns(lab, src, "ip", "a").stdout  # kubectl exec, as the walkthrough does
         assert f"inet {a['status']['podIP']}/16" in addrs, addrs
         assert "veth0" in addrs, addrs
-        # `kubectl spiderpool why`: the subnet annotation won, the auto-pool it waited for was chosen,
-        # and the address is the one on the pod's eth0
+        # `kubectl spiderpool why`: the walkthrough's ippool annotation names the SpiderSubnet, so the
+        # application's auto-pool was chosen, and the address is the one on the pod's eth0
         auto = auto_pools(lab)[0]["metadata"]["name"]
         why = spiderpool_json(lab, "why", src)
         (nic,) = why["nics"]
-        assert nic["chosenSource"] == "pod annotation ipam.spidernet.io/subnet(s): an auto-pool", why
+        source = "pod annotation ipam.spidernet.io/ippool, naming SpiderSubnet subnet-test: an auto-pool"
+        assert nic["chosenSource"] == source, why
         assert nic["autoPool"] == auto, why
         assert [(p["pool"], p["verdict"]) for p in nic["pools"]] == [(auto, "chosen")], why
         assert [i["ip"] for i in nic["ips"]] == [a["status"]["podIP"]], why

@@ -99,6 +99,9 @@ def test_nodes_ready_with_lease_and_addresses(lab: Lab) -> None:
         assert ready
         assert ready[0]["status"] == "True"
         assert {"type": "InternalIP", "address": node.ip4} in obj["status"]["addresses"]
-        code, lease = lab.api("GET", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node.name}")
+        # (the kubelet makes its Lease a moment after it registers: on a lab just up, wait for it)
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node.name}"
+        procs.wait_for(lambda path=path: lab.api("GET", path)[0] == 200, timeout=60, what=f"{node.name}'s Lease")
+        code, lease = lab.api("GET", path)
         assert code == 200
         assert lease["spec"]["holderIdentity"] == node.name

@@ -14,6 +14,7 @@ from spiderpool.cli.main import complete, parser
 from spiderpool.cli.usage import bar, pool_rows, subnet_rows
 from spiderpool.cli.whohas import who_has
 from spiderpool.cli.why import explain
+from spiderpool.ipam.autopool import App, pool_labels, pool_name
 
 NOW = datetime.datetime(2026, 12, 3, 12, 0, tzinfo=datetime.UTC)
 
@@ -145,6 +146,10 @@ def test_completion_offers_commands_flags_and_formats() -> None:
     assert complete(["p"]) == ["pools"]
     assert complete(["pools", "-o", ""]) == ["table", "wide", "json", "yaml"]
     assert "--context" in complete(["pools", "--c"])
+    # each command's own flags, read from its parser
+    assert complete(["leaks", "--f"]) == ["--fix"]
+    assert complete(["doctor", "--s"]) == ["--spiderpool-namespace"]
+    assert "--fix" not in complete(["pools", "--"])
 
 
 def _nad(name: str, ipam: dict[str, Any]) -> dict[str, Any]:
@@ -197,3 +202,40 @@ def test_why_explains_each_spiderpool_nic_and_skips_other_ipams() -> None:
     assert net1.source == eth0.source
     assert [(v.pool, v.verdict) for v in net1.verdicts] == [("v4-net2", "chosen")]
     assert net1.ips == [(4, "172.19.40.10", "v4-net2")]
+
+
+def test_why_serves_an_ippool_annotation_naming_a_subnet_as_the_agent_does() -> None:
+    """The reference walkthrough's form: ``ipam.spidernet.io/ippool`` names the SpiderSubnet; the
+    agent serves it as the subnet annotation (the application's auto-pool), and so does why."""
+    app = App("Deployment", "ns", "web", "uid-web")
+    name = pool_name(4, app, "eth0")
+    labels = pool_labels(app, "subnet-test", "eth0", 4, True, "172-18-0-0-16")
+    auto = pool(name, ["172.18.30.131-172.18.30.133"], metadata={"labels": labels}, podAffinity=None)
+    auto["spec"]["podAffinity"] = {"matchLabels": app.pod_labels()}
+    pod = {
+        "metadata": {
+            "name": "web-1",
+            "namespace": "ns",
+            "uid": "uid-p",
+            "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": ["subnet-test"]})},
+        },
+        "spec": {"nodeName": "node1"},
+    }
+    (eth0,) = explain(
+        pod,
+        {"metadata": {"name": "ns"}},
+        {"metadata": {"name": "node1"}},
+        {name: auto},
+        [record("172.18.30.131", name)],
+        {},
+        app=app,
+        families=(4,),
+        subnets={"subnet-test"},
+    )
+    assert eth0.source == "pod annotation ipam.spidernet.io/ippool, naming SpiderSubnet subnet-test: an auto-pool"
+    assert eth0.auto_pool == name
+    assert [(v.pool, v.verdict) for v in eth0.verdicts] == [(name, "chosen")]
+    assert eth0.ips == [(4, "172.18.30.131", name)]
+    # without the subnet (or with a pool of that name) the annotation names pools, as before
+    (plain,) = explain(pod, {"metadata": {"name": "ns"}}, None, {name: auto}, [], {}, app=app, families=(4,))
+    assert plain.source == "pod annotation ipam.spidernet.io/ippool"

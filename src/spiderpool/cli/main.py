@@ -298,12 +298,13 @@ async def _why(s: Session) -> str:
         raise UsageError(f"pod {ns}/{name} not found (give NAMESPACE/POD, -n NAMESPACE, or -A)")
     uid = pod["metadata"]["uid"]
     node_name = (pod.get("spec") or {}).get("nodeName")
-    namespace, node, (pools, _), (records, _), nads = await asyncio.gather(
+    namespace, node, (pools, _), (records, _), nads, subnets = await asyncio.gather(
         s.client.get(NAMESPACE, ns),
         _get_or_none(s, s.client.get(NODE, node_name)) if node_name else _none(),
         s.client.list(IPPOOL),
         s.client.list(IPALLOCATION, labels=f"{LABEL_RECORD_POD_UID}={uid}"),
         _list_or_empty(s, NAD),
+        _list_or_empty(s, SUBNET),
     )
     (events, _), app, cluster_network = await asyncio.gather(
         s.client.list(EVENT, ns, fields=f"involvedObject.uid={uid}"),
@@ -319,6 +320,7 @@ async def _why(s: Session) -> str:
         {f"{n['metadata']['namespace']}/{n['metadata']['name']}": n for n in nads},
         app=app,
         cluster_network=cluster_network,
+        subnets={n["metadata"]["name"] for n in subnets},
     )
     failures = sorted(
         (e for e in events if e.get("reason") == "IPAllocationFailed"),
@@ -485,11 +487,20 @@ complete -F _kubectl_spiderpool kubectl-spiderpool
 """
 
 
+def _flags(command: str | None) -> list[str]:
+    """The long options of ``command`` (of every command when None), read from the parser itself, so
+    completion always offers what the commands take."""
+    top = parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    chosen = [sub.choices[command]] if command in sub.choices else [top, *sub.choices.values()]
+    return sorted({o for p in chosen for a in p._actions for o in a.option_strings if o.startswith("--")})
+
+
 def _completion(shell: str) -> str:
     words = {
         "formats": " ".join(render.FORMATS),
         "commands": " ".join(COMMANDS),
-        "flags": "--kubeconfig --context --namespace --all-namespaces --output -n -A -o",
+        "flags": " ".join([*_flags(None), "-n", "-A", "-o"]),
     }
     script = COMPLETION_BASH % words
     if shell == "zsh":
@@ -506,7 +517,7 @@ def complete(words: Sequence[str]) -> list[str]:
     elif prev == "completion":
         options = ("bash", "zsh")
     elif cur.startswith("-"):
-        options = ("--kubeconfig", "--context", "--namespace", "--all-namespaces", "--output")
+        options = _flags(next((w for w in words if w in COMMANDS), None))
     else:
         options = COMMANDS
     return [o for o in options if o.startswith(cur)]

@@ -9,7 +9,7 @@ agent's last ``IPAllocationFailed`` event what went wrong. Pure: objects in, an 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,10 +117,13 @@ def explain(
     app: App | None = None,
     cluster_network: str = "",
     families: tuple[int, ...] = (4, 6),
+    subnets: Collection[str] = (),
 ) -> list[NicAnswer]:
     """One answer per NIC of ``pod``: eth0, and each Multus network it attaches. ``records``: the
     pod's (matched by UID; a pool's usage is its status). ``nads``: by ``ns/name``.
-    ``app``: the pod's application (Deployment, StatefulSet, ...), for its auto-pool."""
+    ``app``: the pod's application (Deployment, StatefulSet, ...), for its auto-pool. ``subnets``:
+    the SpiderSubnets' names (an ``ippool`` annotation naming subnets, not pools, is served as the
+    ``subnet`` annotation, as the agent serves it: the reference walkthrough's form)."""
     meta = pod["metadata"]
     pod_ns, pod_name, uid = str(meta["namespace"]), str(meta["name"]), str(meta.get("uid") or "")
     mine = [r for r in records if (r.get("spec") or {}).get("podUID") == uid]
@@ -152,6 +155,14 @@ def explain(
             if r["spec"].get("interface") == iface
         )
         subnet_choice = next((c for c in pod_ann.subnets if c.interface == iface), None)
+        via_ippool = ""
+        if not pod_ann.subnets and pod_ann.ippool is not None:
+            named = [*pod_ann.ippool.ipv4, *pod_ann.ippool.ipv6]
+            if named and all(n in subnets and n not in pools for n in named):
+                subnet_choice = ann.PoolChoice(iface, pod_ann.ippool.ipv4[:1], pod_ann.ippool.ipv6[:1])
+                via_ippool = (
+                    f"pod annotation ipam.spidernet.io/ippool, naming SpiderSubnet {', '.join(named)}: an auto-pool"
+                )
         one = pod_ann.ippool if not pod_ann.ippools else None
         many = next((c for c in pod_ann.ippools if c.interface == iface), None)
         defaults = {
@@ -173,7 +184,7 @@ def explain(
             answer.auto_pool = ", ".join(p for p in autos.values() if p) or None
             if answer.auto_pool is None:
                 of = app.describe() if app is not None else "the pod's application (it has none: a bare pod)"
-                answer.source = "pod annotation ipam.spidernet.io/subnet(s): an auto-pool"
+                answer.source = via_ippool or "pod annotation ipam.spidernet.io/subnet(s): an auto-pool"
                 answer.error = (
                     f"no auto-pool of {of} for {iface} from SpiderSubnet {_choice_text(subnet_choice)} exists yet;"
                     " spiderpool-controller makes it: is it running? See the application's events"
@@ -202,7 +213,7 @@ def explain(
                 answer.verdicts += [Verdict(cand.family, n, f"rejected: {why}") for n, why in cand.rejected]
             answers.append(answer)
             continue
-        answer.source = plan.source
+        answer.source = via_ippool or plan.source
         taken = {p for _, _, p in answer.ips}
         for cand in plan.families:
             for name in cand.pools:
