@@ -239,3 +239,9 @@ def test_why_serves_an_ippool_annotation_naming_a_subnet_as_the_agent_does() -> 
     # without the subnet (or with a pool of that name) the annotation names pools, as before
     (plain,) = explain(pod, {"metadata": {"name": "ns"}}, None, {name: auto}, [], {}, app=app, families=(4,))
     assert plain.source == "pod annotation ipam.spidernet.io/ippool"
+    # the listing says which annotation is set, and that the ippool one named subnets
+    sources = dict(eth0.sources)
+    assert sources["pod annotation ipam.spidernet.io/subnet(s): an auto-pool"] == "not set"
+    assert sources["pod annotation ipam.spidernet.io/ippool"].endswith(
+        "(SpiderSubnets: served as the subnet annotation)"
+    )

@@ -155,6 +155,7 @@ def explain(
             if r["spec"].get("interface") == iface
         )
         subnet_choice = next((c for c in pod_ann.subnets if c.interface == iface), None)
+        annotated_subnet = subnet_choice
         via_ippool = ""
         if not pod_ann.subnets and pod_ann.ippool is not None:
             named = [*pod_ann.ippool.ipv4, *pod_ann.ippool.ipv6]
@@ -170,9 +171,12 @@ def explain(
             for f in (4, 6)
         }
         answer.sources = [
-            ("pod annotation ipam.spidernet.io/subnet(s): an auto-pool", _choice_text(subnet_choice)),
+            ("pod annotation ipam.spidernet.io/subnet(s): an auto-pool", _choice_text(annotated_subnet)),
             ("pod annotation ipam.spidernet.io/ippools", _choice_text(many)),
-            ("pod annotation ipam.spidernet.io/ippool", _choice_text(one)),
+            (
+                "pod annotation ipam.spidernet.io/ippool",
+                _choice_text(one) + (" (SpiderSubnets: served as the subnet annotation)" if via_ippool else ""),
+            ),
             ("namespace default pools", _names(*ns_defaults)),
             (f"CNI config default pools ({network or 'the node default network'})", _names(netconf.ipv4, netconf.ipv6)),
             ("cluster default pools (spec.default: true)", _names(defaults[4], defaults[6])),
