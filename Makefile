@@ -59,7 +59,7 @@ test: deps lint lab-build
 
 ## unit: the fast loop: lint, pure tests, in-process tests against a loopback apiserver (no root, no lab)
 unit: lint
-	$(LAB) build etcd kubernetes
+	$(LAB) build etcd kubernetes helm promtool
 	$(BIN)/pytest tests/unit tests/inproc
 
 ## faults: the fault matrix alone (also part of make test): one fault per pod storm, docs/reliability.md

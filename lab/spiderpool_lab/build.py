@@ -164,6 +164,14 @@ COMPONENTS: tuple[Component, ...] = (
         ),
     ),
     Component(
+        # Prometheus' rule checker: the chart's PrometheusRule must pass `promtool check rules`
+        name="promtool",
+        module_dir="prometheus",
+        module="github.com/prometheus/prometheus",
+        versions=("v0.316.0",),
+        binaries={"promtool": "github.com/prometheus/prometheus/cmd/promtool"},
+    ),
+    Component(
         name="helm",
         module_dir="helm",
         module="helm.sh/helm/v3",
@@ -348,7 +356,10 @@ def build_all(*, only: list[str] | None = None) -> dict[str, dict[str, object]]:
             failures.append(comp.name)
             lock[comp.name] = {"module": comp.module, "version": None, "failed_versions": errors}
         lock_path().parent.mkdir(parents=True, exist_ok=True)
-        lock_path().write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+        # (replaced in one step: a test reading the lock while a build runs never sees half of it)
+        tmp = lock_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+        tmp.replace(lock_path())
     if failures:
         raise BuildError(f"could not build {failures}; errors are in {lock_path()}")
     return lock

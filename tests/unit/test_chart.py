@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 
 from spiderpool.api import conf
 from spiderpool.controller import webhook
-from spiderpool_lab import helm
+from spiderpool_lab import build, helm
 from tests.unit import metric_names
 
 SNAPSHOTS = Path(__file__).parent / "chart_snapshots"
@@ -311,9 +312,9 @@ def test_alert_thresholds_come_from_the_values() -> None:
 
 
 def test_the_alert_rules_are_well_formed() -> None:
-    """What ``promtool check rules`` would say, read here (promtool is not built by the lab): each
-    rule has a parsable expression naming exported metrics, a valid ``for``, a severity and a
-    summary, and its annotations use only labels its expression keeps."""
+    """Beyond ``promtool check rules``: each rule's expression names exported metrics, it has a
+    valid ``for``, a severity and a summary, and its annotations use only labels its expression
+    keeps."""
     rule = prometheus_rule(*ALL_ALERTS)
     assert rule is not None
     families = metric_names.exported()
@@ -337,6 +338,62 @@ def test_the_alert_rules_are_well_formed() -> None:
                     assert re.fullmatch(r"\s*\$(value|labels\.\w+)(\s*\|\s*(humanize|humanizeDuration))?\s*", ref), ref
                     for label in re.findall(r"\$labels\.(\w+)", ref):
                         assert kept is None or label in kept, f"{where}: $labels.{label} is not kept by {r['expr']}"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(build.binary("promtool")), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_passes_the_rules_and_their_expressions_pick_what_is_meant(tmp_path: Path) -> None:
+    """Prometheus' own checker (the lab builds it from its module): ``promtool check rules`` passes,
+    and in promtool's rule tests the alerts' expressions select a pool at 95 % (not one at 50 %), no
+    leader only when no replica leads, and a certificate with 10 days left (not 100, not unloaded)."""
+    rule = prometheus_rule(*ALL_ALERTS)
+    assert rule is not None
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    out = _promtool("check", "rules", str(tmp_path / "rules.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(alerts(rule))} rules found" in out.stdout, out.stdout
+    expr = {name: r["expr"] for name, r in alerts(rule).items()}
+    series = {
+        'spiderpool_ippool_allocated_ips{pool="full", version="4"}': "95x15",
+        'spiderpool_ippool_total_ips{pool="full", version="4"}': "100x15",
+        'spiderpool_ippool_allocated_ips{pool="half", version="4"}': "50x15",
+        'spiderpool_ippool_total_ips{pool="half", version="4"}': "100x15",
+        'spiderpool_controller_webhook_cert_expiry_timestamp_seconds{instance="a"}': f"{10 * 86400}x15",
+        'spiderpool_controller_webhook_cert_expiry_timestamp_seconds{instance="b"}': f"{100 * 86400}x15",
+        'spiderpool_controller_webhook_cert_expiry_timestamp_seconds{instance="c"}': "0x15",
+    }
+
+    def case(leader: str, checks: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+        inputs = {**series, 'spiderpool_controller_is_leader{instance="a"}': "0x15"}
+        inputs['spiderpool_controller_is_leader{instance="b"}'] = f"{leader}x15"
+        return {
+            "interval": "1m",
+            "input_series": [{"series": k, "values": v} for k, v in inputs.items()],
+            "promql_expr_test": [{"expr": e, "eval_time": "10m", "exp_samples": want} for e, want in checks],
+        }
+
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            case(
+                "0",
+                [
+                    (expr["SpiderpoolIPPoolAlmostFull"], [{"labels": '{pool="full", version="4"}', "value": 95}]),
+                    (expr["SpiderpoolControllerNoLeader"], [{"labels": "{}", "value": 1}]),
+                    # (10 days at t=0, evaluated 10 minutes later)
+                    (expr["SpiderpoolWebhookCertificateExpiring"], [{"labels": '{instance="a"}', "value": 863400}]),
+                ],
+            ),
+            case("1", [(expr["SpiderpoolControllerNoLeader"], [])]),
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    out = _promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout, out.stdout
 
 
 def test_init_job_arguments_parse() -> None:
