@@ -9,6 +9,7 @@ from typing import Any
 from spiderpool.agent import debug
 from spiderpool.api.objects import new_record
 from spiderpool.cli import leaks
+from spiderpool.cli.doctor import AGENT_PORT, agent_port
 from spiderpool.cli.leaks import Cluster, Finding
 from spiderpool.cli.main import parser
 from spiderpool.controller.status import pool_status as controller_pool_status
@@ -412,8 +413,9 @@ def test_the_agent_pod_is_a_running_one_and_its_metrics_port() -> None:
     assert leaks.agent_pod([]) is None
     ported = {"spec": {"containers": [{"ports": [{"name": "http", "containerPort": 80}]}, {"ports": [
         {"name": "metrics", "containerPort": 6711}]}]}}  # fmt: skip
-    assert leaks.agent_port(ported) == 6711
-    assert leaks.agent_port({}) == leaks.AGENT_PORT
+    # (the port is found as doctor finds it: one rule for both commands)
+    assert agent_port(ported) == 6711
+    assert agent_port({}) == AGENT_PORT
 
 
 # --- output

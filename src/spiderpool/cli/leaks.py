@@ -687,8 +687,6 @@ def holders_elsewhere(cluster: Cluster, namespace: str) -> set[tuple[str, str]]:
 
 #: the chart's labels of the agent DaemonSet's pods (any release name, any namespace)
 AGENT_SELECTOR = "app.kubernetes.io/part-of=spiderpool,app.kubernetes.io/component=agent"
-#: the agent's --metrics-port by default, when its pod names no port ``metrics``
-AGENT_PORT = 5711
 
 
 def agent_pod(pods: Iterable[Obj]) -> Obj | None:
@@ -701,11 +699,3 @@ def agent_pod(pods: Iterable[Obj]) -> Obj | None:
 
     ordered = sorted(pods, key=rank, reverse=True)
     return ordered[0] if ordered else None
-
-
-def agent_port(pod: Obj) -> int:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == "metrics" and port.get("containerPort"):
-                return int(port["containerPort"])
-    return AGENT_PORT

@@ -26,6 +26,7 @@ from urllib.parse import quote
 from spiderpool.api.constants import LABEL_RECORD_POOL, name_label
 from spiderpool.api.objects import as_record, held_for, new_record, record_labels
 from spiderpool.cli import leaks, render
+from spiderpool.cli.doctor import agent_port
 from spiderpool.cli.leaks import Cluster, Finding
 from spiderpool.ipam import gc
 from spiderpool.k8s.client import ApiError, Client, preconditions
@@ -134,7 +135,7 @@ async def ask_agent(client: Client, node: str, within: float) -> dict[str, Any]:
             f"node {node}: no spiderpool-agent pod there (none labelled {leaks.AGENT_SELECTOR}): is the agent"
             " DaemonSet scheduled on it?"
         )
-    ns, name, port = agent["metadata"]["namespace"], agent["metadata"]["name"], leaks.agent_port(agent)
+    ns, name, port = agent["metadata"]["namespace"], agent["metadata"]["name"], agent_port(agent)
     path = f"/api/v1/namespaces/{quote(ns, safe='')}/pods/{quote(name, safe='')}:{port}/proxy{AGENT_PATH}"
     where = f"node {node}: spiderpool-agent {ns}/{name} (port {port}, through the apiserver's pod proxy)"
     try:
