@@ -20,8 +20,10 @@ RUN python3 -m venv /opt/spiderpool/venv \
  && /opt/spiderpool/venv/bin/pip uninstall -y -q pyinstaller pyinstaller-hooks-contrib
 
 FROM ${BASE}
-# iproute2 for the admin's `kubectl exec` into the agent; the agent itself speaks netlink
-RUN command -v ip >/dev/null || (apt-get update && apt-get install -y --no-install-recommends iproute2 \
+# iproute2 for the admin's `kubectl exec` into the agent (the agent itself speaks netlink); iptables
+# for the reply path the agent sets in each pod's namespace (spiderpool.net.replies)
+RUN (command -v ip && command -v iptables-restore && command -v ip6tables-restore) >/dev/null \
+    || (apt-get update && apt-get install -y --no-install-recommends iproute2 iptables \
     && rm -rf /var/lib/apt/lists/*)
 COPY --from=build /opt/spiderpool /opt/spiderpool
 COPY charts/spiderpool/crds /opt/spiderpool/crds

@@ -40,6 +40,7 @@ PACKAGES = (
     "binutils",
     "ca-certificates",
     "iproute2",
+    "iptables",
     "iputils-ping",
     "curl",
     "procps",

@@ -11,7 +11,7 @@ from spiderpool_lab import demo, procs
 from spiderpool_lab.cluster import Lab
 from tests.helpers import delete_walkthrough_subnet, get_json, pods, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
-from tests.stack import Agents
+from tests.stack import Agents, helm_install
 
 NS = "walk"
 NS2 = "apps"
@@ -183,3 +183,46 @@ def _pool_ips(pool: dict[str, Any]) -> list[str]:
         first, last = ipaddress.ip_address(a), ipaddress.ip_address(b or a)
         out += [str(ipaddress.ip_address(v)) for v in range(int(first), int(last) + 1)]
     return out
+
+
+def pod_events(lab: Lab, namespace: str, reason: str) -> list[str]:
+    items = get_json(lab, "events", "-n", namespace, "--field-selector", f"reason={reason}")["items"]
+    return [e["message"] for e in items if e["involvedObject"].get("kind") == "Pod"]
+
+
+def test_auto_pools_can_be_turned_off(stack: Agents) -> None:
+    """``ipam.spiderSubnet.autoPool.enable: false`` (conf.yml ``enableAutoPoolForApplication: false``):
+    no auto-pool is made, and the application's pods are refused with upstream's reason, in an event;
+    turned on again, the same pods start with an auto-pool."""
+    lab = stack.lab
+    ns = "walk-off"
+    lab.kubectl("apply", "-f", "-", input_text=SUBNET)
+    lab.kubectl("create", "namespace", ns)
+    try:
+        helm_install(lab, {"ipam": {"spiderSubnet": {"autoPool": {"enable": False}}}})
+        stack.wait_all()
+        conf = get_json(lab, "configmap", "-n", "kube-system", "spiderpool-conf")["data"]["conf.yml"]
+        assert "enableAutoPoolForApplication: false" in conf, conf
+        lab.kubectl("apply", "-n", ns, "-f", "-", input_text=DEPLOYMENT)
+        refusal = "cannot be used while the auto-pool feature is disabled"
+        procs.wait_for(
+            lambda: any(refusal in m for m in pod_events(lab, ns, "IPAllocationFailed")),
+            timeout=120,
+            what="the pods refused with an event",
+            detail=lambda: json.dumps(pod_events(lab, ns, "IPAllocationFailed")),
+        )
+        assert "ipam.spiderSubnet.autoPool.enable" in pod_events(lab, ns, "IPAllocationFailed")[0]
+        assert not auto_pools(lab)
+        assert not [p for p in pods(lab, ns, f"app={APP}") if p["status"].get("podIP")]
+
+        helm_install(lab)  # on again: the kubelet's next try gets an address from a new auto-pool
+        stack.wait_all()
+        for pod in wait_running(lab, ns, f"app={APP}", 2, timeout=180):
+            assert FIRST <= ipaddress.ip_address(pod["status"]["podIP"]) <= LAST
+        assert len(auto_pools(lab)) == 1
+    finally:
+        helm_install(lab)
+        lab.kubectl("delete", "namespace", ns, "--wait=false")
+        wait_no_records(lab, ns, timeout=120)
+        procs.wait_for(lambda: not auto_pools(lab), timeout=120, what="the auto-pool to go with its Deployment")
+        delete_walkthrough_subnet(lab)

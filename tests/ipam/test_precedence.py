@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
-from tests.helpers import in_netns, pool_manifest, wait_gone, wait_running
+from tests.helpers import get_json, in_netns, pool_manifest, wait_gone, wait_running
 from tests.ipam.conftest import endpoint, macvlan_spiderpool, use_cni, wait_no_records
 from tests.stack import Agents
 
@@ -207,3 +208,31 @@ def test_two_nic_pod_through_multus(pools: Lab, stack: Agents) -> None:
         wait_gone(lab, "default", "case=twonic")
         use_cni(lab, macvlan_spiderpool())
     wait_no_records(lab)
+
+
+def test_multus_name_mismatch_in_upstreams_words(pools: Lab, stack: Agents) -> None:
+    """A pool whose multusName is another network is refused on eth0 with upstream's phrase (users'
+    alerts match it), in the pod's event."""
+    lab = pools
+    ns = "prec-multus"
+    lab.kubectl("create", "namespace", ns)
+    phrase = (
+        "the spec.multusName [kube-system/macvlan-net1] in the IPPool p-net1 used by the Pod interface eth0"
+        " is not matched"
+    )
+    found: list[str] = []
+
+    def refused() -> bool:
+        nonlocal found
+        items = get_json(lab, "events", "-n", ns, "--field-selector", "reason=IPAllocationFailed")["items"]
+        found = [e["message"] for e in items]
+        return any(phrase in m for m in found)
+
+    try:
+        body = _pod("wrongnet", ns, Case("wrongnet", "", ippool("p-net1")))
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+        procs.wait_for(refused, timeout=90, what="the refusal in upstream's words", detail=lambda: "\n".join(found))
+    finally:
+        lab.kubectl("delete", "namespace", ns, "--wait=false")
+    wait_gone(lab, ns, "case=wrongnet")
+    wait_no_records(lab, ns)

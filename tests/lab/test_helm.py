@@ -184,6 +184,10 @@ def test_helm_release_status_and_notes(controllers: Controllers) -> None:
     notes = status["info"]["notes"]
     assert "not installed by this chart (multus.multusCNI.install=false)" in notes
     assert "SpiderSubnet" in notes
+    # upstream's component labels, which its e2e and users' scripts select on
+    for component in ("spiderpool-controller", "spiderpool-agent"):
+        found = get_json(lab, "pods", "-n", "kube-system", "-l", f"app.kubernetes.io/component={component}")
+        assert found["items"], f"no pod labelled app.kubernetes.io/component={component}"
 
 
 ROLL = "roll"

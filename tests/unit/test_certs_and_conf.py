@@ -54,11 +54,14 @@ def test_conf_yml_keys_and_their_errors() -> None:
     parsed = conf.parse("enableIPv4: true\nenableIPv6: false\nclusterSubnetDefaultFlexibleIPNumber: 2\nfoo: 1\n")
     assert (parsed.enable_ipv4, parsed.enable_ipv6, parsed.auto_pool_extra_ips) == (True, False, 2)
     assert parsed.unknown == ("foo",)
+    assert parsed.enable_auto_pool is None
+    assert conf.parse("enableAutoPoolForApplication: false").enable_auto_pool is False
     # upstream's code reads the second key: it wins when both are set
     both = conf.parse("clusterSubnetDefaultFlexibleIPNumber: 2\nclusterSubnetAutoPoolDefaultRedundantIPNumber: 3\n")
     assert both.auto_pool_extra_ips == 3
     for text, message in (
         ("enableIPv4: 'yes'", "enableIPv4 must be true or false"),
+        ("enableAutoPoolForApplication: 0", "enableAutoPoolForApplication must be true or false"),
         ("clusterSubnetDefaultFlexibleIPNumber: -1", "must be a whole number >= 0"),
         ("ipamUnixSocketPath: run/x.sock", "must be an absolute path"),
         ("- a\n- b", "must be a mapping"),
@@ -85,6 +88,11 @@ def test_flags_win_over_conf_yml(tmp_path: object) -> None:
     assert agent_main.parse_args([f"--config={path}", "--socket=/tmp/other.sock"]).socket == "/tmp/other.sock"
     c = controller_main.parse_args([f"--config={path}"])
     assert (c.disable_ipv6, c.disable_ipv4, c.auto_pool_extra_ips) == (True, False, 4)
+    assert not args.disable_auto_pool
+    assert not c.disable_auto_pool
+    path.write_text("enableAutoPoolForApplication: false\n")
+    assert agent_main.parse_args([f"--config={path}"]).disable_auto_pool
+    assert controller_main.parse_args([f"--config={path}"]).disable_auto_pool
     path.write_text("enableIPv4: maybe\n")
     with pytest.raises(SystemExit):
         controller_main.parse_args([f"--config={path}"])

@@ -65,7 +65,8 @@ def test_precedence_pod_over_namespace_over_netconf() -> None:
         "v4-node2": "unmatched Node name of IPPool v4-node2: its nodeName does not include node node1",
         "v4-off": "disabled",
         "v4-ns": "namespaceAffinity does not match namespace default",
-        "v4-net1": "multusName ['kube-system/macvlan-net1'] does not include this interface's network (none)",
+        "v4-net1": "the spec.multusName [kube-system/macvlan-net1] in the IPPool v4-net1 used by the Pod interface"
+        " eth0 is not matched: this interface's network is none",
     }
 
 
@@ -274,3 +275,37 @@ def test_a_walk_in_a_full_fragmented_pool_asks_about_few_addresses_not_the_whole
     got = next(w.candidates("p", space, held_by, ["node0", "node1"], ["node0"]))
     assert held_by(got) == FREE
     assert asked < 5000
+
+
+def _record(ip: str, pool: str, family: int = 4) -> dict[str, Any]:
+    return {"spec": {"ip": ip, "pool": pool, "ipVersion": family, "interface": "eth0"}}
+
+
+def test_a_statefulset_pod_keeps_only_addresses_of_pools_it_still_names() -> None:
+    from spiderpool.ipam.moves import move_reason, split_predecessors
+
+    plan = plan_nic(_ctx({"ipam.spidernet.io/ippool": '{"ipv4": ["v4-a"], "ipv6": ["v6-a"]}'}), "eth0", POOLS,
+                    netconf=NetconfDefaults(), families=(4, 6))  # fmt: skip
+    same = [_record("172.18.40.3", "v4-a"), _record("fd00:172:18::41", "v6-a", 6)]
+    assert split_predecessors(plan, same) == (same, [])
+    # the IPv4 pool changed: the IPv4 address moves, the IPv6 one stays
+    old4 = _record("172.18.41.3", "v4-b")
+    kept, moved = split_predecessors(plan, [old4, same[1]])
+    assert (kept, moved) == ([same[1]], [old4])
+    assert move_reason(plan, old4["spec"]) == (
+        "IPv4 address 172.18.41.3 of interface eth0 came from pool v4-b, which the pod no longer names"
+        " (pools from pod annotation ipam.spidernet.io/ippool: v4-a)"
+    )
+    # a pool the pod still names but may no longer use (here: another node's) is a move too
+    node2 = _record("172.18.42.1", "v4-node2")
+    plan2 = plan_nic(_ctx({"ipam.spidernet.io/ippool": '{"ipv4": ["v4-node2", "v4-a"]}'}), "eth0", POOLS,
+                     netconf=NetconfDefaults())  # fmt: skip
+    assert split_predecessors(plan2, [node2]) == ([], [node2])
+    # one address per family: a second IPv4 record (never written by an agent) is released
+    assert split_predecessors(plan, [same[0], _record("172.18.40.4", "v4-a")])[1] == [_record("172.18.40.4", "v4-a")]
+    # a family the pod no longer takes (no ipVersion written: read from the address)
+    v4_only = plan_nic(_ctx({"ipam.spidernet.io/ippool": '{"ipv4": ["v4-a"]}'}), "eth0", POOLS,
+                       netconf=NetconfDefaults())  # fmt: skip
+    bare = {"spec": {"ip": "fd00:172:18::41", "pool": "v6-a", "interface": "eth0"}}
+    assert split_predecessors(v4_only, [bare]) == ([], [bare])
+    assert "the pod takes no IPv6 address now" in move_reason(v4_only, bare["spec"])

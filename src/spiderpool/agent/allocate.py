@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from spiderpool.agent.endpoints import Activity, EndpointWriter
-from spiderpool.agent.errors import USED_OUT, IPAMError, as_ipam_error
+from spiderpool.agent.errors import AUTO_POOL_OFF, USED_OUT, IPAMError, as_ipam_error
 from spiderpool.agent.events import PodEvents
 from spiderpool.agent.metrics import ALLOCATION_FAILURES, ALLOCATIONS, LATENCY
 from spiderpool.agent.pods import Objects, PodLocks, PodView
@@ -29,9 +29,10 @@ from spiderpool.api import annotations as ann
 from spiderpool.api.objects import Record, RecordSpec
 from spiderpool.ipam.allocate import Walker, eligible_nodes, held_back, usable
 from spiderpool.ipam.autopool import L_APP_UID, App, owned_by
+from spiderpool.ipam.moves import move_reason, split_predecessors
 from spiderpool.ipam.ranges import IPSet
 from spiderpool.ipam.result import Assigned, assigned_from, routes_for
-from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic
+from spiderpool.ipam.selection import NetconfDefaults, NicPlan, PodContext, SelectionError, plan_nic
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError
 from spiderpool.k8s.kinds import NAMESPACE, NODE
@@ -139,18 +140,23 @@ class Allocator:
             # apiserver restart), or an earlier create of ours had no answer. Without this look, the
             # runtime's retry would get a second address and the first would stay with the pod.
             held = await self.records.read_of(pod.uid, ifname)
-        if not held and pod.owner_kind == "StatefulSet":
-            held = await self._adopt_statefulset(pod, ifname, req)
-        if held:
+        statefulset = pod.owner_kind == "StatefulSet"
+        if held and not (statefulset and self._partial(held)):
             reused = [assigned_from(self.pools.items.get(r["spec"]["pool"]), r["spec"]) for r in held]
             routes = routes_for(reused, pod_ann.routes, clean_gateway=bool(held[0]["spec"].get("cleanGateway")))
             self.endpoints.mark(pod.key, pod.uid)
             return _reply(reused, routes, ifname)
+        # A StatefulSet pod re-created under its name keeps its predecessor's addresses, from the
+        # pools it still names (ipam.moves); the rest are released and taken anew below.
+        old = await self._predecessors(pod, ifname) if statefulset else []
 
         app = None
         if pod_ann.subnets or self._names_subnets(pod_ann.ippool):
+            if not self.settings.auto_pool:
+                raise IPAMError(7, f"pod {ns}/{name}: {AUTO_POOL_OFF}", reason="auto_pool_disabled", http=400)
             app = await self.objects.app_of(pod)
-            pod_ann = await self._with_auto_pools(pod, pod_ann, app, ifname)
+            holds = {str(r["spec"]["pool"]) for r in [*held, *old]}
+            pod_ann = await self._with_auto_pools(pod, pod_ann, app, ifname, holds)
         ctx = await self._context(pod, pod_ann, app)
         netconf = NetconfDefaults(
             ipv4=tuple(req.get("defaultIPv4IPPool") or ()),
@@ -161,14 +167,22 @@ class Allocator:
             plan = plan_nic(ctx, ifname, self.pools.items, netconf=netconf, families=self.settings.families)
         except SelectionError as exc:
             raise IPAMError(100, str(exc), reason="no_available_pool", http=409) from None
+        have = list(held)
+        if old:
+            have += await self._adopt_statefulset(pod, plan, old, req)
         assigned: list[Assigned] = []
+        taken: list[Assigned] = []
         try:
             for cand in plan.families:
-                assigned.append(
-                    await self._take(cand.family, cand.pools, pod, ifname, req, cand.rejected, plan.clean_gateway)
-                )
+                mine = [r for r in have if int(r["spec"]["ipVersion"]) == cand.family]
+                if mine:
+                    assigned.append(assigned_from(self.pools.items.get(mine[0]["spec"]["pool"]), mine[0]["spec"]))
+                    continue
+                got = await self._take(cand.family, cand.pools, pod, ifname, req, cand.rejected, plan.clean_gateway)
+                taken.append(got)
+                assigned.append(got)
         except IPAMError:
-            for a in assigned:  # all families or none
+            for a in taken:  # all families or none (a kept predecessor's address stays the pod's)
                 await self.records.delete(a.ip, pod.uid)
             raise
         routes = routes_for(assigned, pod_ann.routes, clean_gateway=plan.clean_gateway)
@@ -192,7 +206,7 @@ class Allocator:
         return bool(names) and all(n in self.subnets.items and n not in self.pools.items for n in names)
 
     async def _with_auto_pools(
-        self, pod: PodView, pod_ann: ann.PodAnnotations, app: App, ifname: str
+        self, pod: PodView, pod_ann: ann.PodAnnotations, app: App, ifname: str, holds: set[str]
     ) -> ann.PodAnnotations:
         if pod_ann.subnets:
             choice = next((c for c in pod_ann.subnets if c.interface == ifname), None)
@@ -204,7 +218,7 @@ class Allocator:
         names: dict[int, tuple[str, ...]] = {4: (), 6: ()}
         for family, subnets in ((4, choice.ipv4), (6, choice.ipv6)):
             if subnets and family in self.settings.families:
-                names[family] = (await self._auto_pool(pod, app, ifname, family, subnets[0]),)
+                names[family] = (await self._auto_pool(pod, app, ifname, family, subnets[0], holds),)
         auto = ann.PoolChoice(ifname, names[4], names[6])
         return replace(pod_ann, ippool=None, ippools=(), auto_pools=(auto,))
 
@@ -223,15 +237,16 @@ class Allocator:
         space = usable(pool, list(reserved_by_name(self.reserved).values()))
         return any(str(ip) not in self.records.used and str(ip) not in self.records.inflight for ip in space)
 
-    async def _auto_pool(self, pod: PodView, app: App, ifname: str, family: int, subnet: str) -> str:
-        """The name of the pod's auto-pool, once the controller has made it ready (bounded wait)."""
+    async def _auto_pool(self, pod: PodView, app: App, ifname: str, family: int, subnet: str, holds: set[str]) -> str:
+        """The name of the pod's auto-pool, once the controller has made it ready (bounded wait): one
+        with a free address, or the one the pod (or its StatefulSet predecessor) holds an address of."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.auto_pool_wait
         while True:
             pool = self._find_auto_pool(app, ifname, family)
             if pool is not None:
                 await self.records.serve(str(pool["metadata"]["name"]))
-            if pool is not None and self._has_free(pool):
+            if pool is not None and (pool["metadata"]["name"] in holds or self._has_free(pool)):
                 return str(pool["metadata"]["name"])
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -365,17 +380,30 @@ class Allocator:
             self._eligible_cache[key] = eligible_nodes(pool, labels)
         return self._eligible_cache[key]
 
-    async def _adopt_statefulset(self, pod: PodView, ifname: str, req: dict[str, Any]) -> list[Record]:
-        """Move the records of a StatefulSet pod's predecessor (same name, old uid) to this pod."""
+    def _partial(self, held: list[Record]) -> bool:
+        """Whether a pod holds an address of fewer families than the agent serves (an earlier ADD
+        that kept a predecessor's address of one family and failed on the other)."""
+        return len({int(r["spec"]["ipVersion"]) for r in held}) < len(self.settings.families)
+
+    async def _predecessors(self, pod: PodView, ifname: str) -> list[Record]:
+        """The records a StatefulSet pod's predecessor (same name, another uid) holds for this NIC."""
         ns, name = pod.meta["namespace"], pod.meta["name"]
-        old = [
+        return [
             r
             for r in await self.records.predecessors(ns, name)
             if r["spec"]["interface"] == ifname
+            and r["spec"]["podUID"] != pod.uid
             and r["spec"].get("ownerKind") == "StatefulSet"
             and not r["spec"].get("quarantineUntil")  # taken back by the garbage collector: nobody's
         ]
-        adopted = [await self.records.move_to(r, pod.uid, str(req.get("containerID", ""))) for r in old]
+
+    async def _adopt_statefulset(
+        self, pod: PodView, plan: NicPlan, old: list[Record], req: dict[str, Any]
+    ) -> list[Record]:
+        """Move the predecessor's records whose pools the pod still names to this pod; release the
+        others (their addresses cool down as any released address does) and say so on the pod."""
+        kept, moved = split_predecessors(plan, old)
+        adopted = [await self.records.move_to(r, pod.uid, str(req.get("containerID", ""))) for r in kept]
         if adopted:
             log.info(
                 "StatefulSet pod keeps its IPs pod=%s uid=%s ips=%s",
@@ -383,6 +411,18 @@ class Allocator:
                 pod.uid,
                 ",".join(r["spec"]["ip"] for r in adopted),
             )
+        for r in moved:
+            spec = r["spec"]
+            if await self.records.delete(spec["ip"], spec["podUID"], reason="pool_changed"):
+                why = move_reason(plan, spec)
+                log.info("StatefulSet pod's IP released: its pool changed pod=%s ip=%s", pod.key, spec["ip"])
+                await self.events.normal(
+                    pod.meta["namespace"],
+                    pod.meta["name"],
+                    pod.uid,
+                    "IPPoolChanged",
+                    f"{why}: released; the interface takes an address from the pools it names now",
+                )
         return adopted
 
 

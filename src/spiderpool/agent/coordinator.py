@@ -17,7 +17,7 @@ from spiderpool.agent.release import Releaser
 from spiderpool.api.annotations import DEFAULT_ROUTE_NIC
 from spiderpool.api.constants import IP_CONFLICT_QUARANTINE
 from spiderpool.k8s.cache import WatchCache
-from spiderpool.net import fastnl, overlay, veth, vethconf
+from spiderpool.net import fastnl, neighbours, overlay, veth, vethconf
 
 log = logging.getLogger(__name__)
 CALLS = Counter("spiderpool_coordinator_calls", "veth plugin calls", ["command", "outcome"])
@@ -177,6 +177,8 @@ class Coordinator:
         if cfg.detect_ip_conflict or cfg.detect_gateway:
             await self._detect(body, netns, ifname, ips, cfg)
         try:
+            # (before the set-up, which adds the node's own permanent entries for the pod)
+            await asyncio.to_thread(neighbours.flush, [ip.address for ip in ips])
             if mode == "overlay":
                 added = []
                 await asyncio.to_thread(

@@ -16,6 +16,13 @@ from spiderpool.k8s.client import ApiError
 ALLOCATION_ERROR = "spiderpool IP allocation error: "
 #: upstream's phrase for an exhausted pool
 USED_OUT = "all IP addresses used out"
+#: why a pod naming a SpiderSubnet is refused while auto-pools are off
+AUTO_POOL_OFF = (
+    "the subnet annotations (ipam.spidernet.io/subnet, ipam.spidernet.io/subnets, or ipam.spidernet.io/ippool"
+    " naming a SpiderSubnet) cannot be used while the auto-pool feature is disabled"
+    " (enableAutoPoolForApplication: false in the spiderpool ConfigMap, chart value"
+    " ipam.spiderSubnet.autoPool.enable): name SpiderIPPools with ipam.spidernet.io/ippool, or enable the feature"
+)
 #: how every allocation failure ends: the command that explains the pod's pools, verdicts and failure
 WHY_HINT = "run 'kubectl spiderpool why {namespace}/{pod}'"
 

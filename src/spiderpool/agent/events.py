@@ -11,5 +11,11 @@ class PodEvents:
         self.recorder = EventRecorder(client, "spiderpool-agent", node)
 
     async def warn(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        await self._emit(namespace, name, uid, "Warning", reason, message)
+
+    async def normal(self, namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+        await self._emit(namespace, name, uid, "Normal", reason, message)
+
+    async def _emit(self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
         involved = {"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": name, "uid": uid}
-        await self.recorder.emit(involved, "Warning", reason, message)
+        await self.recorder.emit(involved, kind, reason, message)

@@ -63,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--disable-ipv4", action="store_true")
     p.add_argument("--disable-ipv6", action="store_true")
     p.add_argument(
+        "--disable-auto-pool",
+        action="store_true",
+        help="no auto-pools for applications naming a SpiderSubnet (conf.yml enableAutoPoolForApplication: false)",
+    )
+    p.add_argument(
         "--auto-pool-wait",
         type=float,
         default=30.0,
@@ -108,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "socket": c.ipam_socket,
             "disable_ipv4": None if c.enable_ipv4 is None else not c.enable_ipv4,
             "disable_ipv6": None if c.enable_ipv6 is None else not c.enable_ipv6,
+            "disable_auto_pool": None if c.enable_auto_pool is None else not c.enable_auto_pool,
             "cluster_network": c.cluster_network or None,
         },
     )
@@ -169,6 +175,7 @@ class Agent:
                 ipv4=not args.disable_ipv4,
                 ipv6=not args.disable_ipv6,
                 cluster_network=args.cluster_network,
+                auto_pool=not args.disable_auto_pool,
                 auto_pool_wait=args.auto_pool_wait,
                 conflict_quarantine=args.ip_conflict_quarantine,
                 reuse_cooldown=args.ip_reuse_cooldown,

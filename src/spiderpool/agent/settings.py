@@ -14,6 +14,9 @@ class Settings:
     ipv6: bool = False
     #: the cluster network Multus uses when a pod names no default network (for ``multusName``)
     cluster_network: str = ""
+    #: auto-pools for applications naming a SpiderSubnet (``enableAutoPoolForApplication``); off,
+    #: such a pod is refused (``AUTO_POOL_OFF``), as upstream does
+    auto_pool: bool = True
     #: how long an ADD waits for the controller to create or grow a pod's auto-pool
     auto_pool_wait: float = 30.0
     #: how long an address another host turned out to use is held for nobody

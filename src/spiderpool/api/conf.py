@@ -14,13 +14,12 @@ import yaml
 #: upstream's chart writes the first; upstream's code reads the second (so its default never
 #: applied). Both are read here, the second winning when both are set.
 REDUNDANT_KEYS = ("clusterSubnetDefaultFlexibleIPNumber", "clusterSubnetAutoPoolDefaultRedundantIPNumber")
-_BOOLS = ("enableIPv4", "enableIPv6", "enableStatefulSet", "enableSpiderSubnet")
+_BOOLS = ("enableIPv4", "enableIPv6", "enableStatefulSet", "enableSpiderSubnet", "enableAutoPoolForApplication")
 _STRINGS = ("ipamUnixSocketPath", "clusterNetwork")
 #: keys of upstream's file this implementation knows and does not use
 _IGNORED = frozenset(
     {
         "enableKubevirtStaticIP",
-        "enableAutoPoolForApplication",
         "enableIPConflictDetection",
         "enableGatewayDetection",
         "enableCleanOutdatedEndpoint",
@@ -44,6 +43,8 @@ class Conf:
     enable_ipv6: bool | None = None
     enable_statefulset: bool | None = None
     enable_subnet: bool | None = None
+    #: auto-pools for applications naming a SpiderSubnet (upstream's chart: ipam.spiderSubnet.autoPool.enable)
+    enable_auto_pool: bool | None = None
     auto_pool_extra_ips: int | None = None
     cluster_network: str | None = None
     #: keys neither used nor known (likely typos): the caller logs them
@@ -88,6 +89,7 @@ def parse(text: str, source: str = "conf.yml") -> Conf:
         enable_ipv6=values.get("enableIPv6"),
         enable_statefulset=values.get("enableStatefulSet"),
         enable_subnet=values.get("enableSpiderSubnet"),
+        enable_auto_pool=values.get("enableAutoPoolForApplication"),
         auto_pool_extra_ips=extra,
         cluster_network=values.get("clusterNetwork"),
         unknown=tuple(sorted(str(k) for k in doc if k not in known)),

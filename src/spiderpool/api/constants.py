@@ -46,3 +46,11 @@ POOL_FINALIZER_GRACE = 10.0
 def pod_label(namespace: str, name: str) -> str:
     """A pod as one label value: ``<namespace>.<name>`` (a namespace has no dot, so it splits)."""
     return name_label(f"{namespace}.{name}")
+
+
+#: the chart's workloads: upstream's component labels (``spiderpool-controller``, ``spiderpool-agent``),
+#: and this chart's earlier ones (``controller``, ``agent``), so the CLI finds either install
+CONTROLLER_SELECTOR = (
+    "app.kubernetes.io/part-of=spiderpool,app.kubernetes.io/component in (controller,spiderpool-controller)"
+)
+AGENT_SELECTOR = "app.kubernetes.io/part-of=spiderpool,app.kubernetes.io/component in (agent,spiderpool-agent)"

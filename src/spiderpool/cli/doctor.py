@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
+from spiderpool.api.constants import AGENT_SELECTOR, CONTROLLER_SELECTOR
 from spiderpool.ipam.selection import pool_family
 
 Obj = Mapping[str, Any]
@@ -25,9 +26,9 @@ Obj = Mapping[str, Any]
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 #: where the chart is installed unless found elsewhere
 DEFAULT_NAMESPACE = "kube-system"
-#: the labels the chart gives its workloads (charts/spiderpool/templates/_helpers.tpl)
-CONTROLLER_LABELS = "app.kubernetes.io/part-of=spiderpool,app.kubernetes.io/component=controller"
-AGENT_LABELS = "app.kubernetes.io/part-of=spiderpool,app.kubernetes.io/component=agent"
+#: the labels the chart gives its workloads
+CONTROLLER_LABELS = CONTROLLER_SELECTOR
+AGENT_LABELS = AGENT_SELECTOR
 #: spiderpool's webhooks are named <kind>.spiderpool.spidernet.io
 WEBHOOK_SUFFIX = ".spiderpool.spidernet.io"
 #: the chart's Secret name (spiderpoolController.tls.secretName), and the controller's own default

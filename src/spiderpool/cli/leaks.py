@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from spiderpool.api.constants import AGENT_SELECTOR as AGENT_SELECTOR  # (leaks_cmd reads it here)
 from spiderpool.api.objects import RecordSpec
 from spiderpool.cli.usage import usable_ips
 from spiderpool.ipam import gc
@@ -683,10 +684,6 @@ def holders_elsewhere(cluster: Cluster, namespace: str) -> set[tuple[str, str]]:
             if spec.get("pod") and spec.get("namespace") != namespace:
                 out.add((str(spec["namespace"]), str(spec["pod"])))
     return out
-
-
-#: the chart's labels of the agent DaemonSet's pods (any release name, any namespace)
-AGENT_SELECTOR = "app.kubernetes.io/part-of=spiderpool,app.kubernetes.io/component=agent"
 
 
 def agent_pod(pods: Iterable[Obj]) -> Obj | None:

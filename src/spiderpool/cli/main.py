@@ -368,6 +368,8 @@ async def _why(s: Session) -> str:
             lines.append("  " + render.table(["FAMILY", "POOL", "VERDICT"], rows).replace("\n", "\n  "))
         for family, ip, pool_name in a.ips:
             lines.append(f"  IP: {ip} (IPv{family}) from {pool_name}")
+        for move in a.moves:
+            lines.append(f"  Pool changed: {move}")
         if a.error:
             lines.append(f"  Cannot allocate: {a.error}")
     if summary["lastFailure"]:

@@ -16,6 +16,7 @@ from typing import Any
 from spiderpool.api import annotations as ann
 from spiderpool.cli.usage import usable_ips
 from spiderpool.ipam.autopool import L_APP_UID, App, owned_by
+from spiderpool.ipam.moves import move_reason, split_predecessors
 from spiderpool.ipam.selection import NetconfDefaults, PodContext, SelectionError, plan_nic, pool_family
 
 Obj = Mapping[str, Any]
@@ -40,6 +41,8 @@ class NicAnswer:
     ips: list[tuple[int, str, str]] = field(default_factory=list)
     auto_pool: str | None = None
     error: str | None = None
+    #: addresses the pod holds from pools it no longer names, each with why (ipam.moves)
+    moves: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class NicAnswer:
             "ips": [{"ipVersion": f, "ip": ip, "pool": p} for f, ip, p in self.ips],
             "autoPool": self.auto_pool,
             "error": self.error,
+            "moves": self.moves,
         }
 
 
@@ -218,6 +222,12 @@ def explain(
             answers.append(answer)
             continue
         answer.source = via_ippool or plan.source
+        held = [r for r in mine if r["spec"].get("interface") == iface]
+        for r in split_predecessors(plan, held)[1]:
+            answer.moves.append(
+                f"{move_reason(plan, r['spec'])}: the pod keeps it while it runs; when the pod is re-created"
+                " (a StatefulSet's too), it is released and the new pod takes one from the pools named now"
+            )
         taken = {p for _, _, p in answer.ips}
         for cand in plan.families:
             for name in cand.pools:

@@ -95,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--disable-ipv4", action="store_true", help="reject IPv4 pools and subnets")
     p.add_argument("--disable-ipv6", action="store_true", help="reject IPv6 pools and subnets")
     p.add_argument(
+        "--disable-auto-pool",
+        action="store_true",
+        help="no auto-pools for applications naming a SpiderSubnet (conf.yml enableAutoPoolForApplication: false)",
+    )
+    p.add_argument(
         "--auto-pool-extra-ips",
         type=int,
         default=1,
@@ -148,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         lambda c: {
             "disable_ipv4": None if c.enable_ipv4 is None else not c.enable_ipv4,
             "disable_ipv6": None if c.enable_ipv6 is None else not c.enable_ipv6,
+            "disable_auto_pool": None if c.enable_auto_pool is None else not c.enable_auto_pool,
             "auto_pool_extra_ips": c.auto_pool_extra_ips,
         },
     )
@@ -324,10 +330,14 @@ class Controller:
         multus = MultusConfigReconciler(self.client)
         loops = {
             "status": status.run(),
-            "auto-pools": apps.run(),
             "coordinator": coordinator.run(),
             "multusconfig": multus.run(),
         }
+        if a.disable_auto_pool:
+            # (the agents refuse the applications' pods, with an event; existing auto-pools stay as they are)
+            log.info("auto-pools are disabled (enableAutoPoolForApplication: false): no auto-pool is made or resized")
+        else:
+            loops["auto-pools"] = apps.run()
         if a.gc_disabled:
             log.info("garbage collection of IPs is disabled (--gc-disabled)")
         else:

@@ -172,7 +172,11 @@ def _reject_reason(name: str, pool: Pool | None, family: int, ctx: PodContext, i
     if multus:
         network = ctx.networks.get(ifname)
         if network is None or network not in multus:
-            return f"multusName {multus} does not include this interface's network ({network or 'none'})"
+            # (upstream's words, which users' alerts match; then what this interface has)
+            return (
+                f"the spec.multusName [{' '.join(multus)}] in the IPPool {name} used by the Pod interface {ifname}"
+                f" is not matched: this interface's network is {network or 'none'}"
+            )
     return None
 
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from spiderpool.net import arp, fastnl, ndp
+from spiderpool.net import arp, fastnl, ndp, replies
 from spiderpool.net.vethconf import VethConfig, mac_for
 
 T = TypeVar("T")
@@ -153,6 +153,7 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
         if host_index is not None and not run_in_netns(netns, lambda: fastnl.index(POD_VETH) is not None):
             host.link("del", index=host_index)
             host_index = None
+        fresh = host_index is None
         if host_index is None:
             # The pod's end is born in the pod's namespace: moving a link between namespaces afterwards
             # costs the kernel an unregister/register cycle (a third of this ADD, measured).
@@ -207,6 +208,12 @@ def setup_first_nic(netns: str, container_id: str, ips: list[PodIP], cfg: VethCo
                             oif=peer,
                             prefsrc=mine[0].address,
                         )
+            gateways: dict[int, str] = {}
+            for node in nodes:  # (the first node address of each family the pod has: as the hijack routes)
+                family = ipaddress.ip_address(node).version
+                if family not in gateways and any(ip.family == family for ip in ips):
+                    gateways[family] = node
+            replies.install(pod, peer, POD_VETH, gateways, cfg.host_rule_table, fresh)
             if cfg.veth_link_address:
                 with _exists():
                     pod.addr("add", index=peer, address=cfg.veth_link_address, prefixlen=32)
