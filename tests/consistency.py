@@ -48,9 +48,9 @@ def problems(lab: Lab) -> list[str]:
     per_pool: dict[str, int] = {}
     for r in records:
         spec = r["spec"]
-        per_pool[spec["pool"]] = per_pool.get(spec["pool"], 0) + 1
         if spec.get("quarantineUntil"):
-            continue  # held for nobody, by design
+            continue  # held for nobody, by design (and not counted in the pool's status)
+        per_pool[spec["pool"]] = per_pool.get(spec["pool"], 0) + 1
         pod = pods.get((spec["namespace"], spec["pod"]))
         if pod is None or pod["metadata"]["uid"] != spec["podUID"]:
             owner = sts.get((spec["namespace"], spec.get("ownerName") or ""))

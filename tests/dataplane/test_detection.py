@@ -53,6 +53,12 @@ def events(lab: Lab, name: str, namespace: str = NS) -> list[str]:
     return [str(e.get("message")) for e in items]
 
 
+def pod_events(lab: Lab, name: str, reason: str, namespace: str = NS) -> list[str]:
+    selector = f"involvedObject.name={name},reason={reason}"
+    items: list[dict[str, Any]] = get_json(lab, "events", "-n", namespace, "--field-selector", selector)["items"]
+    return [str(e.get("message")) for e in items]
+
+
 def ip_conflicts(lab: Lab) -> float:
     """Addresses node1's agent quarantined because another host uses them."""
     scraped = in_netns(lab, "node1", "curl", "-s", "http://127.0.0.1:5711/metrics").stdout
@@ -83,20 +89,38 @@ def test_conflicting_ip_is_skipped_and_unreachable_gateway_fails(detecting: Agen
         )
         # the address was quarantined (not simply freed), as node1's agent counts
         assert ip_conflicts(lab) >= 1, "no ip_conflict release counted"
+        # spiderpool's own event names the address and who answered for it
+        ours = [m for m in pod_events(lab, "lucky", "IPConflict") if ROGUE in m]
+        assert ours, events(lab, "lucky")
+        assert re.search(r"in use by ([0-9a-f]{2}:){5}[0-9a-f]{2}", ours[0]), ours
+        assert "held for nobody" in ours[0], ours
+        # the quarantined address is nobody's in the pool's status
+        status = get_json(lab, "spiderippool", "p-det")["status"]
+        assert ROGUE not in json.loads(status.get("allocatedIPs") or "{}"), status
+        # the pool is used up: the failure names the quarantined address
+        lab.kubectl("apply", "-f", "-", input_text=pod("unlucky", "p-det"))
+        procs.wait_for(
+            lambda: any(f"quarantined: {ROGUE} (ip_conflict, until " in m for m in events(lab, "unlucky")),
+            timeout=60,
+            what="the used-up failure to name the quarantined address",
+            detail=lambda: "\n".join(events(lab, "unlucky")),
+        )
 
         assert_stranded(lab, NS, "stranded", pod("stranded", "p-nogw"), "gateway 172.18.0.254 does not answer ARP")
     finally:
         lab.kubectl("delete", "namespace", NS, "--wait=false")
-    wait_gone(lab, NS, "app=lucky")
-    wait_gone(lab, NS, "app=stranded")
+    for name in ("lucky", "unlucky", "stranded"):
+        wait_gone(lab, NS, f"app={name}")
     wait_no_records(lab, NS, timeout=120)
+    # (a quarantined address does not keep its deleted pool Terminating: its record outlives the
+    # pool and keeps the address out of circulation until the quarantine ends)
+    for pool in ("p-det", "p-nogw"):
+        lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
     procs.wait_for(
         lambda: not [r for r in records(lab) if r["spec"]["pool"] in ("p-det", "p-nogw")],
         timeout=120,
         what="the quarantined address to be freed",
     )
-    for pool in ("p-det", "p-nogw"):
-        lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
 
 
 NS6 = "det6"
@@ -171,3 +195,65 @@ def test_ipv6_conflicts_and_unreachable_gateway(detecting: Agents) -> None:
     )
     for pool in pools:
         lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
+
+
+NS_STS = "det-sts"
+ROGUE_STS = "172.18.77.7"  # the StatefulSet's fixed address, which another host takes for a while
+
+
+def statefulset() -> str:
+    template = {
+        "metadata": {
+            "labels": {"app": "db"},
+            "annotations": {"ipam.spidernet.io/ippool": json.dumps({"ipv4": ["p-det-sts"]})},
+        },
+        "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
+    }
+    spec = {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}}, "template": template}
+    meta = {"name": "db", "namespace": NS_STS}
+    return json.dumps({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": spec})
+
+
+def test_a_statefulset_waits_for_its_address(detecting: Agents) -> None:
+    """A StatefulSet's address is its identity: while another host answers for it the pod does not
+    start (an event says why, every time), the address stays the pod's and is not quarantined; once
+    it is free, the pod starts with it."""
+    lab = detecting.lab
+    switch = topology.switch_netns(lab.prefix)
+    pool = pool_manifest("p-det-sts", "172.18.0.0/16", [f"{ROGUE_STS}-172.18.77.8"])
+    lab.kubectl("apply", "-f", "-", input_text=pool)
+    lab.kubectl("create", "namespace", NS_STS)
+    rogue = True
+    try:
+        lab.kubectl("apply", "-f", "-", input_text=statefulset())
+        (first,) = wait_running(lab, NS_STS, "app=db", 1)
+        assert first["status"]["podIP"] == ROGUE_STS
+        # another host takes the address; the pod is re-created
+        netns.ip(switch, ["addr", "replace", f"{ROGUE_STS}/16", "dev", "br0"])
+        lab.kubectl("delete", "pod", "-n", NS_STS, "db-0")
+        procs.wait_for(
+            lambda: any(ROGUE_STS in m for m in pod_events(lab, "db-0", "IPConflict", NS_STS)),
+            timeout=90,
+            what="the conflict reported on the StatefulSet's pod",
+        )
+        message = pod_events(lab, "db-0", "IPConflict", NS_STS)[0]
+        assert "StatefulSet's pod keeps its address" in message, message
+        assert re.search(r"in use by ([0-9a-f]{2}:){5}[0-9a-f]{2}", message), message
+        (waiting,) = pods(lab, NS_STS, "app=db")
+        assert not waiting["status"].get("podIP"), waiting["status"]
+        # the address is still the pod's (not quarantined), and the other one was not taken
+        (held,) = [r["spec"] for r in records(lab) if r["spec"]["pool"] == "p-det-sts"]
+        uid = waiting["metadata"]["uid"]
+        assert (held["ip"], held["podUID"], held.get("quarantineUntil")) == (ROGUE_STS, uid, None)
+        # the other host lets go: the pod starts with its own address
+        netns.ip(switch, ["addr", "del", f"{ROGUE_STS}/16", "dev", "br0"])
+        rogue = False
+        (back,) = wait_running(lab, NS_STS, "app=db", 1, timeout=180)
+        assert back["status"]["podIP"] == ROGUE_STS
+    finally:
+        if rogue:
+            netns.ip(switch, ["addr", "del", f"{ROGUE_STS}/16", "dev", "br0"], check=False)
+        lab.kubectl("delete", "namespace", NS_STS, "--wait=false")
+    wait_gone(lab, NS_STS, "app=db")
+    wait_no_records(lab, NS_STS, timeout=120)
+    lab.kubectl("delete", "spiderippool", "p-det-sts", "--wait=true", "--timeout=60s")

@@ -20,7 +20,7 @@ from tests.helpers import (
     wait_running,
 )
 from tests.ipam.conftest import records, wait_no_records
-from tests.stack import Agents, Controllers, unix_request
+from tests.stack import CONTROLLER_ARGS, Agents, Controllers, helm_install, unix_request
 
 NS = "gc"
 POOL = "p-gc"
@@ -38,6 +38,11 @@ def held(lab: Lab, pool: str = POOL) -> dict[str, dict[str, object]]:
 
 def stack_metrics(lab: Lab, node: str = "node2") -> str:
     return in_netns(lab, node, "curl", "-s", "http://127.0.0.1:5711/metrics").stdout
+
+
+def node_events(lab: Lab, name: str) -> list[str]:
+    selector = f"involvedObject.name={name},reason=IPReleasedNodeLost"
+    return [str(e["message"]) for e in get_json(lab, "events", "-n", NS, "--field-selector", selector)["items"]]
 
 
 def metric(text: str, name: str, reason: str) -> float:
@@ -89,6 +94,10 @@ def test_gc_takes_back_ips_and_quarantines_them(stack: Agents, controllers: Cont
             detail=lambda: json.dumps(held(lab), indent=1),
         )
         assert sorted(reasons.values()) == ["node_lost", "pod_deleted", "pod_deleted"]
+        # the pod whose address went because its node is lost says so
+        lost = node_events(lab, "stranded")
+        assert lost, "no IPReleasedNodeLost event on the stranded pod"
+        assert "its node node2 has not renewed its Lease" in lost[0], lost
         # once a quarantine is over the IP goes to the pod that waited for it
         (newcomer,) = wait_running(lab, NS, "app=newcomer", 1, timeout=120)
         assert newcomer["status"]["podIP"] in IPS
@@ -177,3 +186,46 @@ def test_del_ends_the_quarantine_of_a_force_deleted_pod(stack: Agents, controlle
     wait_no_records(lab, ns, timeout=120)
     procs.wait_for(lambda: not held(lab, pool), timeout=60, what=f"{pool} to hold nothing")
     lab.kubectl("delete", "spiderippool", pool, "--wait=true", "--timeout=60s")
+
+
+def test_zombie_on_not_ready_node_releases_sooner_when_chosen(stack: Agents, controllers: Controllers) -> None:
+    """``ipam.gc.statelessPod.zombieOnNotReadyNode: true``: a deleted pod on a node whose kubelet
+    stopped loses its address once the node is NotReady and the pod's grace period is over, without
+    waiting for the node to be lost (here 10 minutes away), and an event on the pod says so."""
+    lab = stack.lab
+    args = [a for a in CONTROLLER_ARGS if not a.startswith("--gc-stale-lease")] + ["--gc-stale-lease=600"]
+    chosen = {
+        "ipam": {"gc": {"statelessPod": {"zombieOnNotReadyNode": True}}},
+        "spiderpoolController": {"extraArgs": args},
+    }
+    lab.kubectl("apply", "-f", "-", input_text=pool_manifest(POOL, "172.18.0.0/16", ["172.18.72.1-172.18.72.3"]))
+    lab.kubectl("create", "namespace", NS)
+    stopped = False
+    try:
+        helm_install(lab, chosen)
+        controllers.wait_all()
+        body = json.loads(pod("zombie", "node2"))
+        body["spec"]["terminationGracePeriodSeconds"] = 1
+        lab.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+        (zombie,) = wait_running(lab, NS, "app=zombie", 1)
+        ip = zombie["status"]["podIP"]
+        lab.stop_process("kubelet/node2")
+        stopped = True
+        lab.kubectl("delete", "pod", "-n", NS, "zombie", "--wait=false")
+        procs.wait_for(
+            lambda: ip not in held(lab),
+            timeout=180,
+            what=f"{ip} released once node2 is NotReady",
+            detail=lambda: json.dumps([held(lab), get_json(lab, "nodes", "node2")["status"]["conditions"]]),
+        )
+        (event,) = node_events(lab, "zombie")
+        assert f"IP {ip} of interface eth0 (pool {POOL}) released: its node node2 is NotReady" in event, event
+        assert "zombieOnNotReadyNode" in event
+    finally:
+        if stopped:
+            lab.up(nodes=2)
+        helm_install(lab)
+        controllers.wait_all()
+        lab.kubectl("delete", "namespace", NS, "--wait=false")
+    wait_no_records(lab, NS, timeout=120)
+    lab.kubectl("delete", "spiderippool", POOL, "--wait=true", "--timeout=60s")

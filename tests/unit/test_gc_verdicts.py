@@ -42,3 +42,21 @@ def test_a_live_pod_is_never_judged_and_a_gone_one_waits_for_its_record_to_age()
     assert gc.judge(young, None, gc.NodeHealth(), None, NOW, SETTINGS) == gc.KEEP
     gone = gc.judge(RECORD, None, gc.NodeHealth(), None, NOW, SETTINGS)
     assert (gone.release, gone.reason, gone.quarantine, gone.confirm) == (True, "pod_deleted", True, True)
+
+
+def test_zombie_on_not_ready_node_is_a_choice_and_never_a_statefulsets() -> None:
+    """Upstream's ``zombieOnNotReadyNode``: off (the default here), a running container on a NotReady
+    node keeps the address until the node is lost; on, it goes once the grace period is over."""
+    running = _pod([{"running": {}}])
+    not_ready = gc.node_health({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}, 30.0)
+    assert not not_ready.ready
+    assert gc.node_health({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, 30.0).ready
+    assert gc.judge(RECORD, running, not_ready, None, NOW, SETTINGS) == gc.KEEP
+    on = gc.Settings(quarantine=10, min_age=15, zombie_on_not_ready_node=True)
+    assert gc.judge(RECORD, running, not_ready, None, NOW, on) == gc.Verdict(True, "node_not_ready")
+    assert gc.judge(RECORD, running, gc.NodeHealth(), None, NOW, on) == gc.KEEP  # a Ready node: no
+    future = dict(running, metadata={**running["metadata"], "deletionTimestamp": "2030-01-01T00:00:00Z"})
+    assert gc.judge(RECORD, future, not_ready, None, NOW, on) == gc.KEEP  # the grace period is not over
+    sts = {"metadata": RECORD["metadata"], "spec": {**RECORD["spec"], "ownerKind": "StatefulSet"}}
+    assert gc.judge(sts, running, not_ready, None, NOW, on) == gc.KEEP
+    assert "node_not_ready" in gc.NODE_REASONS

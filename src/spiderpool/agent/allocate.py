@@ -357,6 +357,7 @@ class Allocator:
                 reasons.append(
                     f"{pool_name}: {USED_OUT}: all {space.count()} usable IPs are allocated (the pool is used up)"
                     + held_back(pool, by_name)
+                    + self._quarantined(pool_name)
                 )
             else:
                 reasons.append(f"{pool_name}: every free IP was taken concurrently; retry")
@@ -366,6 +367,21 @@ class Allocator:
             reason="ip_used_out",
             http=409,
         )
+
+    def _quarantined(self, pool_name: str, limit: int = 3) -> str:
+        """The pool's addresses held for nobody (another host answers for them, or their last pod may
+        still run), for an "used out" message ("" if none)."""
+        held = sorted(
+            (r["spec"]["ip"], r["spec"].get("releaseReason") or "quarantine", r["spec"].get("quarantineUntil") or "")
+            for r in self.records.of("")
+            if r["spec"]["pool"] == pool_name and r["spec"].get("quarantineUntil")
+        )
+        if not held:
+            return ""
+        shown = ", ".join(f"{ip} ({why}, until {until})" for ip, why, until in held[:limit])
+        more = f" and {len(held) - limit} more" if len(held) > limit else ""
+        verb = "is" if len(held) == 1 else "are"
+        return f"; {len(held)} of them {verb} quarantined: {shown}{more}"
 
     def _eligible(self, pool: dict[str, Any]) -> list[str]:
         """The nodes the pool serves (see ``Walker``), recomputed when the pool or a node changes."""

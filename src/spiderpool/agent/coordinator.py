@@ -15,7 +15,6 @@ from spiderpool.agent.errors import IPAMError
 from spiderpool.agent.events import PodEvents
 from spiderpool.agent.release import Releaser
 from spiderpool.api.annotations import DEFAULT_ROUTE_NIC
-from spiderpool.api.constants import IP_CONFLICT_QUARANTINE
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.net import fastnl, neighbours, overlay, veth, vethconf
 
@@ -63,7 +62,6 @@ class Coordinator:
         releaser: Releaser | None = None,
         *,
         coordinators: WatchCache | None = None,
-        conflict_quarantine: float = IP_CONFLICT_QUARANTINE,
         events: PodEvents | None = None,
         state_dir: Path | None = None,
     ) -> None:
@@ -72,7 +70,6 @@ class Coordinator:
         self.coordinators = coordinators  # SpiderCoordinator "default": the cluster's defaults
         self.pods = pods  # this node's pods: their default-route-nic annotation
         self.releaser = releaser  # to take back an address that turns out unusable
-        self.conflict_quarantine = conflict_quarantine
 
     async def _detect(
         self, body: dict[str, Any], netns: str, ifname: str, ips: list[veth.PodIP], cfg: vethconf.VethConfig
@@ -84,8 +81,9 @@ class Coordinator:
         uid = str(body.get("podUID") or "")
         if self.releaser is not None and uid:
             if kind == "conflict":
-                # Someone else answers for it: hold it for nobody for a while, so the retry gets another.
-                await self.releaser.quarantine_conflict(ip, uid, ifname, self.conflict_quarantine)
+                # Someone else answers for it: a StatefulSet's pod waits for it, any other moves on
+                ns, name = str(body.get("podNamespace", "")), str(body.get("podName", ""))
+                await self.releaser.conflict(ns, name, uid, ifname, ip, f"{message} (interface {ifname})")
             else:
                 await self.releaser.release_nic(uid, ifname)
         DETECTIONS.labels(kind).inc()

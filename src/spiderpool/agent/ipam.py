@@ -42,12 +42,13 @@ class IPAM:
         self.objects = Objects(client, pods=pods, namespaces=namespaces, nodes=nodes)
         self.locks, activity = PodLocks(), Activity()
         self.endpoints = EndpointWriter(client, self.records, pools, self.objects, self.locks, activity, settings.node)
+        events = PodEvents(client, settings.node)
         self.allocator = Allocator(
             settings,
             records=self.records,
             objects=self.objects,
             endpoints=self.endpoints,
-            events=PodEvents(client, settings.node),
+            events=events,
             locks=self.locks,
             activity=activity,
             pools=pools,
@@ -55,7 +56,12 @@ class IPAM:
             subnets=subnets,
         )
         self.releaser = Releaser(
-            settings, records=self.records, objects=self.objects, endpoints=self.endpoints, locks=self.locks
+            settings,
+            records=self.records,
+            objects=self.objects,
+            endpoints=self.endpoints,
+            locks=self.locks,
+            events=events,
         )
         self.caches = [c for c in (pools, reserved, records, pods, namespaces, nodes, subnets) if c is not None]
 

@@ -192,7 +192,6 @@ class Agent:
             pods,
             self.ipam.releaser,
             coordinators=coordinators,
-            conflict_quarantine=args.ip_conflict_quarantine,
             events=self.ipam.allocator.events,
             state_dir=Path(args.socket).parent / "overlay",
         )

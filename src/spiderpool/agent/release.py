@@ -14,6 +14,7 @@ from typing import Any
 
 from spiderpool.agent.endpoints import EndpointWriter
 from spiderpool.agent.errors import IPAMError
+from spiderpool.agent.events import PodEvents
 from spiderpool.agent.metrics import RELEASE_LATENCY, RELEASED_IPS, RELEASES
 from spiderpool.agent.pods import Objects, PodLocks, PodView
 from spiderpool.agent.records import Records
@@ -28,10 +29,18 @@ log = logging.getLogger(__name__)
 
 class Releaser:
     def __init__(
-        self, settings: Settings, *, records: Records, objects: Objects, endpoints: EndpointWriter, locks: PodLocks
+        self,
+        settings: Settings,
+        *,
+        records: Records,
+        objects: Objects,
+        endpoints: EndpointWriter,
+        locks: PodLocks,
+        events: PodEvents | None = None,
     ) -> None:
         self.settings = settings
         self.records, self.objects, self.endpoints, self.locks = records, objects, endpoints, locks
+        self.events = events
 
     async def release(self, req: dict[str, Any]) -> dict[str, Any]:
         RELEASES.inc()
@@ -105,8 +114,10 @@ class Releaser:
         for ip in await asyncio.to_thread(veth.dad_failed, netns, ifname):
             record = mine.get(str(ipaddress.ip_address(ip)))
             if record is not None:
-                await self.quarantine_conflict(record["spec"]["ip"], uid, ifname)
-                out.append(ip)
+                spec = record["spec"]
+                what = f"IP conflict: {spec['ip']} failed the kernel's duplicate address detection on {ifname}"
+                if await self.conflict(spec["namespace"], spec["pod"], uid, ifname, spec["ip"], what):
+                    out.append(ip)
         return out
 
     async def _statefulset_keeps(self, pod: PodView | None, ns: str, name: str, uid: str) -> bool:
@@ -132,6 +143,23 @@ class Releaser:
     async def release_nic(self, uid: str, ifname: str, reason: str = "detect_gateway") -> None:
         for r in self.records.of(uid, ifname):
             await self.records.delete(r["spec"]["ip"], uid, reason=reason)
+
+    async def conflict(self, ns: str, name: str, uid: str, ifname: str, ip: str, what: str) -> bool:
+        """Another host answers for ``ip`` (``what`` says who). A StatefulSet's pod keeps it (its
+        address is its identity): the ADD fails and the pod waits, retried by the kubelet, until the
+        address is free, as upstream does. Any other pod's address is quarantined, so the retry gets
+        another. An event on the pod says which; True if quarantined."""
+        owner = next((r["spec"].get("ownerKind") for r in self.records.of(uid, ifname)), None)
+        keep = owner == "StatefulSet"
+        if keep:
+            note = "a StatefulSet's pod keeps its address: it starts once nobody else answers for it"
+        else:
+            hold = self.settings.conflict_quarantine
+            await self.quarantine_conflict(ip, uid, ifname, hold)
+            note = f"the address is held for nobody for {hold:.0f}s and the pod's next try gets another"
+        if self.events is not None:
+            await self.events.warn(ns, name, uid, "IPConflict", f"{what}; {note}")
+        return not keep
 
     async def quarantine_conflict(self, ip: str, uid: str, ifname: str, seconds: float | None = None) -> None:
         """``ip`` turned out to be another host's: hold it for nobody, and free the NIC's other

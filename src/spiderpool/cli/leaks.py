@@ -27,6 +27,7 @@ from spiderpool.api.objects import RecordSpec
 from spiderpool.cli.usage import usable_ips
 from spiderpool.ipam import gc
 from spiderpool.ipam.allocate import record_name, usable
+from spiderpool.ipam.holders import holders
 from spiderpool.ipam.ranges import IPSet, RangeError
 
 Obj = Mapping[str, Any]
@@ -439,11 +440,8 @@ def adoption(pod: Obj, finding: Finding, endpoint_clean_gateway: bool = False) -
 
 def pool_status(pool: Obj, records: Iterable[Obj]) -> dict[str, Any]:
     """The pool's status as the controller derives it from its records (``controller.status.pool_status``)."""
-    allocated: dict[str, dict[str, str]] = {}
-    for rec in records:
-        spec = rec.get("spec") or {}
-        holder = {"pod": f"{spec.get('namespace')}/{spec.get('pod')}", "podUid": str(spec.get("podUID", ""))}
-        allocated[str(spec.get("ip"))] = holder
+    name = str((pool.get("metadata") or {}).get("name"))
+    allocated = holders(records, quarantined=False).get(name, {})
     ips = usable_ips(pool)
     return {
         "allocatedIPs": json.dumps(allocated, sort_keys=True) if allocated else None,

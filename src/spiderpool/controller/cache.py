@@ -7,6 +7,7 @@ import copy
 from collections.abc import Callable
 
 from spiderpool.controller.admission import Snapshot
+from spiderpool.ipam.holders import Holders, holders
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import Client
 from spiderpool.k8s.kinds import IPALLOCATION, IPPOOL, SUBNET
@@ -43,14 +44,10 @@ class ObjectCache:
             pools=copy.deepcopy(self.pools), subnets=copy.deepcopy(self.subnets), allocated=self.allocations()
         )
 
-    def allocations(self) -> dict[str, dict[str, dict[str, str]]]:
-        """pool -> IP -> holder, from the allocation records (upstream's status.allocatedIPs shape)."""
-        out: dict[str, dict[str, dict[str, str]]] = {}
-        for record in self.records.values():
-            spec = record.get("spec", {})
-            holder = {"pod": f"{spec.get('namespace')}/{spec.get('pod')}", "podUid": str(spec.get("podUID", ""))}
-            out.setdefault(str(spec.get("pool")), {})[str(spec.get("ip"))] = holder
-        return out
+    def allocations(self, *, quarantined: bool = True) -> Holders:
+        """pool -> IP -> holder, from the allocation records (``ipam.holders``; ``quarantined``: with
+        the addresses held for nobody, which a pool's status leaves out)."""
+        return holders(self.records.values(), quarantined=quarantined)
 
     def is_synced(self) -> bool:
         return all(c.synced.is_set() for c in (self.pool_cache, self.subnet_cache, self.record_cache))

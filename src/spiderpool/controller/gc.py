@@ -23,6 +23,7 @@ from spiderpool.controller.cache import ObjectCache
 from spiderpool.ipam import gc
 from spiderpool.k8s.cache import WatchCache
 from spiderpool.k8s.client import ApiError, Client, preconditions
+from spiderpool.k8s.events import EventRecorder
 from spiderpool.k8s.kinds import IPALLOCATION, LEASE, NODE, POD, STATEFULSET
 from spiderpool.k8s.retry import TRANSIENT, Backoff, wait_event
 
@@ -56,6 +57,7 @@ class GarbageCollector:
         for c in (self.pods, self.nodes, self.statefulsets):
             c.listeners.append(lambda *_: self.wake.set())
         self.lease_ages = gc.LeaseAges()
+        self.recorder = EventRecorder(rest, "spiderpool-controller")
         self.leases.listeners.append(self._on_lease)
 
     def _on_lease(self, _kind: str, key: str, _obj: dict[str, Any]) -> None:
@@ -131,6 +133,29 @@ class GarbageCollector:
         future = [t for t in times if t is not None and now < t < math.inf]
         return min(future) if future else now + self.scan_interval
 
+    async def _tell(self, record: Record, reason: str, what: str) -> None:
+        """An event on the pod when its address is taken back because of its node."""
+        if reason not in gc.NODE_REASONS:
+            return
+        spec = record["spec"]
+        node = spec.get("node") or "?"
+        why = {
+            "node_deleted": f"its node {node} was deleted",
+            "node_out_of_service": f"its node {node} is tainted {gc.OUT_OF_SERVICE}",
+            "node_lost": f"its node {node} has not renewed its Lease for over {self.settings.stale_lease:.0f}s",
+            "node_not_ready": f"its node {node} is NotReady and the pod's grace period is over"
+            " (ipam.gc.statelessPod.zombieOnNotReadyNode)",
+        }[reason]
+        involved = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "namespace": spec["namespace"],
+            "name": spec["pod"],
+            "uid": spec["podUID"],
+        }
+        message = f"IP {spec['ip']} of interface {spec['interface']} (pool {spec['pool']}) {what}: {why}"
+        await self.recorder.emit(involved, "Warning", "IPReleasedNodeLost", message)
+
     async def _act(self, name: str, record: Record, verdict: gc.Verdict) -> None:
         spec = record["spec"]
         holder = f"{spec['namespace']}/{spec['pod']} uid={spec['podUID']}"
@@ -154,6 +179,7 @@ class GarbageCollector:
             # (a PUT with the resourceVersion read: a record changed meanwhile is refused, 409)
             self.cache.record_cache.apply_local(await self.rest.replace(RECORD, dict(updated)))
             QUARANTINED.labels(verdict.reason).inc()
+            await self._tell(record, verdict.reason, f"quarantined until {updated['spec'].get('quarantineUntil')}")
             log.info(
                 "ip quarantined ip=%s pool=%s holder=%s reason=%s until=%s",
                 spec["ip"],
@@ -167,5 +193,6 @@ class GarbageCollector:
         await self.rest.delete(RECORD, name, preconditions=preconditions(record))
         self.cache.record_cache.apply_local(None, key=name)
         RELEASED.labels(verdict.reason).inc()
+        await self._tell(record, verdict.reason, "released")
         reason = spec.get("releaseReason") if verdict.reason == "quarantine_over" else verdict.reason
         log.info("ip released ip=%s pool=%s holder=%s reason=%s", spec["ip"], spec["pool"], holder, reason)

@@ -129,6 +129,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra seconds after a terminating pod's deletion time before its stopped containers free its IPs",
     )
     p.add_argument(
+        "--gc-zombie-on-not-ready-node",
+        action="store_true",
+        help="a terminating pod no StatefulSet owns, on a NotReady node, loses its IPs once its grace period is"
+        " over (upstream's zombieOnNotReadyNode; the default waits until the node is lost: --gc-stale-lease)",
+    )
+    p.add_argument(
         "--pool-finalizer-grace",
         type=float,
         default=10.0,
@@ -323,6 +329,7 @@ class Controller:
                 quarantine=a.gc_quarantine,
                 min_age=a.gc_min_age,
                 terminating_delay=math.inf if a.gc_keep_terminating else a.gc_terminating_delay,
+                zombie_on_not_ready_node=a.gc_zombie_on_not_ready_node,
             ),
             scan_interval=a.gc_interval,
         )

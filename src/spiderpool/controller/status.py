@@ -1,7 +1,8 @@
 """Keeps SpiderIPPool and SpiderSubnet status true, and runs their finalizers (leader only).
 
 - Pool: ``totalIPCount`` = |ips - excludeIPs|; ``allocatedIPCount`` = the number of allocation
-  records. A pool deleted while IPs are in use stays Terminating until they are released; its
+  records that a pod holds (a quarantined address is held for nobody: left out of ``allocatedIPs``).
+  A pool deleted while IPs are in use stays Terminating until they are released; its
   finalizer comes off only after it has held no record for a grace period (``finalizer_grace``,
   10 s by default, as Kubernetes' ServiceCIDR controller waits): an agent whose cache has not yet
   seen the deletion may be creating a record in it at that very moment, and the grace lets that
@@ -216,7 +217,8 @@ class StatusReconciler:
             self._empty_since.pop(name, None)
             self._unexport(name)
             return
-        allocated = self.cache.allocations().get(name, {})
+        # (a quarantined address is nobody's: not listed, and it does not hold a deleted pool back)
+        allocated = self.cache.allocations(quarantined=False).get(name, {})
         want = pool_status(pool, allocated)
         # from the records, before the write: true even while the write is refused and retried
         self._export(pool, want)

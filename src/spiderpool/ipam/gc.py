@@ -35,6 +35,11 @@ class Settings:
     min_age: float = 30.0
     #: extra wait after a terminating pod's deletion time before its stopped containers count
     terminating_delay: float = 0.0
+    #: upstream's ``zombieOnNotReadyNode``: a terminating pod that no StatefulSet owns, on a NotReady
+    #: node, loses its IPs once its deletion time has passed, without waiting for the node to be
+    #: lost. Off here (the containers may still run on a partitioned node, with the address on the
+    #: wire): the choice of a user who wants the address back in minutes (docs/api.md)
+    zombie_on_not_ready_node: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class NodeHealth:
     out_of_service: bool = False
     #: seconds since the node's Lease was renewed (None: no Lease)
     lease_age: float | None = None
+    #: the Node's Ready condition is True (or not reported)
+    ready: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class Verdict:
 
 
 KEEP = Verdict(False)
+#: the reasons an address is taken back because of its pod's node (an event on the pod says so)
+NODE_REASONS = frozenset({"node_deleted", "node_out_of_service", "node_lost", "node_not_ready"})
 
 
 def parse_time(text: str | None) -> float | None:
@@ -100,7 +109,9 @@ def node_health(node: Mapping[str, Any] | None, lease_age: float | None) -> Node
         return NodeHealth(exists=False)
     taints = (node.get("spec") or {}).get("taints") or []
     oos = any(t.get("key") == OUT_OF_SERVICE for t in taints)
-    return NodeHealth(True, oos, lease_age)
+    conditions = (node.get("status") or {}).get("conditions") or []
+    ready = next((str(c.get("status")) for c in conditions if c.get("type") == "Ready"), "True") == "True"
+    return NodeHealth(True, oos, lease_age, ready)
 
 
 class LeaseAges:
@@ -175,6 +186,8 @@ def judge(
         return Verdict(True, "node_out_of_service", quarantine=True)
     if node.lease_age is not None and node.lease_age > settings.stale_lease:
         return Verdict(True, "node_lost", quarantine=True)
+    if settings.zombie_on_not_ready_node and not node.ready and not statefulset and now >= deleted_at:
+        return Verdict(True, "node_not_ready")
     if now >= deleted_at + settings.terminating_delay and containers_stopped(pod):
         if statefulset and statefulset_wants(sts, str(spec.get("pod"))):
             return KEEP
