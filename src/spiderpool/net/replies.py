@@ -17,6 +17,7 @@ coordinator installs the same kind of rules (iptables in the pod's namespace).
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import socket
 import subprocess
@@ -49,7 +50,9 @@ def _rules(veth: str) -> str:
 
 
 def _tool(family: int, name: str) -> str:
-    exe = shutil.which(("ip6" if family == 6 else "ip") + name)
+    # (an image's PATH may lack the sbin directories, where Debian puts iptables)
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    exe = shutil.which(("ip6" if family == 6 else "ip") + name, path=path)
     if exe is None:
         raise ReplyPathError(
             f"{'ip6' if family == 6 else 'ip'}{name} is not installed in the agent's image; it marks the"
