@@ -503,7 +503,8 @@ def status_drift(
             born = gc.parse_time(str((rec.get("metadata") or {}).get("creationTimestamp") or ""))
             if born is not None and now - born < min_age:
                 young.add(str((rec.get("spec") or {}).get("ip")))
-        recorded = {str((r.get("spec") or {}).get("ip")) for r in mine}
+        # (what a pod holds: a quarantined address is in no pool's status, ipam.holders)
+        recorded = set(holders(mine, quarantined=False).get(name, {}))
         listed = _listed(have)
         count = have.get("allocatedIPCount")
         problems = []
