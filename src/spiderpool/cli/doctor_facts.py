@@ -16,19 +16,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-from spiderpool.cli.doctor import (
-    AGENT_LABELS,
-    AGENT_STATUS_PATH,
-    CONTROLLER_LABELS,
-    AgentAnswer,
-    Facts,
-    ProbeResult,
-    agent_port,
-    locate,
-    probe_objects,
-    spiderpool_hooks,
-    webhook_services,
-)
+from spiderpool.api.constants import AGENT_SELECTOR, CONTROLLER_SELECTOR
+from spiderpool.cli.doctor_model import AGENT_STATUS_PATH, AgentAnswer, Facts, ProbeResult, agent_port, locate
+from spiderpool.cli.doctor_webhooks import probe_objects, spiderpool_hooks, webhook_services
 from spiderpool.k8s.client import ApiError, Client
 from spiderpool.k8s.kinds import (
     COORDINATOR,
@@ -113,8 +103,8 @@ async def gather_facts(client: Client, *, namespace: str | None = None, agent_ti
     none: list[dict[str, Any]] = []
     (deployments, daemonsets, nodes, mutating, validating), (nads, pools, coordinators) = await asyncio.gather(
         asyncio.gather(
-            r.read("deployments", r.items(DEPLOYMENT, ns_filter, labels=CONTROLLER_LABELS), none),
-            r.read("daemonsets", r.items(DAEMONSET, ns_filter, labels=AGENT_LABELS), none),
+            r.read("deployments", r.items(DEPLOYMENT, ns_filter, labels=CONTROLLER_SELECTOR), none),
+            r.read("daemonsets", r.items(DAEMONSET, ns_filter, labels=AGENT_SELECTOR), none),
             r.read("nodes", r.items(NODE), none),
             r.read("webhook configurations", r.items(MUTATING_WEBHOOKS), none),
             r.read("webhook configurations", r.items(VALIDATING_WEBHOOKS), none),

@@ -24,8 +24,9 @@ from spiderpool.api.conf import ConfError
 from spiderpool.api.conf import parse as parse_conf
 from spiderpool.api.constants import LABEL_RECORD_POD_UID
 from spiderpool.cli import leaks_cmd, render
-from spiderpool.cli.doctor import AGENT_TIMEOUT, failed, judge, render_checks
+from spiderpool.cli.doctor import judge
 from spiderpool.cli.doctor_facts import gather_facts
+from spiderpool.cli.doctor_model import AGENT_TIMEOUT, failed, render_checks
 from spiderpool.cli.usage import bar, pool_rows, subnet_rows
 from spiderpool.cli.whohas import who_has
 from spiderpool.cli.why import explain
