@@ -19,179 +19,83 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
-from spiderpool.api.constants import AGENT_SELECTOR as AGENT_SELECTOR  # (leaks_cmd reads it here)
 from spiderpool.api.objects import RecordSpec
-from spiderpool.cli.usage import usable_ips
+from spiderpool.cli.leaks_model import (
+    ADOPT,
+    IP_WITHOUT_RECORD,
+    KIND_TITLES,
+    KINDS,
+    NETNS_ADDRESS,
+    NETWORK_STATUS,
+    POOL_STATUS,
+    QUARANTINE,
+    RECORD,
+    RECORD_WITHOUT_POD,
+    RECOUNT,
+    RELEASE,
+    Cluster,
+    Finding,
+    Obj,
+    _ip,
+    _ip_order,
+    _key,
+    age,
+    handed_out,
+    lease_ages,
+    pod_alive,
+    pools_of,
+)
+from spiderpool.cli.leaks_status import (
+    pool_status,
+    status_differs,
+    status_drift,
+    status_patch,
+)
 from spiderpool.ipam import gc
-from spiderpool.ipam.allocate import record_name, usable
-from spiderpool.ipam.holders import holders
-from spiderpool.ipam.ranges import IPSet, RangeError
+from spiderpool.ipam.allocate import record_name
+from spiderpool.ipam.ranges import IPSet
 
-Obj = Mapping[str, Any]
-#: an object as the API gives it
-Doc = dict[str, Any]
-
-RECORD_WITHOUT_POD = "record-without-pod"
-IP_WITHOUT_RECORD = "ip-without-record"
-POOL_STATUS = "pool-status"
-NETNS_ADDRESS = "netns-address"
-KINDS = (RECORD_WITHOUT_POD, IP_WITHOUT_RECORD, POOL_STATUS, NETNS_ADDRESS)
-#: (one, several)
-KIND_TITLES = {
-    RECORD_WITHOUT_POD: ("record without a live pod", "records without a live pod"),
-    IP_WITHOUT_RECORD: ("pod address without a record", "pod addresses without a record"),
-    POOL_STATUS: ("pool status unlike its records", "pool statuses unlike their records"),
-    NETNS_ADDRESS: ("unrecorded address in a pod namespace", "unrecorded addresses in pod namespaces"),
-}
-
-#: what ``--fix`` does to a finding ("" : only reported)
-QUARANTINE, RELEASE, RECORD, ADOPT, RECOUNT = "quarantine", "release", "record", "adopt", "recount"
-#: how many addresses a pool-status finding names
-SHOWN = 3
-#: Multus' record of each attachment's interface and addresses
-NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
-
-
-@dataclass
-class Finding:
-    kind: str
-    #: short and stable: GC's reasons for records (pod_deleted, ...), else no_record, ...
-    reason: str
-    #: one sentence for the admin
-    detail: str
-    #: what --fix would do (see QUARANTINE ...), "" when it cannot prove anything
-    action: str = ""
-    ip: str = ""
-    pool: str = ""
-    namespace: str = ""
-    pod: str = ""
-    pod_uid: str = ""
-    node: str = ""
-    interface: str = ""
-    #: when the record (or the pod, or the pool) was created
-    since: str = ""
-    #: the record's name, when there is one
-    record: str = ""
-    #: what --fix did, and whether the finding is gone now (None: not tried)
-    result: str = ""
-    fixed: bool | None = None
-
-    @property
-    def holder(self) -> str:
-        return f"{self.namespace}/{self.pod}" if self.pod else ""
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "reason": self.reason, "detail": self.detail}
-        for key, value in (
-            ("ip", self.ip),
-            ("pool", self.pool),
-            ("namespace", self.namespace),
-            ("pod", self.pod),
-            ("podUID", self.pod_uid),
-            ("node", self.node),
-            ("interface", self.interface),
-            ("since", self.since),
-            ("record", self.record),
-        ):
-            if value:
-                out[key] = value
-        out["fix"] = self.action or None
-        if self.fixed is not None:
-            out["fixed"], out["result"] = self.fixed, self.result
-        return out
-
-
-@dataclass
-class Cluster:
-    """What the command read; ``pods`` may hold pods of other namespaces than the one looked at
-    (the holders the records of its pods' addresses name)."""
-
-    pools: list[Doc] = field(default_factory=list)
-    records: list[Doc] = field(default_factory=list)
-    pods: list[Doc] = field(default_factory=list)
-    endpoints: list[Doc] = field(default_factory=list)
-    nodes: list[Doc] = field(default_factory=list)
-    statefulsets: list[Doc] = field(default_factory=list)
-    reserved: list[Doc] = field(default_factory=list)
-    #: seconds since each node's Lease was renewed (by its renewTime, on the apiserver's clock)
-    lease_ages: dict[str, float] = field(default_factory=dict)
-
-
-def age(since: str, now: float) -> str:
-    """kubectl's AGE: ``45s``, ``12m``, ``5h``, ``3d``; "" when unknown."""
-    t = gc.parse_time(since)
-    if t is None:
-        return ""
-    s = max(0, int(now - t))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
-
-
-def _key(obj: Obj) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
-
-
-def _ip(text: str) -> str | None:
-    """An address in its canonical form (``172.18.0.5/16`` and ``fd00::0005`` are accepted)."""
-    try:
-        return str(ipaddress.ip_address(text.split("/", 1)[0].strip()))
-    except ValueError:
-        return None
-
-
-def pod_alive(pod: Obj) -> bool:
-    """Running or about to: not finished and not being deleted."""
-    phase = (pod.get("status") or {}).get("phase")
-    return phase not in ("Succeeded", "Failed") and not (pod.get("metadata") or {}).get("deletionTimestamp")
-
-
-def lease_ages(leases: Iterable[Obj], now: float) -> dict[str, float]:
-    """Seconds since each node's Lease (kube-node-lease/<node>) was renewed. The renewTime is written
-    with the node's clock: a node whose clock is minutes off looks that much older or younger here
-    (GC times renewals on its own clock instead; a one-shot command cannot)."""
-    out: dict[str, float] = {}
-    for lease in leases:
-        renewed = gc.parse_time(str((lease.get("spec") or {}).get("renewTime") or ""))
-        if renewed is not None:
-            out[str(lease["metadata"]["name"])] = max(0.0, now - renewed)
-    return out
-
-
-def reserved_sets(reserved: Iterable[Obj]) -> list[IPSet]:
-    """Each SpiderReservedIP's addresses (those the agents never hand out)."""
-    out = []
-    for r in reserved:
-        spec = r.get("spec") or {}
-        ips = [str(i) for i in spec.get("ips") or []]
-        family = spec.get("ipVersion") or (6 if ips and ":" in ips[0] else 4)
-        try:
-            out.append(IPSet.parse(int(family), ips))
-        except (RangeError, ValueError):
-            continue
-    return out
-
-
-def handed_out(pools: Iterable[Obj], reserved: Iterable[Obj]) -> dict[str, IPSet]:
-    """pool -> what its agents may hand out (ips - excludeIPs - reserved - gateway), as the agent
-    computes it; a pool whose spec does not parse hands out nothing."""
-    sets = reserved_sets(reserved)
-    out: dict[str, IPSet] = {}
-    for pool in pools:
-        try:
-            out[str(pool["metadata"]["name"])] = usable(pool, sets)
-        except (RangeError, KeyError, ValueError):
-            continue
-    return out
-
-
-def pools_of(ip: str, handed: Mapping[str, IPSet]) -> list[str]:
-    return sorted(name for name, s in handed.items() if ip in s)
+#: what callers and tests use from here (the vocabulary is in leaks_model, kind 3 in leaks_status)
+__all__ = [
+    "ADOPT",
+    "IP_WITHOUT_RECORD",
+    "KINDS",
+    "KIND_TITLES",
+    "NETNS_ADDRESS",
+    "NETWORK_STATUS",
+    "POOL_STATUS",
+    "QUARANTINE",
+    "RECORD",
+    "RECORD_WITHOUT_POD",
+    "RECOUNT",
+    "RELEASE",
+    "Cluster",
+    "Finding",
+    "PodAddress",
+    "adoption",
+    "age",
+    "agent_pod",
+    "cast_obj",
+    "find",
+    "handed_out",
+    "holders_elsewhere",
+    "ips_without_record",
+    "lease_ages",
+    "netns_addresses",
+    "pod_addresses",
+    "pod_alive",
+    "pool_status",
+    "records_without_pod",
+    "status_differs",
+    "status_drift",
+    "status_patch",
+    "summary",
+    "summary_line",
+    "table_rows",
+]
 
 
 # --- kind 1: records without a live pod
@@ -273,14 +177,6 @@ def records_without_pod(
         action = QUARANTINE if verdict.quarantine else RELEASE
         out.append(Finding(RECORD_WITHOUT_POD, verdict.reason, detail, action, **common))
     return sorted(out, key=lambda f: _ip_order(f.ip))
-
-
-def _ip_order(ip: str) -> tuple[int, int]:
-    try:
-        a = ipaddress.ip_address(ip)
-    except ValueError:
-        return (0, 0)
-    return (a.version, int(a))
 
 
 # --- kind 2: pod addresses without a record
@@ -433,109 +329,6 @@ def adoption(pod: Obj, finding: Finding, endpoint_clean_gateway: bool = False) -
         "ownerKind": kind,
         "ownerName": name,
     }
-
-
-# --- kind 3: pool status
-
-
-def pool_status(pool: Obj, records: Iterable[Obj]) -> dict[str, Any]:
-    """The pool's status as the controller derives it from its records (``controller.status.pool_status``)."""
-    name = str((pool.get("metadata") or {}).get("name"))
-    allocated = holders(records, quarantined=False).get(name, {})
-    ips = usable_ips(pool)
-    return {
-        "allocatedIPs": json.dumps(allocated, sort_keys=True) if allocated else None,
-        "allocatedIPCount": len(allocated),
-        "totalIPCount": ips.count() if ips is not None else 0,
-    }
-
-
-def _listed(status: Obj) -> set[str] | None:
-    raw = status.get("allocatedIPs")
-    if not raw:
-        return set()
-    try:
-        value = json.loads(raw)
-    except (ValueError, TypeError):
-        return None
-    return {str(k) for k in value} if isinstance(value, dict) else None
-
-
-def _some(ips: Iterable[str]) -> str:
-    ordered = sorted(ips, key=_ip_order)
-    more = f" and {len(ordered) - SHOWN} more" if len(ordered) > SHOWN else ""
-    return ", ".join(ordered[:SHOWN]) + more
-
-
-def status_drift(
-    pools: Iterable[Obj],
-    records: Iterable[Obj],
-    now: float,
-    min_age: float,
-    only: set[str] | None = None,
-) -> list[Finding]:
-    """Pools whose status differs from their records (count and addresses) or spec (total).
-
-    A difference the controller is about to write away is none: records younger than ``min_age``
-    missing from the status (it batches), a pool younger than that with no status yet."""
-    by_pool: dict[str, list[Obj]] = {}
-    for rec in records:
-        by_pool.setdefault(str((rec.get("spec") or {}).get("pool")), []).append(rec)
-    out = []
-    for pool in sorted(pools, key=lambda p: str(p["metadata"]["name"])):
-        meta = pool.get("metadata") or {}
-        name = str(meta.get("name"))
-        if only is not None and name not in only:
-            continue
-        mine = by_pool.get(name, [])
-        want = pool_status(pool, mine)
-        have = pool.get("status") or {}
-        common: dict[str, Any] = {"pool": name, "since": str(meta.get("creationTimestamp") or "")}
-        created = gc.parse_time(str(meta.get("creationTimestamp") or ""))
-        if not have:
-            if created is not None and now - created < min_age:
-                continue
-            detail = f"no status, the records {want['allocatedIPCount']}: is spiderpool-controller running?"
-            out.append(Finding(POOL_STATUS, "no_status", detail, RECOUNT, **common))
-            continue
-        young = set()
-        for rec in mine:
-            born = gc.parse_time(str((rec.get("metadata") or {}).get("creationTimestamp") or ""))
-            if born is not None and now - born < min_age:
-                young.add(str((rec.get("spec") or {}).get("ip")))
-        # (what a pod holds: a quarantined address is in no pool's status, ipam.holders)
-        recorded = set(holders(mine, quarantined=False).get(name, {}))
-        listed = _listed(have)
-        count = have.get("allocatedIPCount")
-        problems = []
-        extra, missing = (listed - recorded, recorded - listed) if listed is not None else (set(), set())
-        # (records the controller has not counted yet, and nothing else: it is about to)
-        catching_up = listed is not None and not extra and missing <= young and count == len(listed)
-        if listed is None:
-            problems.append("status.allocatedIPs does not parse")
-        elif not catching_up:
-            if extra:
-                problems.append(f"status.allocatedIPs lists {_some(extra)} without a record")
-            if missing:
-                problems.append(f"status.allocatedIPs misses {_some(missing)}")
-        if count != want["allocatedIPCount"] and not catching_up:
-            problems.append(f"status says {count} allocated, the records {want['allocatedIPCount']}")
-        if have.get("totalIPCount") != want["totalIPCount"]:
-            problems.append(f"status says {have.get('totalIPCount')} in total, the spec {want['totalIPCount']}")
-        if problems:
-            reason = "count_differs" if count != want["allocatedIPCount"] and not catching_up else "status_differs"
-            out.append(Finding(POOL_STATUS, reason, "; ".join(problems), RECOUNT, **common))
-    return out
-
-
-def status_patch(pool: Obj, want: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch that writes ``want`` only if the pool is still the one read (compare-and-swap)."""
-    return {"metadata": {"resourceVersion": str(pool["metadata"]["resourceVersion"])}, "status": dict(want)}
-
-
-def status_differs(pool: Obj, want: Mapping[str, Any]) -> bool:
-    have = pool.get("status") or {}
-    return any(have.get(k) != v for k, v in want.items())
 
 
 # --- kind 4: what a node's agent sees in its pod namespaces

@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from spiderpool.api.constants import LABEL_RECORD_POOL, name_label
+from spiderpool.api.constants import AGENT_SELECTOR, LABEL_RECORD_POOL, name_label
 from spiderpool.api.objects import as_record, held_for, new_record, record_labels
 from spiderpool.cli import leaks, render
-from spiderpool.cli.doctor import agent_port
+from spiderpool.cli.doctor_model import agent_port
 from spiderpool.cli.leaks import Cluster, Finding
 from spiderpool.ipam import gc
 from spiderpool.k8s.client import ApiError, Client, preconditions
@@ -128,11 +128,11 @@ async def ask_agent(client: Client, node: str, within: float) -> dict[str, Any]:
     """The agent of ``node``'s answer (see ``spiderpool.agent.debug``), through the apiserver's pod proxy."""
     if await _get(client, NODE, node) is None:
         raise CannotCheck(f"node {node} not found")
-    pods, _ = await client.list(POD, labels=leaks.AGENT_SELECTOR, fields=f"spec.nodeName={node}")
+    pods, _ = await client.list(POD, labels=AGENT_SELECTOR, fields=f"spec.nodeName={node}")
     agent = leaks.agent_pod(pods)
     if agent is None:
         raise CannotCheck(
-            f"node {node}: no spiderpool-agent pod there (none labelled {leaks.AGENT_SELECTOR}): is the agent"
+            f"node {node}: no spiderpool-agent pod there (none labelled {AGENT_SELECTOR}): is the agent"
             " DaemonSet scheduled on it?"
         )
     ns, name, port = agent["metadata"]["namespace"], agent["metadata"]["name"], agent_port(agent)
