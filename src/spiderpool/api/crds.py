@@ -15,6 +15,7 @@ import yaml
 
 from spiderpool.api import v2beta1 as api
 from spiderpool.api.schema import object_schema
+from spiderpool.api.v2beta1_multus import MultusConfigSpec
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ CRDS: tuple[CRD, ...] = (
         singular="spidermultusconfig",
         short_names=("smc",),
         scope="Namespaced",
-        spec=api.MultusConfigSpec,
+        spec=MultusConfigSpec,
         status=None,
         status_subresource=False,
         description="Generates a Multus NetworkAttachmentDefinition of the same name and namespace.",
