@@ -245,3 +245,16 @@ def spiderpool_cli(lab: Lab, *args: str, check: bool = True) -> subprocess.Compl
 def spiderpool_json(lab: Lab, *args: str) -> Any:
     """``kubectl spiderpool ARGS -o json``, parsed."""
     return json.loads(spiderpool_cli(lab, *args, "-o", "json").stdout)
+
+
+def event_messages(
+    lab: Lab, namespace: str, *, name: str | None = None, reason: str | None = None, uid: str | None = None
+) -> list[str]:
+    """The messages of the events in ``namespace`` about the object ``name`` (or ``uid``), with ``reason``."""
+    fields = [
+        f"{key}={value}"
+        for key, value in (("involvedObject.name", name), ("involvedObject.uid", uid), ("reason", reason))
+        if value
+    ]
+    argv = ["events", "-n", namespace, *(["--field-selector", ",".join(fields)] if fields else [])]
+    return [str(e.get("message")) for e in get_json(lab, *argv)["items"]]

@@ -12,7 +12,7 @@ from typing import Any
 from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
 from tests.dataplane.conftest import use_multus
-from tests.helpers import get_json, pods, pool_manifest, spiderpool_json, wait_gone
+from tests.helpers import event_messages, get_json, pods, pool_manifest, spiderpool_json, wait_gone
 from tests.ipam.conftest import records, wait_no_records
 from tests.stack import Agents
 
@@ -105,8 +105,8 @@ def moved_event(lab: Lab, pod: dict[str, Any], old_pool: str) -> str:
 
     def posted() -> bool:
         nonlocal found
-        items = get_json(lab, "events", "-n", NS, "--field-selector", f"involvedObject.uid={uid}")["items"]
-        found = next((e["message"] for e in items if e["reason"] == "IPPoolChanged" and old_pool in e["message"]), "")
+        messages = event_messages(lab, NS, uid=uid, reason="IPPoolChanged")
+        found = next((m for m in messages if old_pool in m), "")
         return bool(found)
 
     procs.wait_for(posted, timeout=30, what=f"an IPPoolChanged event on {pod['metadata']['name']} naming {old_pool}")

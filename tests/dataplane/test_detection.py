@@ -8,14 +8,13 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from spiderpool_lab import netns, procs, topology
 from spiderpool_lab.cluster import Lab
 from tests.dataplane.test_veth import conflist
-from tests.helpers import get_json, in_netns, pods, pool_manifest, pool_pod, wait_gone, wait_running
+from tests.helpers import event_messages, get_json, in_netns, pods, pool_manifest, pool_pod, wait_gone, wait_running
 from tests.ipam.conftest import records, use_cni, wait_no_records
 from tests.stack import Agents
 
@@ -48,15 +47,11 @@ def pod(name: str, pool: str) -> str:
 
 
 def events(lab: Lab, name: str, namespace: str = NS) -> list[str]:
-    selector = f"involvedObject.name={name}"
-    items: list[dict[str, Any]] = get_json(lab, "events", "-n", namespace, "--field-selector", selector)["items"]
-    return [str(e.get("message")) for e in items]
+    return event_messages(lab, namespace, name=name)
 
 
 def pod_events(lab: Lab, name: str, reason: str, namespace: str = NS) -> list[str]:
-    selector = f"involvedObject.name={name},reason={reason}"
-    items: list[dict[str, Any]] = get_json(lab, "events", "-n", namespace, "--field-selector", selector)["items"]
-    return [str(e.get("message")) for e in items]
+    return event_messages(lab, namespace, name=name, reason=reason)
 
 
 def ip_conflicts(lab: Lab) -> float:

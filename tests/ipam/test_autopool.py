@@ -9,7 +9,7 @@ from typing import Any
 
 from spiderpool_lab import demo, procs
 from spiderpool_lab.cluster import Lab
-from tests.helpers import delete_walkthrough_subnet, get_json, pods, wait_running
+from tests.helpers import delete_walkthrough_subnet, event_messages, get_json, pods, wait_running
 from tests.ipam.conftest import assert_consistent, wait_no_records
 from tests.stack import Agents, helm_install
 
@@ -185,11 +185,6 @@ def _pool_ips(pool: dict[str, Any]) -> list[str]:
     return out
 
 
-def pod_events(lab: Lab, namespace: str, reason: str) -> list[str]:
-    items = get_json(lab, "events", "-n", namespace, "--field-selector", f"reason={reason}")["items"]
-    return [e["message"] for e in items if e["involvedObject"].get("kind") == "Pod"]
-
-
 def test_auto_pools_can_be_turned_off(stack: Agents) -> None:
     """``ipam.spiderSubnet.autoPool.enable: false`` (conf.yml ``enableAutoPoolForApplication: false``):
     no auto-pool is made, and the application's pods are refused with upstream's reason, in an event;
@@ -206,12 +201,12 @@ def test_auto_pools_can_be_turned_off(stack: Agents) -> None:
         lab.kubectl("apply", "-n", ns, "-f", "-", input_text=DEPLOYMENT)
         refusal = "cannot be used while the auto-pool feature is disabled"
         procs.wait_for(
-            lambda: any(refusal in m for m in pod_events(lab, ns, "IPAllocationFailed")),
+            lambda: any(refusal in m for m in event_messages(lab, ns, reason="IPAllocationFailed")),
             timeout=120,
             what="the pods refused with an event",
-            detail=lambda: json.dumps(pod_events(lab, ns, "IPAllocationFailed")),
+            detail=lambda: json.dumps(event_messages(lab, ns, reason="IPAllocationFailed")),
         )
-        assert "ipam.spiderSubnet.autoPool.enable" in pod_events(lab, ns, "IPAllocationFailed")[0]
+        assert "ipam.spiderSubnet.autoPool.enable" in event_messages(lab, ns, reason="IPAllocationFailed")[0]
         assert not auto_pools(lab)
         assert not [p for p in pods(lab, ns, f"app={APP}") if p["status"].get("podIP")]
 

@@ -11,6 +11,7 @@ from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
 from tests.helpers import (
     allocation_record,
+    event_messages,
     get_json,
     in_netns,
     pods,
@@ -38,11 +39,6 @@ def held(lab: Lab, pool: str = POOL) -> dict[str, dict[str, object]]:
 
 def stack_metrics(lab: Lab, node: str = "node2") -> str:
     return in_netns(lab, node, "curl", "-s", "http://127.0.0.1:5711/metrics").stdout
-
-
-def node_events(lab: Lab, name: str) -> list[str]:
-    selector = f"involvedObject.name={name},reason=IPReleasedNodeLost"
-    return [str(e["message"]) for e in get_json(lab, "events", "-n", NS, "--field-selector", selector)["items"]]
 
 
 def metric(text: str, name: str, reason: str) -> float:
@@ -95,7 +91,7 @@ def test_gc_takes_back_ips_and_quarantines_them(stack: Agents, controllers: Cont
         )
         assert sorted(reasons.values()) == ["node_lost", "pod_deleted", "pod_deleted"]
         # the pod whose address went because its node is lost says so
-        lost = node_events(lab, "stranded")
+        lost = event_messages(lab, NS, name="stranded", reason="IPReleasedNodeLost")
         assert lost, "no IPReleasedNodeLost event on the stranded pod"
         assert "its node node2 has not renewed its Lease" in lost[0], lost
         # once a quarantine is over the IP goes to the pod that waited for it
@@ -218,7 +214,7 @@ def test_zombie_on_not_ready_node_releases_sooner_when_chosen(stack: Agents, con
             what=f"{ip} released once node2 is NotReady",
             detail=lambda: json.dumps([held(lab), get_json(lab, "nodes", "node2")["status"]["conditions"]]),
         )
-        (event,) = node_events(lab, "zombie")
+        (event,) = event_messages(lab, NS, name="zombie", reason="IPReleasedNodeLost")
         assert f"IP {ip} of interface eth0 (pool {POOL}) released: its node node2 is NotReady" in event, event
         assert "zombieOnNotReadyNode" in event
     finally:

@@ -13,7 +13,7 @@ import pytest
 
 from spiderpool_lab import procs
 from spiderpool_lab.cluster import Lab
-from tests.helpers import get_json, in_netns, pool_manifest, wait_gone, wait_running
+from tests.helpers import event_messages, in_netns, pool_manifest, wait_gone, wait_running
 from tests.ipam.conftest import endpoint, macvlan_spiderpool, use_cni, wait_no_records
 from tests.stack import Agents
 
@@ -224,8 +224,7 @@ def test_multus_name_mismatch_in_upstreams_words(pools: Lab, stack: Agents) -> N
 
     def refused() -> bool:
         nonlocal found
-        items = get_json(lab, "events", "-n", ns, "--field-selector", "reason=IPAllocationFailed")["items"]
-        found = [e["message"] for e in items]
+        found = event_messages(lab, ns, reason="IPAllocationFailed")
         return any(phrase in m for m in found)
 
     try:
