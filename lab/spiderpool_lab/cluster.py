@@ -147,18 +147,30 @@ class Lab:
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """A small admin request to the apiserver (used by lab tooling, not by the product)."""
+        status, data, _ = self.api_full(method, path, body)
+        return status, data
+
+    def api_full(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """``api`` with extra request headers (e.g. ``Impersonate-User``); also answers the reply's headers."""
         port = int(self.state()["ports"]["apiserver"])
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=self._client_ssl(), timeout=10)
         payload = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        conn.request(method, path, body=payload, headers=headers)
+        conn.request(
+            method,
+            path,
+            body=payload,
+            headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
+        )
         resp = conn.getresponse()
         raw = resp.read()
         conn.close()
+        got = {k.lower(): v for k, v in resp.getheaders()}
         try:
-            return resp.status, json.loads(raw) if raw else None
+            return resp.status, json.loads(raw) if raw else None, got
         except ValueError:
-            return resp.status, raw.decode(errors="replace")
+            return resp.status, raw.decode(errors="replace"), got
 
     def _write_kubeconfig(self, path: Path, identity: str, server: str) -> None:
         pki.write_kubeconfig(self.pki, path, identity=identity, server=server)

@@ -293,6 +293,17 @@ class ApiserverThrottles(Fault):
         self.before = self._retries()
         manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": APF})
         self.ctx.lab.kubectl("apply", "-f", "-", input_text=manifest)
+        # The apiserver takes the new FlowSchema up asynchronously: until it classifies the agents'
+        # requests, they pass (a storm that ends meanwhile would then see no 429 at all)
+        lab = self.ctx.lab
+        _, schema = lab.api("GET", "/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas/faults-agent-throttle")
+        agent = {"Impersonate-User": "system:serviceaccount:kube-system:spiderpool-agent"}
+
+        def classified() -> bool:
+            _, _, headers = lab.api_full("GET", "/api/v1/namespaces/kube-system", headers=agent)
+            return headers.get("x-kubernetes-pf-flowschema-uid") == schema["metadata"]["uid"]
+
+        procs.wait_for(classified, timeout=30, what="the apiserver to classify the agents' requests as throttled")
 
     def after_storm(self, row: Row) -> None:
         row.notes["agent_429_retries"] = int(self._retries() - self.before)
