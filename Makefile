@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 LAB := $(BIN)/spiderpool-lab
 NODES ?= 2
 
-.PHONY: deps demo demo-down test unit faults lint lab-build down clean-venv manifest plots
+.PHONY: deps demo demo-down test unit faults lint lab-build down clean-venv manifest plots image image-push chart chart-push
 
 # The product with its dev tools, and the lab (test tooling, a package of its own: never in the product).
 $(VENV)/.installed: pyproject.toml lab/pyproject.toml
@@ -19,7 +19,7 @@ deps:
 
 ## demo: build (or reuse) the lab and run the reference walkthrough on it, step by step (DEMO_FLAGS=--teardown)
 demo: deps $(VENV)/.installed
-	$(LAB) build
+	$(LAB) build --demo
 	$(LAB) demo $(DEMO_FLAGS)
 
 ## demo-down: stop the demo's lab
@@ -84,6 +84,24 @@ plots: $(VENV)/.installed
 down: $(VENV)/.installed
 	$(LAB) down
 	$(SECOND_ENV) $(LAB) down
+
+## image: build the project's image spiderpool-python:<version> (buildah, podman or docker; BUILDER=... picks one)
+image: $(VENV)/.installed
+	$(BIN)/python -m spiderpool_lab.release image $(if $(BASE),--base $(BASE))
+
+## image-push: push it, REGISTRY=host[:port][/path] (e.g. ghcr.io/myorg; TLS_VERIFY=false for a plain-HTTP registry)
+image-push: $(VENV)/.installed
+	@test -n "$(REGISTRY)" || { echo "give REGISTRY=host[:port][/path], e.g. make image-push REGISTRY=ghcr.io/myorg"; exit 2; }
+	$(BIN)/python -m spiderpool_lab.release image-push $(REGISTRY) --tls-verify $(or $(TLS_VERIFY),true)
+
+## chart: package the chart into dist/chart with its index.yaml (a static Helm repository; CHART_URL= its address)
+chart: $(VENV)/.installed
+	$(BIN)/python -m spiderpool_lab.release chart $(if $(CHART_URL),--url $(CHART_URL))
+
+## chart-push: push the packaged chart to an OCI registry, OCI=oci://host[:port]/path
+chart-push: $(VENV)/.installed
+	@test -n "$(OCI)" || { echo "give OCI=oci://host[:port]/path, e.g. make chart-push OCI=oci://ghcr.io/myorg/charts"; exit 2; }
+	$(BIN)/python -m spiderpool_lab.release chart-push $(OCI)
 
 ## manifest: regenerate deploy/spiderpool.yaml from the chart (helm template with its defaults)
 manifest: $(VENV)/.installed

@@ -6,7 +6,9 @@ spiderpool-agent installed there, exactly as the node's runtime execs them (one 
 noise:
 - baseline: macvlan + host-local (the reference IPAM: a file write);
 - macvlan + spiderpool (the agent allocates through the API);
-- macvlan + spiderpool + veth (the walkthrough's chain: also the veth pair, routes and neighbours).
+- macvlan + spiderpool + veth (the walkthrough's chain: also the veth pair, routes and neighbours);
+- host-local alone and spiderpool alone: the IPAM plugin exec'd by itself (its exec and its IPAM
+  work, no interface), the ratio of the two printed at the end.
 ADD: into a fresh network namespace, for a pod that exists. DEL: after the pods are deleted, as a
 runtime tears a deleted pod's sandbox down (the addresses are released). Prints p50/p99 per chain and
 the ratios to the baseline.
@@ -40,7 +42,17 @@ from spiderpool_lab import netns, procs, topology  # noqa: E402
 NS = "bench-chain"
 NODE = "bench-chain"  # pods bound to a node without a kubelet: only this script runs their sandboxes
 POOL = "bench-chain-pool"
-CHAINS = ("macvlan + host-local", "macvlan + spiderpool", "macvlan + spiderpool + veth")
+CHAINS = (
+    "macvlan + host-local",
+    "macvlan + spiderpool",
+    "macvlan + spiderpool + veth",
+    "host-local alone",
+    "spiderpool alone",
+)
+#: the chains whose pods must exist (spiderpool allocates for a pod)
+NEEDS_POD = frozenset({1, 2, 4})
+#: the IPAM plugins exec'd by themselves (the runtime's exec of each, and its IPAM work only)
+ALONE = ("host-local alone", "spiderpool alone")
 
 
 def chains(work: Path) -> dict[str, dict[str, Any]]:
@@ -51,11 +63,18 @@ def chains(work: Path) -> dict[str, dict[str, Any]]:
         "ranges": [[{"subnet": "172.18.0.0/16", "rangeStart": "172.18.222.1", "rangeEnd": "172.18.222.250"}]],
         "routes": [{"dst": "0.0.0.0/0", "gw": "172.18.0.1"}],
     }
+    host_local_alone = {
+        **host_local,
+        "dataDir": str(work / "host-local-alone"),
+        "ranges": [[{"subnet": "172.18.0.0/16", "rangeStart": "172.18.224.1", "rangeEnd": "172.18.224.250"}]],
+    }
     veth = {"type": "veth", "service_cidr": [topology.SERVICE_CIDR]}
     plugins = (
         [{**macvlan, "ipam": host_local}],
         [{**macvlan, "ipam": {"type": "spiderpool"}}],
         [{**macvlan, "ipam": {"type": "spiderpool"}}, veth],
+        [{"type": "host-local", "ipam": host_local_alone}],
+        [{"type": "spiderpool", "ipam": {"type": "spiderpool"}}],
     )
     return {
         label: {"cniVersion": "0.4.0", "name": f"chain{i}", "plugins": p}
@@ -127,7 +146,7 @@ def main() -> None:
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}
     lab.kubectl("apply", "-f", "-", input_text=json.dumps(node))
     ann = {"ipam.spidernet.io/ippool": json.dumps({"ipv4": [POOL]})}
-    names = [f"p{i:03d}-{c}" for i in range(n) for c in (1, 2)]
+    names = [f"p{i:03d}-{c}" for i in range(n) for c in sorted(NEEDS_POD)]
     items = [
         {
             "apiVersion": "v1",
@@ -146,7 +165,7 @@ def main() -> None:
     for i in range(n):
         sample = {}
         for c, label in enumerate(CHAINS):
-            pod = f"p{i:03d}-{c}" if c else f"hl{i:03d}"
+            pod = f"p{i:03d}-{c}" if c in NEEDS_POD else f"hl{i:03d}-{c}"
             sample[label] = {
                 "pod": pod,
                 "uid": uids.get(pod, f"hl-{i}"),
@@ -230,6 +249,12 @@ def main() -> None:
             "add_over_baseline_p50": round(statistics.median(adds[label]) / statistics.median(adds[base]), 2),
             "del_over_baseline_p50": round(statistics.median(dels[label]) / statistics.median(dels[base]), 2),
         }
+    # the plugin against the reference IPAM, each exec'd alone (what issue 29's goal compares)
+    hl, sp = ALONE
+    result["spiderpool alone over host-local alone"] = {
+        "add_p50": round(statistics.median(adds[sp]) / statistics.median(adds[hl]), 2),
+        "del_p50": round(statistics.median(dels[sp]) / statistics.median(dels[hl]), 2),
+    }
     print(json.dumps(result, indent=2))
 
 

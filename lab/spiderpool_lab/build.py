@@ -39,7 +39,8 @@ class Component:
     staging_replace: bool = False
     #: Go build tags
     tags: str = ""
-    #: -X settings stamping the version into the binaries ("{version}", "{major}", "{minor}" filled in)
+    #: -X settings stamping the version into the binaries ("{version}", "{major}", "{minor}" filled in,
+    #: and "{kube_minor}": the minor of the k8s.io/client-go the build selects, as Helm's Makefile does)
     stamps: tuple[str, ...] = ()
     #: files of the upstream module kept beside the binaries (e.g. its deployment manifests)
     files: tuple[str, ...] = ()
@@ -177,12 +178,44 @@ COMPONENTS: tuple[Component, ...] = (
         module="helm.sh/helm/v3",
         versions=("v3.22.0", "v3.21.4", "v3.20.2"),
         binaries={"helm": "helm.sh/helm/v3/cmd/helm"},
+        # as Helm's release build: its version, and the Kubernetes version `helm template` assumes
+        # without a cluster (unstamped: v1.20, which a chart's kubeVersion >=1.29 refuses)
+        stamps=(
+            "-X helm.sh/helm/v3/internal/version.version={version}",
+            "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+            *(
+                f"-X helm.sh/helm/v3/pkg/{pkg}.{key}={value}"
+                for pkg in ("chartutil", "lint/rules")
+                for key, value in (("k8sVersionMajor", "1"), ("k8sVersionMinor", "{kube_minor}"))
+            ),
+        ),
     ),
 )
 
 
+#: built for the test suite only (the peer the benchmarks compare with, the rule checker): `make demo`
+#: skips them
+TEST_ONLY = ("whereabouts", "promtool")
+
+
 class BuildError(RuntimeError):
     pass
+
+
+def _client_go_minor(work: Path, log: Path) -> str:
+    """The minor version of the k8s.io/client-go the module in ``work`` builds with (v0.37.0: 37)."""
+    _run_go(["mod", "download", "k8s.io/client-go"], work, log)
+    out = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Version}}", "k8s.io/client-go"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=_go_env(),
+    )
+    parts = out.stdout.strip().removeprefix("v").split(".")
+    if out.returncode != 0 or len(parts) < 2 or not parts[1].isdigit():
+        raise BuildError(f"cannot tell which k8s.io/client-go {work} builds with: {out.stderr.strip()[-500:]}")
+    return parts[1]
 
 
 def _go_env() -> dict[str, str]:
@@ -270,7 +303,10 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     tmp_out = work / "out"
     tmp_out.mkdir(exist_ok=True)
     major, minor = [*version.removeprefix("v").split("."), "0"][:2]
-    stamps = " ".join(x.format(version=version, major=major, minor=minor) for x in comp.stamps)
+    kube_minor = _client_go_minor(work, log) if any("{kube_minor}" in x for x in comp.stamps) else ""
+    stamps = " ".join(
+        x.format(version=version, major=major, minor=minor, kube_minor=kube_minor) for x in comp.stamps
+    )
     flags = [f"-ldflags=-s -w {stamps}".strip()]
     if comp.tags:
         flags.append(f"-tags={comp.tags}")

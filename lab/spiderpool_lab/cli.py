@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p_build = sub.add_parser("build", help="build the upstream components into the cache")
     p_build.add_argument("components", nargs="*", help=f"subset of {[c.name for c in build.COMPONENTS]}")
     p_build.add_argument("--no-images", action="store_true", help="only the Go components, not the images")
+    p_build.add_argument(
+        "--demo",
+        action="store_true",
+        help="only what the walkthrough's demo runs (not the test suite's peers and checkers: "
+        + ", ".join(build.TEST_ONLY)
+        + ")",
+    )
     p_up = sub.add_parser("up", help="start the lab (idempotent)")
     p_up.add_argument("--nodes", type=int, default=2)
     p_up.add_argument(
@@ -93,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if args.cmd == "build":
-            build.build_all(only=args.components or None)
+            demo_only = [c.name for c in build.COMPONENTS if c.name not in build.TEST_ONLY] if args.demo else None
+            build.build_all(only=args.components or demo_only)
             print(f"lock: {build.lock_path()}")
             if not args.no_images and not args.components:
-                images.build_images()
+                images.build_images(skip=images.TEST_ONLY if args.demo else frozenset())
                 images.say_built()
             return 0
         if args.cmd == "up":

@@ -26,18 +26,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spiderpool import __version__
 from spiderpool_lab import build, paths
 from spiderpool_lab.progress import say, step
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-#: what the lab's images need: Python for the project and the responder (with the shared libpython
-#: and objdump PyInstaller needs), the tools the tests run in pods, nginx for the walkthrough's image
+#: what the lab's images need: Python for the project and the responder, a C compiler and the
+#: static libc for the project's CNI relay, the tools the tests run in pods, nginx for the
+#: walkthrough's image
 PACKAGES = (
     "python3",
     "python3-venv",
-    "libpython3.11",
-    "binutils",
+    "gcc",
+    "libc6-dev",
     "ca-certificates",
     "iproute2",
     "iptables",
@@ -87,7 +89,7 @@ def _specs() -> tuple[ImageSpec, ...]:
             (WHEREABOUTS_IMAGE,),
             extra={b: b for b in ("whereabouts", "ip-control-loop", "install-cni.sh", "lib.sh", "token-watcher.sh")},
         ),
-        ImageSpec("spiderpool", ("spiderpool-python:0.1.0",), context=repo, containerfile="Dockerfile"),
+        ImageSpec("spiderpool", (f"spiderpool-python:{__version__}",), context=repo, containerfile="Dockerfile"),
     )
 
 
@@ -242,8 +244,13 @@ def _context_files(spec: ImageSpec, context: Path) -> list[Path]:
     return files
 
 
-def build_images() -> dict[str, Built]:
-    """Build every image that is missing or whose inputs changed; return them all."""
+#: images of the test suite only (`spiderpool-lab build --demo` skips them)
+TEST_ONLY = frozenset({"whereabouts"})
+
+
+def build_images(skip: frozenset[str] = frozenset()) -> dict[str, Built]:
+    """Build every image (but those in ``skip``) that is missing or whose inputs changed; return
+    them all."""
     cache = _cache()
     (cache / "archives").mkdir(parents=True, exist_ok=True)
     log = cache / "logs" / "images.log"
@@ -262,6 +269,8 @@ def build_images() -> dict[str, Built]:
         lock["base"] = Built("base", base_key)
         _write_lock(lock)
     for spec in _specs():
+        if spec.name in skip:
+            continue
         context = spec.context or paths.repo_root() / "lab" / "images" / spec.name
         h = hashlib.sha256(f"{spec.name}|{spec.refs}|{base_key if spec.on_base else ''}".encode())
         _hash_files(h, context, _context_files(spec, context))

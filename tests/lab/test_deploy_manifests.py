@@ -22,4 +22,4 @@ def test_manifests_pass_a_server_side_dry_run(lab: Lab) -> None:
         "service/spiderpool-controller",
     ):
         assert kind_name in created, created
-    assert "SPIDERPOOL_PLUGIN_BUNDLE=/opt/spiderpool/cni" in (ROOT / "Dockerfile").read_text()
+    assert "SPIDERPOOL_PLUGIN_RELAY=/opt/spiderpool/cni/spiderpool-relay" in (ROOT / "Dockerfile").read_text()

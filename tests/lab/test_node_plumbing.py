@@ -59,12 +59,13 @@ def test_spiderpool_runs_as_it_ships(agents: Agents, controllers: Controllers) -
     # ... which put the plugins into the node's own /opt/cni/bin (a hostPath)
     bin_dir = lab.node("node1").cni_bin_dir
     assert {"spiderpool", "veth", "coordinator"} <= {p.name for p in bin_dir.iterdir()}
-    # the image holds the product and its plugin bundles, and no lab code
+    # the image holds the product and its plugin relay, and no lab code
     probe = "import importlib.util as u; print(u.find_spec('spiderpool') is not None, u.find_spec('spiderpool_lab'))"
     found = _kubectl(lab, "exec", "-n", NS, agent, "--", "python3", "-c", probe)
     assert found.stdout.split() == ["True", "None"], found.stdout + found.stderr
-    bundles = _kubectl(lab, "exec", "-n", NS, agent, "--", "ls", "/opt/spiderpool/cni")
-    assert set(bundles.stdout.split()) >= {"spiderpool", "veth", "coordinator"}
+    relay = _kubectl(lab, "exec", "-n", NS, agent, "--", "ls", "/opt/spiderpool/cni")
+    assert relay.stdout.split() == ["spiderpool-relay"], relay.stdout + relay.stderr
+    assert all((bin_dir / p).resolve() == bin_dir / ".spiderpool" / "spiderpool-relay" for p in ("spiderpool", "veth"))
 
     # the controller reads and writes the API in-cluster (its ServiceAccount): it holds the Lease
     lease = get_json(lab, "lease", "-n", NS, "spiderpool-controller")

@@ -126,6 +126,8 @@ BAD_VALUES: list[tuple[list[str], str]] = [
     (["--set", "plugins.installCNI=true"], "/plugins/installCNI"),
     (["--set", "ipam.enableStatefulSet=false"], "/ipam/enableStatefulSet"),
     (["--set", "global.cniBinHostPath=opt/cni/bin"], "/global/cniBinHostPath"),
+    (["--set", "global.imageRegistryOverride=ghcr.io/myorg/"], "/global/imageRegistryOverride"),
+    (["--set", "global.imageRegistryOverride=https://ghcr.io"], "/global/imageRegistryOverride"),
     (
         ["--set", "spiderpoolAgent.prometheus.serviceMonitor.install=true"],
         "needs spiderpoolAgent.prometheus.enabled=true",
@@ -146,6 +148,44 @@ def test_bad_values_are_refused_with_a_message_naming_the_value(flags: list[str]
     out = helm.template(*flags, check=False)
     assert out.returncode != 0, f"accepted: {flags}"
     assert message in out.stderr, out.stderr
+
+
+def _images(docs: list[dict[str, Any]]) -> set[str]:
+    out = set()
+    for d in docs:
+        spec = d.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            out.add(c["image"])
+    return out
+
+
+def test_one_value_names_the_registry_and_organisation_of_every_image() -> None:
+    docs = render(
+        "--set", "multus.multusCNI.install=true", "--set", "global.imageRegistryOverride=ghcr.io/my-org/mirror"
+    )
+    images = _images(docs)
+    assert "ghcr.io/my-org/mirror/spiderpool-python:0.1.0" in images
+    assert len(images) >= 2
+    assert all(i.startswith("ghcr.io/my-org/mirror/") for i in images), images
+    assert _images(render("--set", "global.imageRegistryOverride=registry.lab:5000")) == {
+        "registry.lab:5000/spiderpool-python:0.1.0"
+    }
+
+
+def test_defaults_fit_every_cluster() -> None:
+    docs = render()
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    for key in (("DaemonSet", "spiderpool-agent"), ("Deployment", "spiderpool-controller")):
+        assert by_kind[key]["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}, key
+    # (helm template has no cluster to count nodes in: the value as given, and its budget)
+    assert by_kind[("Deployment", "spiderpool-controller")]["spec"]["replicas"] == 2
+    assert ("PodDisruptionBudget", "spiderpool-controller") in by_kind
+    one = {(d["kind"], d["metadata"]["name"]) for d in render("--set", "spiderpoolController.replicas=1")}
+    assert ("PodDisruptionBudget", "spiderpool-controller") not in one
+    multus = render("--set", "multus.multusCNI.install=true")
+    (ds,) = [d for d in multus if d["kind"] == "DaemonSet" and "multus" in d["metadata"]["name"]]
+    args = [a for c in ds["spec"]["template"]["spec"]["containers"] for a in c.get("args", []) + c.get("command", [])]
+    assert not any("cleanup-config-on-exit" in a for a in args), args
 
 
 def test_older_feature_spelling_wins() -> None:
@@ -400,7 +440,7 @@ def test_init_job_arguments_parse() -> None:
     from spiderpool.controller import init
 
     docs = render(*PROFILES["dual-stack"])
-    (job,) = [d for d in docs if d["kind"] == "Job"]
+    (job,) = [d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "spiderpool-init"]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     args = init.parse_args(command[1:])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from spiderpool import __version__
-from spiderpool.agent.install import BUNDLE_VERSION_FILE, MODULE_DIR, inspect_plugins, install_plugins
+from spiderpool.agent.install import MODULE_DIR, RELAY, RELAY_VERSION_FILE, inspect_plugins, install_plugins
 from spiderpool.agent.selfcheck import PluginHistory
 from spiderpool.cli import doctor
 from spiderpool.cli.doctor import FAIL, OK, WARN, AgentAnswer, Check, Facts, Install, ProbeResult
@@ -132,7 +132,7 @@ def agent_status(name: str, **extra: Any) -> dict[str, Any]:
         "cniBinDir": "/opt/cni/bin",
         "pluginCheckInterval": 10.0,
         "plugins": [
-            {"name": n, "present": True, "form": "bundle", "version": __version__, "problem": None} for n in PLUGINS
+            {"name": n, "present": True, "form": "relay", "version": __version__, "problem": None} for n in PLUGINS
         ],
         "missing": [],
         "pluginReinstalls": PluginHistory().as_dict(),
@@ -233,6 +233,28 @@ def test_locate_prefers_kube_system_and_names_other_installs() -> None:
     assert doctor.locate([other], [], "ns1").controller is None
     assert doctor.flag({"spec": {"containers": [{"args": ["--metrics-port", "6000"]}]}}, "metrics-port") == "6000"
     assert doctor.agent_port(pod("a", "n")) == 5711
+
+
+def test_an_image_the_nodes_cannot_pull_is_named_with_the_fix() -> None:
+    image = "registry.example:5000/wrong/spiderpool-python:0.1.0"
+    waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
+    statuses = [{"name": "c", "image": image, "state": {"waiting": waiting}}]
+    controller = doctor.judge_controller(
+        INSTALL, [pod("spiderpool-controller-a", "node1", ready=False, containerStatuses=statuses)]
+    )
+    agent = doctor.judge_agent(
+        INSTALL,
+        "node1",
+        node("node1"),
+        pod("spiderpool-agent-1", "node1", ready=False, containerStatuses=statuses),
+        None,
+        5,
+    )
+    for check in (controller, agent):
+        assert check.status == FAIL
+        assert f'ImagePullBackOff: Back-off pulling image "{image}"' in check.detail
+        assert check.fix.startswith(f"the nodes cannot pull {image}: build and push the image (make image-push")
+        assert "--set global.imageRegistryOverride=<host>/<org>" in check.fix
 
 
 def test_controller_and_leader_failures_say_which_pod_and_why() -> None:
@@ -546,19 +568,20 @@ def test_installed_scripts_carry_the_version_that_installed_them(tmp_path: Path)
     assert found["spiderpool"].as_dict()["version"] == __version__
 
 
-def test_installed_bundles_carry_the_version_that_installed_them(tmp_path: Path) -> None:
-    bundles = tmp_path / "bundles"
-    for name in PLUGINS:
-        (bundles / name).mkdir(parents=True)
-        exe = bundles / name / name
-        exe.write_text("#!/bin/sh\n")
-        exe.chmod(0o755)
+def test_installed_relays_carry_the_version_that_installed_them(tmp_path: Path) -> None:
+    relay = tmp_path / "relay-built"
+    relay.write_text("#!/bin/sh\n")
     bin_dir = tmp_path / "bin"
-    install_plugins(bin_dir, python="/x", socket_path="/run/x.sock", bundle_dir=bundles)
+    install_plugins(bin_dir, python="/x", socket_path="/run/x.sock", relay=relay)
     found = {p.name: p for p in inspect_plugins(bin_dir)}
-    assert all((p.present, p.form, p.version) == (True, "bundle", __version__) for p in found.values())
-    (bin_dir / MODULE_DIR / "veth.bundle" / BUNDLE_VERSION_FILE).write_text("0.0.9\n")
+    assert all((p.present, p.form, p.version) == (True, "relay", __version__) for p in found.values())
+    assert all((bin_dir / name).resolve() == (bin_dir / MODULE_DIR / RELAY).resolve() for name in PLUGINS)
+    (bin_dir / MODULE_DIR / RELAY_VERSION_FILE).write_text("0.0.9\n")
     assert {p.name: p.version for p in inspect_plugins(bin_dir)}["veth"] == "0.0.9"
+    (bin_dir / MODULE_DIR / RELAY).unlink()
+    found = {p.name: p for p in inspect_plugins(bin_dir)}
+    assert found["spiderpool"].present is False
+    assert found["spiderpool"].problem == f"the relay {MODULE_DIR}/{RELAY} is gone"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (119, "119s"), (600, "10m"), (7300, "2h"), (3 * 86400, "3d")])

@@ -109,3 +109,27 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- fail "spiderpoolController.prometheus.serviceMonitor.install needs spiderpoolController.prometheus.enabled=true (the metrics Service it selects)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The controller's replicas: no more than the nodes it may run on (one per node on the host
+network), when the cluster can be asked (helm install/upgrade; `helm template` has no cluster and
+renders the value as given). A one-node cluster gets one replica, and so no PodDisruptionBudget
+that would block its drain. */}}
+{{- define "spiderpool.controllerReplicas" -}}
+{{- $c := .Values.spiderpoolController -}}
+{{- $want := int $c.replicas -}}
+{{- $nodes := lookup "v1" "Node" "" "" -}}
+{{- if and $nodes (gt (len ($nodes.items | default list)) 0) -}}
+{{- $fit := 0 -}}
+{{- range $nodes.items -}}
+{{- $labels := .metadata.labels | default dict -}}
+{{- $match := true -}}
+{{- range $k, $v := $c.nodeSelector -}}
+{{- if ne (get $labels $k) $v }}{{ $match = false }}{{ end -}}
+{{- end -}}
+{{- if $match }}{{ $fit = add1 $fit }}{{ end -}}
+{{- end -}}
+{{- min $want (max $fit 1) -}}
+{{- else -}}
+{{- $want -}}
+{{- end -}}
+{{- end -}}

@@ -6,14 +6,16 @@ Two forms, both replaced atomically so an exec never sees half an installation:
   ``<bin>/.spiderpool/``, and a one-line launcher ``<bin>/<name>`` whose first line names the
   interpreter (isolated mode, no site packages: nothing but the standard library is needed). The
   launcher imports the module, so an exec loads bytecode instead of compiling the source.
-- **bundle** (nodes without Python): a self-contained PyInstaller folder built by
-  ``python -m spiderpool.cni.bundle``, copied to ``<bin>/.spiderpool/<name>.bundle/``, with
-  ``<bin>/<name>`` a symlink to its executable.
+- **relay** (what the image installs; any node): the static executable built by
+  ``python -m spiderpool.cni.relay``, copied to ``<bin>/.spiderpool/spiderpool-relay``, with
+  ``<bin>/<name>`` a symlink to it. It forwards each call to this agent, which runs the same
+  Python plugin (``spiderpool.agent.relay``).
 
 Either way the agent's socket path is written to ``<bin>/.spiderpool/socket``, where the plugin
 looks for it when its network config names none, and the installed files say which spiderpool
-version installed them (a ``# spiderpool-version:`` line in the launcher, a ``.spiderpool-version``
-file in the bundle folder): ``inspect_plugins`` reads that back for ``kubectl spiderpool doctor``.
+version installed them (a ``# spiderpool-version:`` line in the launcher, a
+``spiderpool-relay.version`` file beside the relay): ``inspect_plugins`` reads that back for
+``kubectl spiderpool doctor``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from spiderpool.cni.plugins import PLUGINS
 MODULE_DIR = ".spiderpool"
 #: the launcher's line naming the version that installed it
 VERSION_LINE = "# spiderpool-version: "
-#: in an installed bundle folder: the version that installed it
-BUNDLE_VERSION_FILE = ".spiderpool-version"
+#: the installed relay, in MODULE_DIR, and beside it the version that installed it
+RELAY = "spiderpool-relay"
+RELAY_VERSION_FILE = f"{RELAY}.version"
 _LAUNCHER_MARK = "# Installed by spiderpool-agent"
 
 
@@ -60,33 +63,31 @@ def _link(target: Path, to: str) -> None:
     tmp.replace(target)
 
 
-def _install_bundle(name: str, bundle: Path, module_dir: Path) -> str:
-    """Copy a bundle folder into place beside the old one, then swap; returns the link target."""
-    if not (bundle / name).is_file():
-        raise FileNotFoundError(f"{bundle} holds no executable {name!r}: build it with python -m spiderpool.cni.bundle")
-    final = module_dir / f"{name}.bundle"
-    staging = module_dir / f".{name}.bundle.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(bundle, staging, symlinks=True)
-    (staging / BUNDLE_VERSION_FILE).write_text(__version__ + "\n")
-    old = module_dir / f".{name}.bundle.old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)  # a running exec keeps its open files
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return f"{MODULE_DIR}/{name}.bundle/{name}"
+def _install_relay(relay: Path, module_dir: Path) -> str:
+    """Copy the relay into place (atomically: a running exec keeps the old file); returns the
+    links' target."""
+    if not relay.is_file():
+        raise FileNotFoundError(f"no relay at {relay}: build it with python -m spiderpool.cni.relay")
+    final = module_dir / RELAY
+    tmp = module_dir / f".{RELAY}.tmp-{os.getpid()}"
+    shutil.copyfile(relay, tmp)
+    tmp.chmod(0o755)
+    tmp.replace(final)
+    _write(module_dir / RELAY_VERSION_FILE, __version__ + "\n", 0o644)
+    return f"{MODULE_DIR}/{RELAY}"
 
 
-def install_plugins(bin_dir: Path, *, python: str, socket_path: str, bundle_dir: Path | None = None) -> list[Path]:
-    """Install every plugin as a script run by ``python``, or from ``bundle_dir/<name>/`` bundles."""
+def install_plugins(bin_dir: Path, *, python: str, socket_path: str, relay: Path | None = None) -> list[Path]:
+    """Install every plugin as a script run by ``python``, or as links to the static ``relay``."""
     module_dir = bin_dir / MODULE_DIR
     module_dir.mkdir(parents=True, exist_ok=True)
     _write(module_dir / "socket", socket_path + "\n", 0o644)
+    link = _install_relay(relay, module_dir) if relay is not None else ""
     out = []
     for name, src in PLUGINS.items():
         target = bin_dir / name
-        if bundle_dir is not None:
-            _link(target, _install_bundle(name, bundle_dir / name, module_dir))
+        if link:
+            _link(target, link)
         else:
             module = src.stem
             source = module_dir / f"{module}.py"
@@ -99,7 +100,7 @@ def install_plugins(bin_dir: Path, *, python: str, socket_path: str, bundle_dir:
 
 
 def missing_plugins(bin_dir: Path) -> list[str]:
-    """Installed names that no longer lead to an executable (deleted, or a link whose bundle went),
+    """Installed names that no longer lead to an executable (deleted, or a link whose relay went),
     and the socket file: what a node's clean-up, image reset or an admin's ``rm`` took away."""
     out = [name for name in PLUGINS if not os.access(bin_dir / name, os.X_OK)]
     if not (bin_dir / MODULE_DIR / "socket").is_file():
@@ -114,7 +115,7 @@ class Installed:
     name: str
     #: ``<bin>/<name>`` leads to an executable
     present: bool
-    #: script | bundle | other (a file spiderpool-agent did not write) | missing
+    #: script | relay | other (a file spiderpool-agent did not write) | missing
     form: str
     #: the spiderpool version that installed it (None: not known, e.g. another program's file)
     version: str | None
@@ -149,15 +150,15 @@ def inspect_plugins(bin_dir: Path) -> list[Installed]:
         problem = ""
         if target.is_symlink():
             link = os.readlink(target)
-            if link == f"{MODULE_DIR}/{name}.bundle/{name}":
-                form = "bundle"
-                stamp = _read_text(bin_dir / MODULE_DIR / f"{name}.bundle" / BUNDLE_VERSION_FILE)
+            if link == f"{MODULE_DIR}/{RELAY}":
+                form = "relay"
+                stamp = _read_text(bin_dir / MODULE_DIR / RELAY_VERSION_FILE)
                 version = (stamp or "").strip() or None
                 if not present:
-                    problem = f"its bundle {MODULE_DIR}/{name}.bundle is gone"
+                    problem = f"the relay {MODULE_DIR}/{RELAY} is gone"
             else:
                 form = "other"
-                problem = f"a link to {link}, not to the bundle spiderpool-agent installs"
+                problem = f"a link to {link}, not to the relay spiderpool-agent installs"
         elif target.is_file():
             head = _read_text(target) or ""
             if head.startswith("#!") and _LAUNCHER_MARK in head:

@@ -2,8 +2,9 @@
 
 HTTP+JSON on a unix socket (default ``/var/run/spidernet/spiderpool.sock``, mode 0600), paths in
 the spirit of upstream's: ``GET /v1/ipam/healthy``, ``POST``/``DELETE /v1/ipam/ip``,
-``POST /v1/ipam/check``, ``POST /v1/ipam/gc``. Metrics and health on TCP (default 5711).
-On start it installs the plugin into the node's CNI bin dir.
+``POST /v1/ipam/check``, ``POST /v1/ipam/gc``, the veth plugin's ``/v1/coordinator/*``, and the
+static relay's ``POST /v1/cni/exec`` (spiderpool.agent.relay). Metrics and health on TCP (default
+5711). On start it installs the plugins into the node's CNI bin dir.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spiderpool import config, logs
-from spiderpool.agent import requests
+from spiderpool.agent import relay, requests
 from spiderpool.agent.coordinator import Coordinator
 from spiderpool.agent.debug import PodAddresses
 from spiderpool.agent.errors import IPAMError
@@ -54,9 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin", help="where to install the plugin executables")
     p.add_argument("--python", default=sys.executable, help="interpreter the installed plugins run with")
     p.add_argument(
-        "--plugin-bundle",
-        default=os.environ.get("SPIDERPOOL_PLUGIN_BUNDLE"),
-        help="install self-contained plugin bundles from this folder (nodes without Python; see spiderpool.cni.bundle)",
+        "--plugin-relay",
+        default=os.environ.get("SPIDERPOOL_PLUGIN_RELAY"),
+        help="install this static relay as every plugin (any node; see spiderpool.cni.relay) instead of"
+        " Python scripts run by --python",
     )
     p.add_argument("--metrics-bind", default="0.0.0.0")
     p.add_argument("--metrics-port", type=int, default=5711)
@@ -125,8 +127,17 @@ def _prepare_socket(path: Path) -> Path:
     return path
 
 
+def _failure(code: int, msg: str, status: int, details: str = "") -> tuple[int, dict[str, Any]]:
+    return status, {"code": code, "msg": msg, "details": details}
+
+
 def _error(code: int, msg: str, status: int, details: str = "") -> web.Response:
-    return web.json_response({"code": code, "msg": msg, "details": details}, status=status)
+    status, reply = _failure(code, msg, status, details)
+    return web.json_response(reply, status=status)
+
+
+#: a request body that was not JSON
+BAD_JSON = object()
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -196,6 +207,17 @@ class Agent:
             state_dir=Path(args.socket).parent / "overlay",
         )
         self.stop = asyncio.Event()
+        #: what a relayed call may ask (method, path) -> (route, action), as the socket's routes
+        self.routes: dict[tuple[str, str], tuple[str, Any]] = {
+            ("POST", "/v1/ipam/ip"): ("allocate", self.ipam.allocator.allocate),
+            ("DELETE", "/v1/ipam/ip"): ("release", self.ipam.releaser.release),
+            ("POST", "/v1/ipam/check"): ("check", self._check),
+            ("POST", "/v1/ipam/gc"): ("gc", self.ipam.releaser.gc),
+            ("POST", "/v1/coordinator/add"): ("coordinator_add", self.coordinator.add),
+            ("POST", "/v1/coordinator/del"): ("coordinator_del", self.coordinator.delete),
+            ("POST", "/v1/coordinator/check"): ("coordinator_check", self.coordinator.check),
+        }
+        self.relay = relay.Relay(self.dispatch)
         # GET /v1/debug/status (kubectl spiderpool doctor); remembers the plugins put back
         self.selfcheck = SelfCheck(
             node=args.node_name,
@@ -205,27 +227,51 @@ class Agent:
             ready=self.ipam.ready,
         )
 
-    async def _guard(self, request: web.Request, route: str, action: Any) -> web.Response:
+    async def answer(self, route: str, body: Any, action: Any) -> tuple[int, dict[str, Any]]:
+        """Run one plugin request (``body``: its parsed JSON; ``BAD_JSON``: it was not JSON): the
+        HTTP status and the reply, a CNI error (code, msg, details) when it failed."""
         if not self.ipam.ready():
-            return _error(11, "spiderpool-agent is starting: caches not synced yet", 503)
+            return _failure(11, "spiderpool-agent is starting: caches not synced yet", 503)
+        if body is BAD_JSON:
+            return _failure(6, "request body is not JSON", 400)
         try:
-            body = requests.check(route, json.loads(await request.read()))
-        except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
-            return _error(6, "request body is not JSON", 400)
+            checked = requests.check(route, body)
         except IPAMError as err:
-            return _error(err.code, err.msg, err.http, err.details)
+            return _failure(err.code, err.msg, err.http, err.details)
         try:
-            return web.json_response(await action(body))
+            return 200, await action(checked)
         except IPAMError as err:
-            return _error(err.code, err.msg, err.http, err.details)
+            return _failure(err.code, err.msg, err.http, err.details)
         except ApiError as exc:
-            return _error(11, f"Kubernetes API error, try again: {exc}", 503)
+            return _failure(11, f"Kubernetes API error, try again: {exc}", 503)
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
-            return _error(11, f"Kubernetes API unreachable, try again: {exc}", 503)
+            return _failure(11, f"Kubernetes API unreachable, try again: {exc}", 503)
         except Exception as exc:  # a bug: the runtime gets a CNI error (and retries), the log the traceback
             REQUEST_ERRORS.labels(route).inc()
             log.exception("request failed route=%s", route)
-            return _error(100, f"spiderpool-agent failed on this request ({type(exc).__name__}); please report it", 500)
+            return _failure(
+                100, f"spiderpool-agent failed on this request ({type(exc).__name__}); please report it", 500
+            )
+
+    async def _guard(self, request: web.Request, route: str, action: Any) -> web.Response:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+            body = BAD_JSON
+        status, reply = await self.answer(route, body, action)
+        return web.json_response(reply, status=status)
+
+    async def dispatch(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """A relayed call's request to this agent (spiderpool.agent.relay), answered as its route
+        would answer it over the socket."""
+        if (method, path) == ("GET", "/v1/ipam/healthy"):
+            if not self.ipam.ready():
+                return _failure(11, "spiderpool-agent is starting: caches not synced yet", 503)
+            return 200, {"ok": True, "node": self.args.node_name}
+        route = self.routes.get((method, path))
+        if route is None:
+            return _failure(4, f"no route {method} {path}", 404)
+        return await self.answer(route[0], body, route[1])
 
     async def healthy(self, _: web.Request) -> web.Response:
         if not self.ipam.ready():
@@ -238,12 +284,12 @@ class Agent:
     async def release(self, request: web.Request) -> web.Response:
         return await self._guard(request, "release", self.ipam.releaser.release)
 
-    async def check(self, request: web.Request) -> web.Response:
-        async def run(body: dict[str, Any]) -> dict[str, Any]:
-            self.ipam.releaser.check(body)
-            return {"ok": True}
+    async def _check(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.ipam.releaser.check(body)
+        return {"ok": True}
 
-        return await self._guard(request, "check", run)
+    async def check(self, request: web.Request) -> web.Response:
+        return await self._guard(request, "check", self._check)
 
     async def gc(self, request: web.Request) -> web.Response:
         return await self._guard(request, "gc", self.ipam.releaser.gc)
@@ -276,7 +322,7 @@ class Agent:
             Path(a.cni_bin_dir),
             python=a.python,
             socket_path=a.socket,
-            bundle_dir=Path(a.plugin_bundle) if a.plugin_bundle else None,
+            relay=Path(a.plugin_relay) if a.plugin_relay else None,
         )
 
     async def _keep_plugins(self) -> None:
@@ -318,6 +364,7 @@ class Agent:
                 web.post("/v1/coordinator/del", self.coordinator_del),
                 web.post("/v1/coordinator/check", self.coordinator_check),
                 web.get("/v1/coordinator/config", self.coordinator_config),
+                web.post(relay.PATH, self.relay.handle),
             ]
         )
         sock = _prepare_socket(Path(a.socket))
@@ -351,6 +398,7 @@ class Agent:
                 t.cancel()
             await runner.cleanup()
             await mrunner.cleanup()
+            self.relay.close()
             await self.client.close()
             log.info("agent stopped node=%s", a.node_name)
 

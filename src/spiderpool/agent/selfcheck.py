@@ -6,7 +6,7 @@ The answer (JSON)::
     {"node": "node1", "version": "0.1.0", "ready": true,
      "socket": {"path": "/var/run/spidernet/spiderpool.sock", "answers": true, "error": null},
      "cniBinDir": "/opt/cni/bin", "pluginCheckInterval": 10.0,
-     "plugins": [{"name": "spiderpool", "present": true, "form": "bundle", "version": "0.1.0",
+     "plugins": [{"name": "spiderpool", "present": true, "form": "relay", "version": "0.1.0",
                   "problem": null}, ...],
      "missing": [],
      "pluginReinstalls": {"count": 1, "lastMissing": ["spiderpool"], "last": "2026-12-03T12:00:00Z",

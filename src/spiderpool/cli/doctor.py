@@ -39,7 +39,9 @@ from spiderpool.cli.doctor_model import (
     locate,
     pod_problem,
     pod_ready,
+    pull_fix,
     render_checks,
+    unpullable_image,
 )
 from spiderpool.cli.doctor_webhooks import (
     judge_certificate,
@@ -131,6 +133,9 @@ def judge_controller(install: Install, pods: Sequence[Obj]) -> Check:
     live = [p for p in pods if not _meta(p).get("deletionTimestamp")]
     ready = sum(1 for p in live if pod_ready(p))
     fix = f"kubectl -n {ns} describe pod -l {install.controller_selector}; kubectl -n {ns} logs deploy/{name}"
+    image = unpullable_image(live)
+    if image is not None:
+        fix = pull_fix(image)
     if ready == 0:
         why = _pods_line(live) or "no pod exists"
         return Check(

@@ -29,6 +29,8 @@ from spiderpool.cli.doctor_model import (
     node_ready,
     pod_problem,
     pod_ready,
+    pull_fix,
+    unpullable_image,
 )
 from spiderpool.ipam.selection import pool_family
 
@@ -109,6 +111,9 @@ def judge_agent(
     problems = []
     if not pod_ready(pod):
         problems.append(f"pod {name} is not Ready ({pod_problem(pod)})")
+        image = unpullable_image([pod])
+        if image is not None:
+            look = pull_fix(image)
     if answer is not None and answer.timed_out:
         problems.append(
             f"{'it' if problems else f'pod {name}'} did not answer GET {AGENT_STATUS_PATH} (port {port}, through"

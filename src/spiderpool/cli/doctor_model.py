@@ -140,6 +140,30 @@ def pod_problem(pod: Obj) -> str:
     return f"{phase}, not Ready"
 
 
+#: a container's waiting reasons that mean its image cannot be had
+PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+
+
+def unpullable_image(pods: Sequence[Obj]) -> str | None:
+    """The image a pod here cannot pull, if any (what its container status names)."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in PULL_FAILURES:
+                return str(cs.get("image") or "")
+    return None
+
+
+def pull_fix(image: str) -> str:
+    """What to do when the nodes cannot pull the product's image."""
+    return (
+        f"the nodes cannot pull {image}: build and push the image (make image-push REGISTRY=<host>/<org>),"
+        " then point the chart at it: helm upgrade spiderpool <chart> -n <namespace> --reuse-values"
+        " --set global.imageRegistryOverride=<host>/<org> (docs/install.md, Troubleshooting)"
+    )
+
+
 def node_ready(node: Obj) -> bool:
     conditions = (node.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

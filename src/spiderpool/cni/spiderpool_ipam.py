@@ -22,7 +22,12 @@ import time  # (built in: no import cost)
 
 TYPE_CHECKING = False  # importing typing would cost milliseconds per exec
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from typing import Any
+
+    Env = Mapping[str, str]
+    #: (path, method, body) -> the agent's reply (raises CniError)
+    Ask = Callable[[str, str, Any], Any]
 
 DEFAULT_SOCKET = "/var/run/spidernet/spiderpool.sock"
 #: beside the installed executable: the agent writes its socket path there
@@ -101,12 +106,12 @@ class CniError(Exception):
         self.code, self.msg, self.details = code, msg, details
 
 
-def _fail(err: CniError, version: str) -> int:
+def failure(err: CniError, version: str) -> tuple[str, int]:
+    """The error result the runtime reads on stdout, and the exit code."""
     out: dict[str, Any] = {"cniVersion": version, "code": err.code, "msg": err.msg}
     if err.details:
         out["details"] = err.details
-    sys.stdout.write(json_dumps(out))
-    return 1
+    return json_dumps(out), 1
 
 
 def _request(path: str, method: str, body: Any, sock_path: str) -> tuple[int, Any]:
@@ -175,8 +180,12 @@ def _dechunk(data: bytes) -> bytes:
     return out
 
 
-def _call(path: str, method: str, body: Any, sock_path: str) -> Any:
-    status, reply = _request(path, method, body, sock_path)
+def _socket_call(path: str, method: str, body: Any, sock_path: str) -> Any:
+    return answer(*_request(path, method, body, sock_path))
+
+
+def answer(status: int, reply: Any) -> Any:
+    """The agent's reply, or the CNI error it carries."""
     if status >= 300:
         code = reply.get("code") if isinstance(reply, dict) else None
         raise CniError(
@@ -213,33 +222,33 @@ def load_config(stdin_text: str | bytes) -> tuple[dict[str, Any], str]:
     return conf, version
 
 
-def default_socket() -> str:
+def default_socket(argv0: str) -> str:
     """The installing agent's socket (``<bin dir>/.spiderpool/socket``), else upstream's default."""
     try:
-        with open(os.path.join(os.path.dirname(sys.argv[0]), SOCKET_FILE)) as f:
+        with open(os.path.join(os.path.dirname(argv0), SOCKET_FILE)) as f:
             return f.read().strip() or DEFAULT_SOCKET
     except OSError:
         return DEFAULT_SOCKET
 
 
-def cni_args() -> dict[str, str]:
+def cni_args(env: Env) -> dict[str, str]:
     out = {}
-    for pair in os.environ.get("CNI_ARGS", "").split(";"):
+    for pair in env.get("CNI_ARGS", "").split(";"):
         if "=" in pair:
             k, v = pair.split("=", 1)
             out[k] = v
     return out
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name, "")
+def need_env(env: Env, name: str) -> str:
+    value = env.get(name, "")
     if not value:
         raise CniError(4, f"environment variable {name} is required")
     return value
 
 
-def _pod_args(need_pod: bool = True) -> dict[str, str]:
-    args = cni_args()
+def pod_args(env: Env, need_pod: bool = True) -> dict[str, str]:
+    args = cni_args(env)
     ns, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
     if need_pod and (not ns or not name):
         raise CniError(4, "CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME", "is the runtime Kubernetes'?")
@@ -266,41 +275,45 @@ def format_result(reply: dict[str, Any], ifname: str, version: str) -> dict[str,
     return {"cniVersion": version, "ips": ips, "routes": routes, "dns": reply.get("dns") or {}}
 
 
-def main() -> int:
-    command = os.environ.get("CNI_COMMAND", "")
+def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str, int]:
+    """One CNI call: what to print on stdout and the exit code. ``env`` holds the CNI_* variables,
+    ``argv0`` the path the runtime executed (the socket file lies beside it). ``ask(path, method,
+    body)`` answers a request to the agent (the agent running a relayed call answers it itself);
+    by default it goes to the agent's socket."""
+    command = env.get("CNI_COMMAND", "")
     if command == "VERSION":
-        sys.stdout.write(json_dumps({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED}))
-        return 0
-    stdin_text = sys.stdin.buffer.read()  # bytes: a config that is not UTF-8 is a CNI error, not a traceback
+        return json_dumps({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED}), 0
     version = "1.1.0"
     try:
-        conf, version = load_config(stdin_text)
+        conf, version = load_config(stdin)
         ipam = conf["ipam"]
-        sock = ipam.get("ipam_unix_socket_path") or default_socket()
+        sock = ipam.get("ipam_unix_socket_path") or default_socket(argv0)
+        call = ask or (lambda path, method, body: _socket_call(path, method, body, sock))
+        out = ""
         if command == "ADD":
             body = {
-                "containerID": _env("CNI_CONTAINERID"),
-                "ifName": _env("CNI_IFNAME"),
-                "netNamespace": _env("CNI_NETNS"),
+                "containerID": need_env(env, "CNI_CONTAINERID"),
+                "ifName": need_env(env, "CNI_IFNAME"),
+                "netNamespace": need_env(env, "CNI_NETNS"),
                 "defaultIPv4IPPool": ipam.get("default_ipv4_ippool", []),
                 "defaultIPv6IPPool": ipam.get("default_ipv6_ippool", []),
                 "cleanGateway": bool(ipam.get("clean_gateway", False)),
                 "network": conf.get("name", ""),
-                **_pod_args(),
+                **pod_args(env),
             }
             # One request: the agent answers 503 (code 11, try again) itself until it is ready.
-            reply = _call("/v1/ipam/ip", "POST", body, sock)
-            sys.stdout.write(json_dumps(format_result(reply, body["ifName"], version)))
+            reply = call("/v1/ipam/ip", "POST", body)
+            out = json_dumps(format_result(reply, body["ifName"], version))
         elif command == "DEL":
             body = {
-                "containerID": _env("CNI_CONTAINERID"),
-                "ifName": _env("CNI_IFNAME"),
-                "netNamespace": os.environ.get("CNI_NETNS", ""),
-                **_pod_args(need_pod=False),
+                "containerID": need_env(env, "CNI_CONTAINERID"),
+                "ifName": need_env(env, "CNI_IFNAME"),
+                "netNamespace": env.get("CNI_NETNS", ""),
+                **pod_args(env, need_pod=False),
             }
             # Releasing what is already gone succeeds; an unreachable agent is a transient error
             # (code 11), so the runtime retries the DEL instead of leaking the address.
-            _call("/v1/ipam/ip", "DELETE", body, sock)
+            call("/v1/ipam/ip", "DELETE", body)
         elif command == "CHECK":
             prev = conf.get("prevResult") or {}
             ips = prev.get("ips") if isinstance(prev, dict) else None
@@ -309,30 +322,38 @@ def main() -> int:
             ):
                 raise CniError(7, 'CHECK needs prevResult.ips: a list of {"address": "<ip>/<prefix>"}')
             body = {
-                "containerID": _env("CNI_CONTAINERID"),
-                "ifName": _env("CNI_IFNAME"),
+                "containerID": need_env(env, "CNI_CONTAINERID"),
+                "ifName": need_env(env, "CNI_IFNAME"),
                 "ips": [ip["address"] for ip in ips],
-                **_pod_args(),
+                **pod_args(env),
             }
-            _call("/v1/ipam/check", "POST", body, sock)
+            call("/v1/ipam/check", "POST", body)
         elif command == "STATUS":
             try:
-                _call("/v1/ipam/healthy", "GET", None, sock)
+                call("/v1/ipam/healthy", "GET", None)
             except CniError as exc:
                 raise CniError(50, f"spiderpool IPAM is not available: {exc.msg}", exc.details) from None
         elif command == "GC":
             valid = conf.get("cni.dev/valid-attachments") or []
             body = {"network": conf.get("name", ""), "validAttachments": valid}
-            _call("/v1/ipam/gc", "POST", body, sock)
+            call("/v1/ipam/gc", "POST", body)
         else:
             raise CniError(4, f"unknown CNI_COMMAND {command!r}", "expected ADD, DEL, CHECK, VERSION, STATUS or GC")
     except CniError as err:
-        return _fail(err, version)
+        return failure(err, version)
     except Exception as exc:  # a bug: still a CNI error on stdout, never a traceback the runtime cannot read
-        return _fail(
+        return failure(
             CniError(100, f"spiderpool plugin internal error ({type(exc).__name__}: {exc}); please report it"), version
         )
-    return 0
+    return out, 0
+
+
+def main() -> int:
+    # bytes: a config that is not UTF-8 is a CNI error, not a traceback
+    stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" else sys.stdin.buffer.read()
+    out, code = run(os.environ, stdin, sys.argv[0])
+    sys.stdout.write(out)
+    return code
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ import sys
 
 TYPE_CHECKING = False  # importing typing would cost milliseconds per exec
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
+
+    Env = Mapping[str, str]
 
     from spiderpool.cni import spiderpool_ipam as base
 else:
@@ -27,15 +30,15 @@ else:
         from spiderpool.cni import spiderpool_ipam as base
 
 
-def main() -> int:
-    command = os.environ.get("CNI_COMMAND", "")
+def run(env: Env, stdin: bytes, argv0: str, ask: base.Ask | None = None) -> tuple[str, int]:
+    """One CNI call: what to print on stdout and the exit code (as ``spiderpool_ipam.run``)."""
+    command = env.get("CNI_COMMAND", "")
     if command == "VERSION":
-        sys.stdout.write(base.json_dumps({"cniVersion": "1.1.0", "supportedVersions": base.SUPPORTED}))
-        return 0
+        return base.json_dumps({"cniVersion": "1.1.0", "supportedVersions": base.SUPPORTED}), 0
     version = "1.1.0"
     try:
         try:
-            conf = base.json_loads(sys.stdin.buffer.read())
+            conf = base.json_loads(stdin)
         except ValueError as exc:
             raise base.CniError(6, f"network config on stdin is not JSON: {exc}") from None
         if not isinstance(conf, dict):
@@ -43,22 +46,23 @@ def main() -> int:
         version = str(conf.get("cniVersion", "0.3.1"))
         if version not in base.SUPPORTED:
             raise base.CniError(1, f"cniVersion {version!r} is not supported", f"use one of {base.SUPPORTED}")
-        sock = base.default_socket()
+        sock = base.default_socket(argv0)
+        call = ask or (lambda path, method, body: base._socket_call(path, method, body, sock))
         if command == "STATUS":
             try:
-                base._call("/v1/ipam/healthy", "GET", None, sock)
+                call("/v1/ipam/healthy", "GET", None)
             except base.CniError as exc:
                 raise base.CniError(50, f"spiderpool-agent is not available: {exc.msg}", exc.details) from None
-            return 0
+            return "", 0
         if command not in ("ADD", "DEL", "CHECK"):
             raise base.CniError(4, f"unknown CNI_COMMAND {command!r}", "expected ADD, DEL, CHECK, VERSION or STATUS")
         body: dict[str, Any] = {
             "command": command,
-            "containerID": base._env("CNI_CONTAINERID"),
-            "ifName": base._env("CNI_IFNAME"),
-            "netns": os.environ.get("CNI_NETNS", "") if command == "DEL" else base._env("CNI_NETNS"),
+            "containerID": base.need_env(env, "CNI_CONTAINERID"),
+            "ifName": base.need_env(env, "CNI_IFNAME"),
+            "netns": env.get("CNI_NETNS", "") if command == "DEL" else base.need_env(env, "CNI_NETNS"),
             "config": conf,
-            **base._pod_args(need_pod=command != "DEL"),
+            **base.pod_args(env, need_pod=command != "DEL"),
         }
         if command in ("ADD", "CHECK") and not isinstance(conf.get("prevResult"), dict):
             raise base.CniError(
@@ -67,15 +71,22 @@ def main() -> int:
                 "(no prevResult)",
                 "put it after macvlan in the plugins list of the conflist",
             )
-        reply = base._call(f"/v1/coordinator/{command.lower()}", "POST", body, sock)
+        reply = call(f"/v1/coordinator/{command.lower()}", "POST", body)
         if command == "ADD":
-            sys.stdout.write(base.json_dumps(reply["result"]))
+            return base.json_dumps(reply["result"]), 0
     except base.CniError as err:
-        return int(base._fail(err, version))
+        return base.failure(err, version)
     except Exception as exc:  # a bug: still a CNI error on stdout, never a traceback the runtime cannot read
         bug = base.CniError(100, f"veth plugin internal error ({type(exc).__name__}: {exc}); please report it")
-        return int(base._fail(bug, version))
-    return 0
+        return base.failure(bug, version)
+    return "", 0
+
+
+def main() -> int:
+    stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" else sys.stdin.buffer.read()
+    out, code = run(os.environ, stdin, sys.argv[0])
+    sys.stdout.write(out)
+    return code
 
 
 if __name__ == "__main__":

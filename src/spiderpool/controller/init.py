@@ -1,8 +1,9 @@
 """``spiderpool-init``: the chart's post-install/upgrade Job.
 
 It waits until the controller's webhook Service has a ready endpoint (so the objects it creates
-are defaulted and validated), then creates or updates the default SpiderCoordinator from the
-chart's ``coordinator.*`` values, and creates the default SpiderSubnet and SpiderIPPool from
+are defaulted and validated), then creates the default SpiderCoordinator from the chart's
+``coordinator.*`` values (on an upgrade, a value the chart changed reaches the object unless an
+admin edited that field since: their edit stays), and creates the default SpiderSubnet and SpiderIPPool from
 ``clusterDefaultPool.*`` when asked. An existing subnet or pool is left as it is: after the
 install it belongs to the admin. Every step is idempotent, so the Job can run again on each
 upgrade and after a crash.
@@ -84,8 +85,28 @@ async def wait_for_webhook(rest: Client, namespace: str, service: str, wait: flo
     )
 
 
+#: on the default SpiderCoordinator: the spec fields as the chart last set them (JSON)
+CHART_APPLIED = "spiderpool.spidernet.io/chart-applied-spec"
+
+
+def coordinator_patch(have: dict[str, Any], applied: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields an upgrade changes (None: remove), as ``kubectl apply`` would: a field
+    whose value is still what the chart last set (``applied``) follows the chart's new value; a
+    field an admin changed since (``kubectl edit``) is left as the admin left it."""
+    return {k: v for k, v in wanted.items() if have.get(k) != v and have.get(k) == applied.get(k)}
+
+
+def applied_record(have: dict[str, Any], applied: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """What the chart owns after this run: the fields that now hold its value; a field an admin
+    owns keeps its old record (so it stays the admin's until they set the chart's value again)."""
+    changes = coordinator_patch(have, applied, wanted)
+    owned = {k: v for k, v in wanted.items() if have.get(k) == v or k in changes}
+    return {**{k: applied[k] for k in wanted if k not in owned and k in applied}, **owned}
+
+
 async def ensure_coordinator(rest: Client, spec: dict[str, Any]) -> str:
-    """Create the default SpiderCoordinator, or bring its spec to the chart's values."""
+    """Create the default SpiderCoordinator from the chart's values, or carry an upgrade's changed
+    values into it without undoing an admin's edits (``coordinator_patch``)."""
     # "" is "not set": left out of a new object, removed (a merge patch's null) from an existing one
     wanted = {k: (None if v == "" else v) for k, v in spec.items()}
     try:
@@ -96,18 +117,40 @@ async def ensure_coordinator(rest: Client, spec: dict[str, Any]) -> str:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "SpiderCoordinator",
-            "metadata": {"name": DEFAULT_COORDINATOR, "labels": {"app.kubernetes.io/managed-by": "spiderpool-init"}},
+            "metadata": {
+                "name": DEFAULT_COORDINATOR,
+                "labels": {"app.kubernetes.io/managed-by": "spiderpool-init"},
+                "annotations": {CHART_APPLIED: json.dumps(wanted, sort_keys=True)},
+            },
             "spec": {k: v for k, v in wanted.items() if v is not None},
         }
         await rest.create(COORDINATOR, body)
         return "created"
+    meta = current["metadata"]
+    raw = (meta.get("annotations") or {}).get(CHART_APPLIED) or "{}"
+    try:
+        loaded = json.loads(raw)
+    except ValueError:
+        loaded = None
+    # no record (made before the chart kept one, or by hand): the chart owns no field yet
+    applied: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
     have = current.get("spec") or {}
-    if all(have.get(k) == v for k, v in wanted.items()):
-        return "unchanged"
+    changes = coordinator_patch(have, applied, wanted)
+    record = json.dumps(applied_record(have, applied, wanted), sort_keys=True)
+    edited = sorted(k for k, v in wanted.items() if have.get(k) != v and k not in changes)
+    outcome = f"updated ({', '.join(sorted(changes))})" if changes else "unchanged"
+    if edited:
+        outcome += f", left as edited ({', '.join(edited)})"
+    if not changes and record == raw:
+        return outcome
     # a merge patch with the resourceVersion: a concurrent edit makes this fail (and the Job retry)
-    rv = current["metadata"]["resourceVersion"]
-    await rest.patch(COORDINATOR, DEFAULT_COORDINATOR, {"metadata": {"resourceVersion": rv}, "spec": wanted})
-    return "updated"
+    patch: dict[str, Any] = {
+        "metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {CHART_APPLIED: record}}
+    }
+    if changes:
+        patch["spec"] = changes
+    await rest.patch(COORDINATOR, DEFAULT_COORDINATOR, patch)
+    return outcome
 
 
 async def ensure_created(rest: Client, kind: Kind, kind_name: str, fields: dict[str, Any]) -> str:

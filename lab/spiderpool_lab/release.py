@@ -1,0 +1,147 @@
+"""What a release publishes, one command each (the Makefile's ``image``, ``image-push``, ``chart``
+and ``chart-push``):
+
+    python -m spiderpool_lab.release image                          # spiderpool-python:<version>
+    python -m spiderpool_lab.release image-push ghcr.io/myorg       # ghcr.io/myorg/spiderpool-python:<version>
+    python -m spiderpool_lab.release chart [--url URL]              # dist/chart: the .tgz and index.yaml
+    python -m spiderpool_lab.release chart-push oci://ghcr.io/myorg # helm push of the packaged chart
+
+The image is built by whichever builder the machine has (buildah, podman or docker; ``BUILDER``
+picks one), from the project's Dockerfile, with the OCI labels filled in (version, git commit,
+git remote). The version is pyproject.toml's, as everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from spiderpool import __version__
+from spiderpool_lab import paths
+
+IMAGE = "spiderpool-python"
+BUILDERS = ("buildah", "podman", "docker")
+CHART_DIR = Path("charts/spiderpool")
+
+
+class ReleaseError(RuntimeError):
+    pass
+
+
+def builder() -> str:
+    wanted = os.environ.get("BUILDER")
+    for name in (wanted,) if wanted else BUILDERS:
+        if name and shutil.which(name):
+            return name
+    raise ReleaseError(
+        f"no image builder: install one of {', '.join(BUILDERS)} (Debian: apt-get install buildah)"
+        if not wanted
+        else f"BUILDER={wanted} is not on PATH"
+    )
+
+
+def local_ref() -> str:
+    return f"{IMAGE}:{__version__}"
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=paths.repo_root(), capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _run(argv: list[str]) -> None:
+    print("+ " + " ".join(argv), file=sys.stderr, flush=True)
+    if subprocess.run(argv, cwd=paths.repo_root()).returncode != 0:
+        raise ReleaseError(f"{argv[0]} failed (see above)")
+
+
+def image_argv(tool: str, *, base: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    args = {"VERSION": __version__, "REVISION": _git("rev-parse", "HEAD") or "unknown"}
+    args["SOURCE"] = _git("remote", "get-url", "origin") or "unknown"
+    if base:
+        args["BASE"] = base
+    return [
+        tool,
+        "build",
+        *extra,
+        "-f",
+        "Dockerfile",
+        "-t",
+        local_ref(),
+        *(f"--build-arg={k}={v}" for k, v in args.items()),
+        ".",
+    ]
+
+
+def push_argv(tool: str, registry: str, *, tls_verify: bool = True) -> list[list[str]]:
+    """The commands that push the local image to ``registry`` (host[:port][/path])."""
+    registry = registry.rstrip("/")
+    if not registry or "://" in registry:
+        raise ReleaseError(f"REGISTRY={registry!r}: give host[:port][/path], e.g. ghcr.io/myorg")
+    remote = f"{registry}/{local_ref()}"
+    if tool == "docker":
+        return [["docker", "tag", local_ref(), remote], ["docker", "push", remote]]
+    flags = [] if tls_verify else ["--tls-verify=false"]
+    return [[tool, "push", *flags, local_ref(), f"docker://{remote}"]]
+
+
+def helm() -> str:
+    found = os.environ.get("HELM") or shutil.which("helm")
+    if found:
+        return found
+    from spiderpool_lab import build  # (the lab's own helm, built from its Go module)
+
+    return str(build.binary("helm"))
+
+
+def chart(out: Path, url: str | None) -> Path:
+    """Package the chart into ``out`` and write the repository's index.yaml beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    _run([helm(), "package", str(CHART_DIR), "-d", str(out), "--version", __version__, "--app-version", __version__])
+    index = [helm(), "repo", "index", str(out)]
+    if url:
+        index += ["--url", url]
+    _run(index)
+    return out / f"spiderpool-{__version__}.tgz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m spiderpool_lab.release", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    p_image = sub.add_parser("image", help="build the image with buildah, podman or docker")
+    p_image.add_argument("--base", help="the BASE build argument (default: the Dockerfile's python:3.11-slim)")
+    p_push = sub.add_parser("image-push", help="push the image to REGISTRY (host[:port][/path])")
+    p_push.add_argument("registry")
+    p_push.add_argument("--tls-verify", default="true", choices=("true", "false"), help="false: a plain-HTTP registry")
+    p_chart = sub.add_parser("chart", help="package the chart and write index.yaml (a static Helm repository)")
+    p_chart.add_argument("--out", default="dist/chart")
+    p_chart.add_argument("--url", help="the URL the repository will be served at (index.yaml's links)")
+    p_cpush = sub.add_parser("chart-push", help="push the packaged chart to an OCI registry (oci://host/path)")
+    p_cpush.add_argument("oci")
+    p_cpush.add_argument("--out", default="dist/chart")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "image":
+            _run(image_argv(builder(), base=args.base))
+        elif args.cmd == "image-push":
+            tool = builder()
+            for cmd in push_argv(tool, args.registry, tls_verify=args.tls_verify == "true"):
+                _run(cmd)
+        elif args.cmd == "chart":
+            print(chart(Path(args.out), args.url))
+        elif args.cmd == "chart-push":
+            if not args.oci.startswith("oci://"):
+                raise ReleaseError(f"{args.oci!r}: give oci://host[:port]/path")
+            _run([helm(), "push", str(Path(args.out) / f"spiderpool-{__version__}.tgz"), args.oci])
+    except ReleaseError as exc:
+        print(f"release: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
