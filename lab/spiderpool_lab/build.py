@@ -304,9 +304,7 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     tmp_out.mkdir(exist_ok=True)
     major, minor = [*version.removeprefix("v").split("."), "0"][:2]
     kube_minor = _client_go_minor(work, log) if any("{kube_minor}" in x for x in comp.stamps) else ""
-    stamps = " ".join(
-        x.format(version=version, major=major, minor=minor, kube_minor=kube_minor) for x in comp.stamps
-    )
+    stamps = " ".join(x.format(version=version, major=major, minor=minor, kube_minor=kube_minor) for x in comp.stamps)
     flags = [f"-ldflags=-s -w {stamps}".strip()]
     if comp.tags:
         flags.append(f"-tags={comp.tags}")
