@@ -173,6 +173,14 @@ COMPONENTS: tuple[Component, ...] = (
         binaries={"promtool": "github.com/prometheus/prometheus/cmd/promtool"},
     ),
     Component(
+        # the lab's image registry (CNCF distribution): make image-push pushes there, nodes pull from it
+        name="distribution",
+        module_dir="distribution",
+        module="github.com/distribution/distribution/v3",
+        versions=("v3.1.2", "v3.1.1"),
+        binaries={"registry": "github.com/distribution/distribution/v3/cmd/registry"},
+    ),
+    Component(
         name="helm",
         module_dir="helm",
         module="helm.sh/helm/v3",

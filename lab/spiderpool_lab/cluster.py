@@ -513,6 +513,9 @@ class Lab:
         run = self.in_node(name, state)
         if not self._running(state, f"containerd/{name}"):
             (node.dir / "etc" / "containerd" / "config.toml").write_text(noderuntime.containerd_config())
+            hosts = node.dir / "etc" / "containerd" / "certs.d" / noderuntime.REGISTRY
+            hosts.mkdir(parents=True, exist_ok=True)
+            (hosts / "hosts.toml").write_text(noderuntime.registry_hosts())
             self._start(
                 state,
                 f"containerd/{name}",

@@ -14,7 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from spiderpool_lab import build, images
+from spiderpool_lab import build, images, topology
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: kubelet sets these at start (machine-wide, not per network namespace); the lab puts the
@@ -138,10 +138,19 @@ def remove_cgroup_root(name: str) -> list[str]:
 
 
 # ------------------------------------------------------------ containerd
+#: the lab's image registry (spiderpool_lab.registry): plain HTTP on the control plane's address
+REGISTRY = f"{topology.CONTROL_PLANE_IP}:5000"
+
+
+def registry_hosts() -> str:
+    """containerd's ``certs.d/<REGISTRY>/hosts.toml``: pull from the lab registry over HTTP."""
+    return f'server = "http://{REGISTRY}"\n\n[host."http://{REGISTRY}"]\n  capabilities = ["pull", "resolve"]\n'
+
+
 def containerd_config() -> str:
     """containerd 2 (config version 3) for a lab node: runc from Debian, CNI from the node's folders,
-    the lab's pause image; AppArmor off and oom_score_adj restricted, as this machine withholds
-    CAP_SYS_RESOURCE (the sandbox fails otherwise)."""
+    the lab's pause image, the lab registry's hosts (``certs.d``); AppArmor off and oom_score_adj
+    restricted, as this machine withholds CAP_SYS_RESOURCE (the sandbox fails otherwise)."""
     return f"""version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -152,6 +161,8 @@ state = "/run/containerd"
 [plugins]
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = "/etc/containerd/certs.d"
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = "{SANDBOX_IMAGE}"
   [plugins.'io.containerd.cri.v1.runtime']

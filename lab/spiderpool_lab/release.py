@@ -7,7 +7,7 @@ and ``chart-push``):
     python -m spiderpool_lab.release chart-push oci://ghcr.io/myorg # helm push of the packaged chart
 
 The image is built by whichever builder the machine has (buildah, podman or docker; ``BUILDER``
-picks one), from the project's Dockerfile, with the OCI labels filled in (version, git commit,
+picks one, or names a command line), from the project's Dockerfile, with the OCI labels filled in (version, git commit,
 git remote). The version is pyproject.toml's, as everywhere.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,16 +33,22 @@ class ReleaseError(RuntimeError):
     pass
 
 
-def builder() -> str:
-    wanted = os.environ.get("BUILDER")
-    for name in (wanted,) if wanted else BUILDERS:
-        if name and shutil.which(name):
-            return name
-    raise ReleaseError(
-        f"no image builder: install one of {', '.join(BUILDERS)} (Debian: apt-get install buildah)"
-        if not wanted
-        else f"BUILDER={wanted} is not on PATH"
-    )
+def builder() -> list[str]:
+    """The image builder's command: ``BUILDER`` (a name, or a command line such as a wrapper that
+    gives buildah its own storage), else the first of buildah, podman, docker on PATH."""
+    wanted = shlex.split(os.environ.get("BUILDER", ""))
+    if wanted:
+        if not shutil.which(wanted[0]):
+            raise ReleaseError(f"BUILDER={wanted[0]} is not on PATH")
+        return wanted
+    for name in BUILDERS:
+        if shutil.which(name):
+            return [name]
+    raise ReleaseError(f"no image builder: install one of {', '.join(BUILDERS)} (Debian: apt-get install buildah)")
+
+
+def _is_docker(tool: list[str]) -> bool:
+    return Path(tool[0]).name == "docker"
 
 
 def local_ref() -> str:
@@ -59,15 +66,16 @@ def _run(argv: list[str]) -> None:
         raise ReleaseError(f"{argv[0]} failed (see above)")
 
 
-def image_argv(tool: str, *, base: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+def image_argv(tool: list[str], *, base: str | None = None) -> list[str]:
+    """The build command; ``BUILD_FLAGS`` adds flags of the builder's own (e.g. --network=host)."""
     args = {"VERSION": __version__, "REVISION": _git("rev-parse", "HEAD") or "unknown"}
     args["SOURCE"] = _git("remote", "get-url", "origin") or "unknown"
     if base:
         args["BASE"] = base
     return [
-        tool,
+        *tool,
         "build",
-        *extra,
+        *shlex.split(os.environ.get("BUILD_FLAGS", "")),
         "-f",
         "Dockerfile",
         "-t",
@@ -77,16 +85,16 @@ def image_argv(tool: str, *, base: str | None = None, extra: tuple[str, ...] = (
     ]
 
 
-def push_argv(tool: str, registry: str, *, tls_verify: bool = True) -> list[list[str]]:
+def push_argv(tool: list[str], registry: str, *, tls_verify: bool = True) -> list[list[str]]:
     """The commands that push the local image to ``registry`` (host[:port][/path])."""
     registry = registry.rstrip("/")
     if not registry or "://" in registry:
         raise ReleaseError(f"REGISTRY={registry!r}: give host[:port][/path], e.g. ghcr.io/myorg")
     remote = f"{registry}/{local_ref()}"
-    if tool == "docker":
-        return [["docker", "tag", local_ref(), remote], ["docker", "push", remote]]
+    if _is_docker(tool):  # (a plain-HTTP registry is docker's daemon setting: insecure-registries)
+        return [[*tool, "tag", local_ref(), remote], [*tool, "push", remote]]
     flags = [] if tls_verify else ["--tls-verify=false"]
-    return [[tool, "push", *flags, local_ref(), f"docker://{remote}"]]
+    return [[*tool, "push", *flags, local_ref(), f"docker://{remote}"]]
 
 
 def helm() -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spiderpool_lab.cluster import Lab
 from spiderpool_lab.demo import Demo
+from tests.helpers import get_json
 
 
 def test_demo_runs_the_walkthrough(tmp_path: Path) -> None:
@@ -42,3 +43,26 @@ def test_demo_runs_the_walkthrough(tmp_path: Path) -> None:
     assert "IPv4 on, IPv6 off" in text
     assert "feature.enableIPv4/feature.enableIPv6 is the older chart's spelling" in text
     assert "not installed by this chart (multus.multusCNI.install=false)" in text
+
+
+def test_a_one_node_cluster_installs_ready_and_drains(tmp_path: Path) -> None:
+    """The walkthrough on a one-node cluster: the install is Ready (one controller, as many as
+    there are nodes; no PodDisruptionBudget it could not satisfy) and `kubectl drain` is not
+    blocked."""
+    lab = Lab(tmp_path / "lab", prefix="splabo")
+    out = io.StringIO()
+    try:
+        lab.up(nodes=1)
+        ok = Demo(lab, out=out).run()
+        assert ok, out.getvalue()
+        deployment = get_json(lab, "deployment", "-n", "kube-system", "spiderpool-controller")
+        assert (deployment["spec"]["replicas"], deployment["status"].get("readyReplicas")) == (1, 1)
+        pdb = lab.kubectl("get", "poddisruptionbudget", "-n", "kube-system", "spiderpool-controller", check=False)
+        assert pdb.returncode != 0, pdb.stdout
+        drain = lab.kubectl(
+            "drain", "node1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s", check=False
+        )
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        assert "node/node1 drained" in drain.stdout
+    finally:
+        lab.down()

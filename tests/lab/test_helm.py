@@ -8,6 +8,7 @@ import base64
 import datetime
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -175,6 +176,36 @@ def test_uninstall_leaves_records_and_a_reinstall_adopts_them(agents: Agents, co
         lab.kubectl("delete", "spiderippool", "helm-pool", "--wait=true", check=False)
         lab.reset_cni_config()
     assert_consistent(lab)
+
+
+def test_an_upgrade_keeps_an_edited_spidercoordinator(controllers: Controllers) -> None:
+    """`kubectl edit spidercoordinator default`, then `helm upgrade`: the edit stays (the init Job
+    creates the object and carries the chart's changed values, never over an admin's edit)."""
+    lab = controllers.lab
+    prefix = "0a:1b"
+    assert not get_json(lab, "spidercoordinator", "default")["spec"].get("podMACPrefix")
+    lab.kubectl(
+        "patch", "spidercoordinator", "default", "--type=merge", "-p", json.dumps({"spec": {"podMACPrefix": prefix}})
+    )
+    try:
+        stack.helm_install(lab)  # the post-upgrade Job runs (helm --wait waits for it)
+        assert get_json(lab, "spidercoordinator", "default")["spec"].get("podMACPrefix") == prefix
+        # a chart value changed by the upgrade (and not edited) still reaches it
+        stack.helm_install(lab, {"coordinator": {"podRPFilter": 2}})
+        spec = get_json(lab, "spidercoordinator", "default")["spec"]
+        assert (spec.get("podMACPrefix"), spec.get("podRPFilter")) == (prefix, 2)
+    finally:
+        lab.kubectl(
+            "patch",
+            "spidercoordinator",
+            "default",
+            "--type=json",
+            "-p",
+            '[{"op": "remove", "path": "/spec/podMACPrefix"}]',
+            check=False,
+        )
+        stack.helm_install(lab)
+    assert get_json(lab, "spidercoordinator", "default")["spec"].get("podRPFilter") == 0
 
 
 def test_helm_release_status_and_notes(controllers: Controllers) -> None:
@@ -410,6 +441,43 @@ def _multus_pods(lab: Lab) -> list[dict[str, Any]]:
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
+def _multus_restart_keeps_its_config(lab: Lab) -> None:
+    """A Multus pod restarts (an upgrade, a drain, a crash): with the chart's default
+    (multus.multusCNI.uninstall=false) its node keeps 00-multus.conf throughout, and a pod created
+    meanwhile on that node starts."""
+    from spiderpool_lab import install
+
+    node = lab.nodes()[0].name
+    (victim,) = [p for p in _multus_pods(lab) if p["spec"]["nodeName"] == node]
+    old_uid = victim["metadata"]["uid"]
+    lab.kubectl("delete", "pod", "-n", "kube-system", victim["metadata"]["name"], "--wait=false")
+    apply(lab, MEANWHILE.format(node=node))
+    try:
+        seen_without = []
+
+        def back() -> bool:
+            if not install.multus_conf(lab, node):
+                seen_without.append(time.monotonic())
+            mine = [p for p in _multus_pods(lab) if p["spec"]["nodeName"] == node]
+            return bool(mine) and mine[0]["metadata"]["uid"] != old_uid and mine[0]["status"].get("phase") == "Running"
+
+        procs.wait_for(back, timeout=120, interval=0.1, what=f"a new Multus pod Running on {node}")
+        assert not seen_without, f"{node} had no 00-multus.conf while its Multus pod restarted"
+        wait_running(lab, "default", "app=multus-meanwhile", 1)
+    finally:
+        lab.kubectl("delete", "pod", "-n", "default", "multus-meanwhile", "--wait=true", check=False)
+
+
+MEANWHILE = """
+apiVersion: v1
+kind: Pod
+metadata: {{name: multus-meanwhile, namespace: default, labels: {{app: multus-meanwhile}}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: main, image: registry.invalid/app:1}}]
+"""
+
+
 def test_multus_install_detects_an_existing_multus(controllers: Controllers) -> None:
     """The walkthrough's order (Multus from its own manifest, then the chart with install=true): no
     second Multus; without one, the chart's Multus runs on every node; install=false removes it."""
@@ -447,6 +515,7 @@ def test_multus_install_detects_an_existing_multus(controllers: Controllers) -> 
             timeout=120,
             what="the chart's Multus on every node, with its 00-multus.conf",
         )
+        _multus_restart_keeps_its_config(lab)
         stack.helm_install(lab)  # install=false again: Helm removes its Multus
         procs.wait_for(lambda: not _multus_pods(lab), timeout=120, what="the chart's Multus to go")
     finally:
