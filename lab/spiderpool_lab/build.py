@@ -201,9 +201,9 @@ COMPONENTS: tuple[Component, ...] = (
 )
 
 
-#: built for the test suite only (the peer the benchmarks compare with, the rule checker): `make demo`
-#: skips them
-TEST_ONLY = ("whereabouts", "promtool")
+#: built for the test suite only (the peer the benchmarks compare with, the rule checker, the registry of
+#: the install page's test): `make demo` skips them
+TEST_ONLY = ("whereabouts", "promtool", "distribution")
 
 
 class BuildError(RuntimeError):

@@ -155,7 +155,8 @@ def test_the_install_page_end_to_end(agents: Agents, controllers: Controllers) -
         # 5. verify
         doctor = spiderpool_cli(lab, *page_command("kubectl spiderpool doctor").split()[2:], check=False)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-        assert "FAIL" not in doctor.stdout
+        assert not [line for line in doctor.stdout.splitlines() if line.startswith("FAIL")], doctor.stdout
+        assert doctor.stdout.rstrip().endswith(" 0 FAIL"), doctor.stdout
     finally:
         lab.kubectl("delete", "namespace", NS, "--wait=false", check=False)
         wait_no_records(lab, NS, timeout=120)
@@ -172,6 +173,7 @@ def test_the_install_page_end_to_end(agents: Agents, controllers: Controllers) -
     started = time.monotonic()
     failed = _sh(lab, page_command("helm install spiderpool spiderpool/spiderpool").replace(PAGE_REGISTRY, wrong))
     took = time.monotonic() - started
+    print(f"wrong registry: helm install --wait failed after {took:.1f} s")
     try:
         assert failed.returncode != 0, failed.stdout
         named = f"pull-{at.replace(':', '-')}-wrong-spiderpool-python-{__version__}"
