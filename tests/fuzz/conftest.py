@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from spiderpool.agent.install import install_plugins
+from spiderpool.cni import relay
 from spiderpool_lab import procs, topology
 from spiderpool_lab.cluster import Lab
 from tests.helpers import get_json, pool_manifest
@@ -55,6 +57,8 @@ class FuzzAgent:
     log: Path
     pid: int
     pods: dict[str, dict[str, Any]]
+    #: the plugins installed as the static relay (``bin_dir``: as Python scripts)
+    relay_dir: Path
     #: (pod uid, interface) of every ADD that succeeded: the only records allowed to exist
     holders: set[tuple[str, str]] = field(default_factory=set)
 
@@ -146,7 +150,13 @@ def fuzz_agent(agents: Agents, tmp_path_factory: pytest.TempPathFactory) -> Iter
         detail=lambda: procs.tail(log),
     )
     pods = {p["metadata"]["name"]: p for p in get_json(lab, "pods", "-n", NS)["items"]}
-    agent = FuzzAgent(lab, sock, work / "bin", log, pid, pods)
+    # the other installed form, beside the scripts the agent installed: the static relay, which
+    # hands each call to this agent (the Python plugin then runs in the agent)
+    relay_dir = work / "relay-bin"
+    install_plugins(
+        relay_dir, python="/nonexistent", socket_path=str(sock), relay=relay.build(work / "spiderpool-relay")
+    )
+    agent = FuzzAgent(lab, sock, work / "bin", log, pid, pods, relay_dir)
     try:
         yield agent
         assert procs.alive(pid), f"the fuzz agent died:\n{procs.tail(log)}"

@@ -100,15 +100,19 @@ NAMES = {
 _A_POD = "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b"
 
 
-def run(agent: FuzzAgent, plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, dict[str, Any]]:
-    """Exec the installed plugin; its exit code and the one JSON document it printed."""
+def run(
+    agent: FuzzAgent, plugin: str, env: dict[str, str], stdin: bytes, *, relay: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """Exec the installed plugin (the script, or the relay); its exit code and the one JSON
+    document it printed."""
     if "CNI_ARGS" in env:
         uid = agent.pods[PODS[0]]["metadata"]["uid"]
         env = {**env, "CNI_ARGS": env["CNI_ARGS"].replace("@uid", uid)}
+    bin_dir = agent.relay_dir if relay else agent.bin_dir
     proc = subprocess.run(
-        [str(agent.bin_dir / plugin)],
+        [str(bin_dir / plugin)],
         input=stdin,
-        env={**env, "CNI_PATH": str(agent.bin_dir)},
+        env={**env, "CNI_PATH": str(bin_dir)},
         capture_output=True,
         timeout=120,
     )
@@ -148,6 +152,22 @@ def test_the_ipam_plugin_prints_a_result_or_an_error_naming_the_field(
     count("IPAM plugin: stdin config, CNI_ARGS and environment (exec)")
     code, out = run(fuzz_agent, "spiderpool", env, stdin)
     judge(fuzz_agent, code, out, env)
+
+
+@settings(LAB, max_examples=200)
+@given(ENV, STDIN)
+@example({"CNI_COMMAND": "ADD", "CNI_ARGS": "K8S_POD_NAME=x\r\nX-Cni-Command: DEL"}, b"{}")  # a header smuggled
+@example({"CNI_COMMAND": "ADD"}, b"\xff\xfe")
+def test_the_relay_prints_a_result_or_an_error_naming_the_field(
+    fuzz_agent: FuzzAgent, env: dict[str, str], stdin: bytes
+) -> None:
+    """The same calls through the installed relay: the same kinds of answer (the Python plugin
+    runs them in the agent), and what cannot be a header refused with code 4."""
+    count("IPAM plugin through the static relay (exec)")
+    code, out = run(fuzz_agent, "spiderpool", env, stdin, relay=True)
+    judge(fuzz_agent, code, out, env)
+    if code and out["code"] == 11:  # (only the agent's own "try again"; never a refused relayed call)
+        assert "cannot run relayed calls" not in out["msg"], out
 
 
 @settings(LAB, max_examples=100)

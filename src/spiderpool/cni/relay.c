@@ -10,7 +10,8 @@
  *
  * Where it looks for the agent, as the Python plugin does: the config's
  * "ipam_unix_socket_path", else <its own folder>/.spiderpool/socket, else upstream's default.
- * VERSION is answered here; an unreachable agent is CNI error 11 (try again later).
+ * VERSION is answered here; an unreachable agent is CNI error 11 (try again later); a CNI_*
+ * variable that is not printable ASCII is error 4 (it could not be sent as a header).
  *
  * Built by spiderpool.cni.relay (cc -static -Os).
  */
@@ -105,6 +106,16 @@ static int json_key(const char *text, const char *key, char *out, size_t size) {
     if (p[n] != '"' || n == 0 || n >= size) return 0;
     memcpy(out, p, n);
     out[n] = 0;
+    return 1;
+}
+
+/* Whether s can be an HTTP header's value as it is: printable ASCII and tabs. The runtime's CNI_*
+ * values always are; anything else is refused here, naming the variable, rather than sent. */
+static int header_safe(const char *s) {
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c < 0x20 && c != '\t') || c >= 0x7f) return 0;
+    }
     return 1;
 }
 
@@ -215,13 +226,15 @@ int main(int argc, char **argv) {
              "POST /v1/cni/exec HTTP/1.1\r\nHost: spiderpool-agent\r\nConnection: close\r\n"
              "Content-Type: application/json\r\nContent-Length: %zu\r\nX-Cni-Plugin: %s\r\n",
              in.len, base_name(argv[0]));
-    if (strpbrk(base_name(argv[0]), "\r\n")) return fail(4, "the executable's name holds a line break", "");
+    if (!header_safe(base_name(argv[0])))
+        return fail(4, "the executable's name holds a character that is not printable ASCII", "");
     puts_(&req, line);
     for (size_t i = 0; i < sizeof VARS / sizeof VARS[0]; i++) {
         const char *value = getenv(VARS[i][0]);
         if (!value) continue;
-        if (strpbrk(value, "\r\n")) {
-            snprintf(line, sizeof line, "environment variable %s holds a line break", VARS[i][0]);
+        if (!header_safe(value)) {
+            snprintf(line, sizeof line, "environment variable %s holds a character that is not printable ASCII",
+                     VARS[i][0]);
             return fail(4, line, "");
         }
         if (puts_(&req, VARS[i][1]) || puts_(&req, ": ") || puts_(&req, value) || puts_(&req, "\r\n"))
