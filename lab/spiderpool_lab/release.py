@@ -72,10 +72,14 @@ def image_argv(tool: list[str], *, base: str | None = None) -> list[str]:
     args["SOURCE"] = _git("remote", "get-url", "origin") or "unknown"
     if base:
         args["BASE"] = base
+    # the labels also as flags: a builder's layer cache may reuse a LABEL step built with other
+    # argument values (buildah 1.28 does), and these must name this build
+    labels = {"version": args["VERSION"], "revision": args["REVISION"], "source": args["SOURCE"]}
     return [
         *tool,
         "build",
         *shlex.split(os.environ.get("BUILD_FLAGS", "")),
+        *(f"--label=org.opencontainers.image.{k}={v}" for k, v in labels.items()),
         "-f",
         "Dockerfile",
         "-t",

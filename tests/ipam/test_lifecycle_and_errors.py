@@ -340,8 +340,9 @@ BAD_CONFIGS = [
 
 
 def test_malformed_cni_configs_fail_naming_the_key(stack: Agents) -> None:
-    node = stack.lab.node("node1")
-    plugin = str(node.cni_bin_dir / "spiderpool")
+    # the installed plugin, run where the runtime runs it: in node1's namespaces (the socket path
+    # the agent wrote beside it is a path of the node's)
+    plugin = stack.lab.exec_argv("node1", ["/opt/cni/bin/spiderpool"])
     env = {
         **os.environ,
         "CNI_COMMAND": "ADD",
@@ -349,20 +350,20 @@ def test_malformed_cni_configs_fail_naming_the_key(stack: Agents) -> None:
         "CNI_NETNS": "/run/netns/none",
         "CNI_IFNAME": "eth0",
         "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=x",
-        "CNI_PATH": str(node.cni_bin_dir),
+        "CNI_PATH": "/opt/cni/bin",
     }
     failures = []
     for conf, code, message in BAD_CONFIGS:
         full = {"cniVersion": "1.0.0", "name": "bad", "type": "macvlan", **conf}
-        out = subprocess.run([plugin], input=json.dumps(full), capture_output=True, text=True, env=env, timeout=30)
+        out = subprocess.run(plugin, input=json.dumps(full), capture_output=True, text=True, env=env, timeout=30)
         err = json.loads(out.stdout or "{}")
         if out.returncode == 0 or err.get("code") != code or message not in err.get("msg", ""):
             failures.append(f"{conf}: expected code {code} with {message!r}, got rc={out.returncode} {out.stdout}")
     assert not failures, "\n".join(failures)
-    version = subprocess.run([plugin], capture_output=True, text=True, env={**env, "CNI_COMMAND": "VERSION"})
+    version = subprocess.run(plugin, capture_output=True, text=True, env={**env, "CNI_COMMAND": "VERSION"})
     assert json.loads(version.stdout)["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
     status = subprocess.run(
-        [plugin],
+        plugin,
         input=json.dumps(
             {
                 "cniVersion": "1.1.0",

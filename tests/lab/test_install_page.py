@@ -87,6 +87,7 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
 
 def _serve(lab: Lab, directory: Path) -> str:
     """A static web server for the packaged chart (on loopback, where helm runs)."""
+    directory.mkdir(parents=True, exist_ok=True)  # (make chart fills it next)
     port = procs.free_port()
     if lab.process_alive(REPO_PROCESS):
         lab.stop_process(REPO_PROCESS)
@@ -96,7 +97,7 @@ def _serve(lab: Lab, directory: Path) -> str:
 
     def answers() -> bool:
         try:
-            with urllib.request.urlopen(url + "index.yaml", timeout=2) as resp:  # loopback only
+            with urllib.request.urlopen(url, timeout=2) as resp:  # loopback only
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -121,6 +122,14 @@ def test_the_install_page_end_to_end(agents: Agents, controllers: Controllers) -
     probe = ["curl", "-sf", f"http://{at}/v2/spiderpool/spiderpool-python/tags/list"]
     tags = subprocess.run(registry.in_control_plane(lab, probe), capture_output=True, text=True)
     assert f'"{__version__}"' in tags.stdout, tags.stdout + tags.stderr
+    inspect = subprocess.run(
+        images._buildah("inspect", "--type", "image", f"spiderpool-python:{__version__}"),
+        capture_output=True,
+        text=True,
+    )
+    labels = json.loads(inspect.stdout)["OCIv1"]["config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == __version__, labels
+    assert len(labels["org.opencontainers.image.revision"]) == 40, labels  # the commit built
     # 2. the chart: packaged, indexed, served, added
     url = _serve(lab, ROOT / "dist" / "chart")
     _ok(_sh(lab, page_command("make chart CHART_URL=").replace(PAGE_REPO, url.rstrip("/"))))
@@ -176,7 +185,7 @@ def test_the_install_page_end_to_end(agents: Agents, controllers: Controllers) -
     print(f"wrong registry: helm install --wait failed after {took:.1f} s")
     try:
         assert failed.returncode != 0, failed.stdout
-        named = f"pull-{at.replace(':', '-')}-wrong-spiderpool-python-{__version__}"
+        named = f"pull-{at}-wrong-spiderpool-python-{__version__}".replace(":", "-").replace(".", "-")
         assert f"job {named} failed: DeadlineExceeded" in failed.stderr, failed.stderr
         assert took <= 60, f"helm took {took:.0f}s to fail"
         assert not agents.pods(), "the agents were created though the image cannot be pulled"

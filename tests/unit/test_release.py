@@ -16,6 +16,8 @@ def test_the_image_is_named_after_the_version_and_labelled() -> None:
     assert f"--build-arg=VERSION={__version__}" in argv
     assert "--build-arg=BASE=lab.local/debian:bookworm" in argv
     assert any(a.startswith("--build-arg=REVISION=") for a in argv)
+    # (as flags too: a layer cache may reuse a LABEL step built with other values)
+    assert f"--label=org.opencontainers.image.version={__version__}" in argv
 
 
 def test_push_goes_to_the_registry_and_organisation_given() -> None:

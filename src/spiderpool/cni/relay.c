@@ -10,7 +10,8 @@
  *
  * Where it looks for the agent, as the Python plugin does: the config's
  * "ipam_unix_socket_path", else <its own folder>/.spiderpool/socket, else upstream's default.
- * VERSION is answered here; an unreachable agent is CNI error 11 (try again later); a CNI_*
+ * VERSION is answered here; an unreachable agent is CNI error 11 (try again later), or 50 for
+ * STATUS (not available); a CNI_*
  * variable that is not printable ASCII is error 4 (it could not be sent as a header).
  *
  * Built by spiderpool.cni.relay (cc -static -Os).
@@ -255,9 +256,11 @@ int main(int argc, char **argv) {
         }
     }
     if (fd < 0 || !reply.data) {
-        snprintf(line, sizeof line, "spiderpool-agent is not reachable at %s: %s", sock,
-                 strerror(errno ? errno : ECONNRESET));
-        return fail(11, line, "is spiderpool-agent running?");
+        int status_call = command && strcmp(command, "STATUS") == 0;
+        snprintf(line, sizeof line, "%sspiderpool-agent is not reachable at %s: %s",
+                 status_call ? "spiderpool IPAM is not available: " : "", sock, strerror(errno ? errno : ECONNRESET));
+        /* (STATUS answers 50, "not available", as the spec words it; any other call 11, try again) */
+        return fail(status_call ? 50 : 11, line, "is spiderpool-agent running?");
     }
     close(fd);
     char *body = strstr(reply.data, "\r\n\r\n");
