@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             build.build_all(only=args.components or demo_only)
             print(f"lock: {build.lock_path()}")
             if not args.no_images and not args.components:
-                images.build_images(skip=images.TEST_ONLY if args.demo else frozenset())
+                images.build_images(skip=frozenset(build.TEST_ONLY) if args.demo else frozenset())
                 images.say_built()
             return 0
         if args.cmd == "up":

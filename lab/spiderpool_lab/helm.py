@@ -74,43 +74,38 @@ def repo_url(lab: Lab) -> str:
     return f"http://127.0.0.1:{port}/"
 
 
-def serve_repo(lab: Lab) -> str:
-    """Package the chart, index it and serve the repository (idempotent); returns its URL."""
+def serve_directory(lab: Lab, key: str, directory: Path, port: int | None = None) -> str:
+    """Serve ``directory`` over HTTP on the root namespace's loopback (where helm runs) as the lab
+    process ``key`` (idempotent); returns its URL once it answers."""
+    directory.mkdir(parents=True, exist_ok=True)
     state = lab.state()
     ports = state.setdefault("ports", {})
-    if not lab.process_alive(REPO_PROCESS):
-        ports[REPO_PROCESS] = procs.free_port()
+    if not lab.process_alive(key):
+        ports[key] = port or procs.free_port()
         lab._save(state)
-    url = f"http://127.0.0.1:{ports[REPO_PROCESS]}/"
-    root = lab.dir / "chart-repo"
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("*.tgz"):
-        old.unlink()
-    run(None, "package", str(chart_path()), "--destination", str(root))
-    run(None, "repo", "index", str(root), "--url", url)
-    if not lab.process_alive(REPO_PROCESS):
-        lab.start_process(
-            REPO_PROCESS,
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                str(root),
-                str(ports[REPO_PROCESS]),
-            ],
-        )
+        argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory)]
+        lab.start_process(key, [*argv, str(ports[key])])
+    url = f"http://127.0.0.1:{ports[key]}/"
 
     def answers() -> bool:
         try:
-            with urllib.request.urlopen(url + "index.yaml", timeout=2) as resp:  # loopback only
+            with urllib.request.urlopen(url, timeout=2) as resp:  # loopback only
                 return bool(resp.status == 200)
         except OSError:
             return False
 
-    procs.wait_for(answers, timeout=30, what=f"the chart repository at {url}")
+    procs.wait_for(answers, timeout=30, what=f"the web server of {directory} at {url}")
+    return url
+
+
+def serve_repo(lab: Lab) -> str:
+    """Package the chart, index it and serve the repository (idempotent); returns its URL."""
+    root = lab.dir / "chart-repo"
+    url = serve_directory(lab, REPO_PROCESS, root)
+    for old in root.glob("*.tgz"):
+        old.unlink()
+    run(None, "package", str(chart_path()), "--destination", str(root))
+    run(None, "repo", "index", str(root), "--url", url)
     return url
 
 

@@ -164,7 +164,7 @@ def rootfs_tar() -> Path:
 
 
 # ------------------------------------------------------------------ buildah
-def _buildah(*args: str) -> list[str]:
+def buildah_argv(*args: str) -> list[str]:
     """buildah with its storage in the lab cache, in a mount namespace of its own where ``/etc`` and
     ``/var`` are overlays: buildah writes a CNI lock, a network folder and a blob cache there
     (``/etc/cni``, ``/etc/containers/networks``, ``/var/lib/containers``) whatever its storage
@@ -193,7 +193,7 @@ def _buildah(*args: str) -> list[str]:
 
 
 def _bud(context: Path, containerfile: str, tag: str, build_args: dict[str, str], log: Path) -> None:
-    argv = _buildah(
+    argv = buildah_argv(
         "bud",
         "--isolation=chroot",
         "--network=host",  # no CNI: the build must not touch the machine's network configuration
@@ -244,13 +244,9 @@ def _context_files(spec: ImageSpec, context: Path) -> list[Path]:
     return files
 
 
-#: images of the test suite only (`spiderpool-lab build --demo` skips them)
-TEST_ONLY = frozenset({"whereabouts"})
-
-
 def build_images(skip: frozenset[str] = frozenset()) -> dict[str, Built]:
-    """Build every image (but those in ``skip``) that is missing or whose inputs changed; return
-    them all."""
+    """Build every image (but those named in ``skip``: an image carrying a component of the test
+    suite's, build.TEST_ONLY) that is missing or whose inputs changed; return them all."""
     cache = _cache()
     (cache / "archives").mkdir(parents=True, exist_ok=True)
     log = cache / "logs" / "images.log"
@@ -258,7 +254,7 @@ def build_images(skip: frozenset[str] = frozenset()) -> dict[str, Built]:
     base_tar = rootfs_tar()
     base_key = hashlib.sha256(base_tar.name.encode()).hexdigest()[:16]
     base_ctx = paths.repo_root() / "lab" / "images" / "base"
-    if lock.get("base", Built("", "")).key != base_key or not _has(_buildah("inspect", BASE_REF)):
+    if lock.get("base", Built("", "")).key != base_key or not _has(buildah_argv("inspect", BASE_REF)):
         with step("image lab.local/debian:bookworm"):
             work = cache / "contexts" / "base"
             shutil.rmtree(work, ignore_errors=True)
@@ -280,7 +276,7 @@ def build_images(skip: frozenset[str] = frozenset()) -> dict[str, Built]:
             h.update(src.read_bytes())
         key = h.hexdigest()[:16]
         made = Built(spec.name, key, spec.refs)
-        if lock.get(spec.name) == made and _has(_buildah("inspect", made.tag)):
+        if lock.get(spec.name) == made and _has(buildah_argv("inspect", made.tag)):
             continue
         with step(f"image {spec.refs[0]}"):
             work = context
@@ -295,7 +291,7 @@ def build_images(skip: frozenset[str] = frozenset()) -> dict[str, Built]:
             _bud(work, spec.containerfile, made.tag, {"BASE": BASE_REF} if spec.on_base else {}, log)
         old = lock.get(spec.name)
         if old is not None and old.key != key:
-            _has(_buildah("rmi", old.tag))  # the previous build of it is not needed any more
+            _has(buildah_argv("rmi", old.tag))  # the previous build of it is not needed any more
         lock[spec.name] = made
         _write_lock(lock)
     _bundle(lock, log)
@@ -333,7 +329,7 @@ def _bundle(lock: dict[str, Built], log: Path) -> Path:
         shutil.rmtree(layout, ignore_errors=True)
         for b in made:
             for ref in b.refs:
-                _run(_buildah("push", "--quiet", b.tag, f"oci:{layout}:{qualified(ref)}"), log=log)
+                _run(buildah_argv("push", "--quiet", b.tag, f"oci:{layout}:{qualified(ref)}"), log=log)
         tmp = archive.with_suffix(".tmp")
         _run(["tar", "-C", str(layout), "-cf", str(tmp), "."], log=log)
         tmp.replace(archive)

@@ -19,7 +19,6 @@ import shlex
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from spiderpool import __version__
@@ -66,7 +65,7 @@ def _env(lab: Lab) -> dict[str, str]:
     return dict(
         helm.env(lab),
         PATH=path + os.pathsep + os.environ.get("PATH", ""),
-        BUILDER=shlex.join(images._buildah()),
+        BUILDER=shlex.join(images.buildah_argv()),
         BUILD_FLAGS="--isolation=chroot --network=host --layers",
     )
 
@@ -83,27 +82,6 @@ def _sh(lab: Lab, command: str, *, netns: bool = False, timeout: float = 600) ->
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, f"{proc.args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
-
-
-def _serve(lab: Lab, directory: Path) -> str:
-    """A static web server for the packaged chart (on loopback, where helm runs)."""
-    directory.mkdir(parents=True, exist_ok=True)  # (make chart fills it next)
-    port = procs.free_port()
-    if lab.process_alive(REPO_PROCESS):
-        lab.stop_process(REPO_PROCESS)
-    argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory), str(port)]
-    lab.start_process(REPO_PROCESS, argv)
-    url = f"http://127.0.0.1:{port}/"
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # loopback only
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    procs.wait_for(answers, timeout=30, what=f"the chart repository at {url}")
-    return url
 
 
 def _uninstall(lab: Lab, agents: Agents, controllers: Controllers) -> None:
@@ -123,7 +101,7 @@ def test_the_install_page_end_to_end(agents: Agents, controllers: Controllers) -
     tags = subprocess.run(registry.in_control_plane(lab, probe), capture_output=True, text=True)
     assert f'"{__version__}"' in tags.stdout, tags.stdout + tags.stderr
     inspect = subprocess.run(
-        images._buildah("inspect", "--type", "image", f"spiderpool-python:{__version__}"),
+        images.buildah_argv("inspect", "--type", "image", f"spiderpool-python:{__version__}"),
         capture_output=True,
         text=True,
     )
@@ -131,7 +109,9 @@ def test_the_install_page_end_to_end(agents: Agents, controllers: Controllers) -
     assert labels["org.opencontainers.image.version"] == __version__, labels
     assert len(labels["org.opencontainers.image.revision"]) == 40, labels  # the commit built
     # 2. the chart: packaged, indexed, served, added
-    url = _serve(lab, ROOT / "dist" / "chart")
+    if lab.process_alive(REPO_PROCESS):  # (one left by an earlier run may serve another checkout)
+        lab.stop_process(REPO_PROCESS)
+    url = helm.serve_directory(lab, REPO_PROCESS, ROOT / "dist" / "chart")  # (make chart fills it next)
     _ok(_sh(lab, page_command("make chart CHART_URL=").replace(PAGE_REPO, url.rstrip("/"))))
     helm.run(lab, "repo", "remove", "spiderpool", check=False)  # (what another test may have added)
     _ok(_sh(lab, page_command("helm repo add").replace(PAGE_REPO, url.rstrip("/"))))

@@ -184,6 +184,11 @@ def _socket_call(path: str, method: str, body: Any, sock_path: str) -> Any:
     return answer(*_request(path, method, body, sock_path))
 
 
+def socket_caller(sock_path: str) -> Ask:
+    """``ask`` over the agent's unix socket at ``sock_path``."""
+    return lambda path, method, body: _socket_call(path, method, body, sock_path)
+
+
 def answer(status: int, reply: Any) -> Any:
     """The agent's reply, or the CNI error it carries."""
     if status >= 300:
@@ -287,8 +292,8 @@ def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str
     try:
         conf, version = load_config(stdin)
         ipam = conf["ipam"]
-        sock = ipam.get("ipam_unix_socket_path") or default_socket(argv0)
-        call = ask or (lambda path, method, body: _socket_call(path, method, body, sock))
+        # (the socket is looked up only when nobody answers for the agent: a relayed call has ``ask``)
+        call = ask or socket_caller(ipam.get("ipam_unix_socket_path") or default_socket(argv0))
         out = ""
         if command == "ADD":
             body = {

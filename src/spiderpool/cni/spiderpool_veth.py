@@ -46,8 +46,7 @@ def run(env: Env, stdin: bytes, argv0: str, ask: base.Ask | None = None) -> tupl
         version = str(conf.get("cniVersion", "0.3.1"))
         if version not in base.SUPPORTED:
             raise base.CniError(1, f"cniVersion {version!r} is not supported", f"use one of {base.SUPPORTED}")
-        sock = base.default_socket(argv0)
-        call = ask or (lambda path, method, body: base._socket_call(path, method, body, sock))
+        call = ask or base.socket_caller(base.default_socket(argv0))
         if command == "STATUS":
             try:
                 call("/v1/ipam/healthy", "GET", None)
