@@ -2,11 +2,15 @@
 
 The relay sends the runtime's CNI_* variables as ``X-Cni-*`` headers, the executable's name as
 ``X-Cni-Plugin`` and the network config as the body. The call is run here by the Python plugin
-itself (``spiderpool_ipam.run`` or ``spiderpool_veth.run``, the code a script install runs on
+itself (``spiderpool_ipam.steps`` or ``spiderpool_veth.run``, the code a script install runs on
 the node); its requests to the agent are answered in-process, by the code that answers them on
 the socket (``Agent.dispatch``). The reply is what the plugin would print, with ``X-Cni-Exit``
 its exit code. So the relay and the Python plugin cannot disagree: there is one implementation
 of the CNI side.
+
+The IPAM plugin's call has no I/O of its own (``steps`` only yields requests): it runs on the
+event loop, every request awaited in place. ``veth`` sets up links in the pod's namespace, which
+blocks: it runs in a thread of its own, its requests handed to the loop.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ HEADERS = {
     "X-Cni-Path": "CNI_PATH",
 }
 Runner = Callable[..., tuple[str, int]]
+#: the plugins that block (run in a thread); ``spiderpool`` runs on the loop
 RUNNERS: dict[str, Runner] = {
-    "spiderpool": spiderpool_ipam.run,
     "veth": spiderpool_veth.run,
     "coordinator": spiderpool_veth.run,
 }
+PLUGINS = ("spiderpool", *RUNNERS)
 #: calls run at once; each blocks a thread on its requests to this agent's loop, so they get
 #: threads of their own (the loop's default executor does the agent's netlink work: sharing it
 #: could leave every thread waiting on work that needs one)
@@ -51,19 +56,21 @@ class Relay:
 
     async def handle(self, request: web.Request) -> web.Response:
         plugin = request.headers.get("X-Cni-Plugin", "")
+        env = {var: request.headers[h] for h, var in HEADERS.items() if h in request.headers}
+        stdin = await request.read()
         runner = RUNNERS.get(plugin)
-        if runner is None:
+        if plugin == "spiderpool":
+            out, code = await self.steps(spiderpool_ipam.steps(env, stdin, plugin))
+        elif runner is None:
             out, code = spiderpool_ipam.failure(
                 spiderpool_ipam.CniError(
                     4,
                     f"the relay was installed under an unknown name {plugin!r}",
-                    f"install it as one of {', '.join(sorted(RUNNERS))}",
+                    f"install it as one of {', '.join(sorted(PLUGINS))}",
                 ),
                 "1.1.0",
             )
         else:
-            env = {var: request.headers[h] for h, var in HEADERS.items() if h in request.headers}
-            stdin = await request.read()
             loop = asyncio.get_running_loop()
 
             def ask(path: str, method: str, body: Any) -> Any:  # (in the pool's thread)
@@ -72,6 +79,21 @@ class Relay:
 
             out, code = await loop.run_in_executor(self.pool, runner, env, stdin, plugin, ask)
         return web.Response(body=out.encode(), content_type="application/json", headers={"X-Cni-Exit": str(code)})
+
+    async def steps(self, call: spiderpool_ipam.Steps) -> tuple[str, int]:
+        """Drive one IPAM call on the loop: each request answered by ``dispatch`` in place."""
+        try:
+            req = next(call)
+            while True:
+                try:
+                    reply = spiderpool_ipam.answer(*await self.dispatch(req.method, req.path, req.body))
+                except spiderpool_ipam.CniError as err:
+                    req = call.throw(err)
+                else:
+                    req = call.send(reply)
+        except StopIteration as done:
+            result: tuple[str, int] = done.value
+            return result
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

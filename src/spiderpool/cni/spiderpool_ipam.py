@@ -4,8 +4,12 @@ It runs once per CNI call, so its start-up is its latency: it imports only built
 (``_json``, ``_socket``; importing ``json`` and ``socket`` would double the start-up time, through
 ``re``, ``enum`` and ``typing``) and speaks HTTP/1.1 over the agent's unix socket by hand. The agent
 installs it into the node's CNI bin dir, precompiled, behind a launcher whose first line names the
-interpreter, or as a self-contained bundle for nodes without Python (``spiderpool.cni.bundle``),
-and writes its own socket path beside it.
+interpreter (``--python``), and writes its own socket path beside it; or, by default, installs the
+static relay (``spiderpool.cni.relay``), which forwards the call to the agent, where this code runs.
+
+One call is ``steps``: a generator that yields each request to the agent and is sent its answer
+(no I/O of its own). ``run`` drives it over the socket, or through an ``ask`` the caller gives;
+the agent drives it on its event loop for a relayed call (``spiderpool.agent.relay``).
 
 Commands: ADD, DEL, CHECK, VERSION, STATUS, GC (CNI 0.3.0 to 1.1.0). Errors follow the CNI spec:
 4 bad environment, 6 bad stdin, 7 invalid config (naming the key), 11 try again later (agent not
@@ -22,12 +26,14 @@ import time  # (built in: no import cost)
 
 TYPE_CHECKING = False  # importing typing would cost milliseconds per exec
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Generator, Mapping
     from typing import Any
 
     Env = Mapping[str, str]
     #: (path, method, body) -> the agent's reply (raises CniError)
     Ask = Callable[[str, str, Any], Any]
+    #: one call: yields requests, is sent their answers (or thrown their CniError), returns (stdout, code)
+    Steps = Generator["Request", Any, tuple[str, int]]
 
 DEFAULT_SOCKET = "/var/run/spidernet/spiderpool.sock"
 #: beside the installed executable: the agent writes its socket path there
@@ -280,11 +286,45 @@ def format_result(reply: dict[str, Any], ifname: str, version: str) -> dict[str,
     return {"cniVersion": version, "ips": ips, "routes": routes, "dns": reply.get("dns") or {}}
 
 
+class Request:
+    """A request of the plugin to the agent. ``socket()``: the agent's socket for it, looked up only
+    by a caller that uses the socket (a relayed call is answered in the agent)."""
+
+    __slots__ = ("_argv0", "_conf", "body", "method", "path")
+
+    def __init__(self, path: str, method: str, body: Any, ipam: dict[str, Any], argv0: str) -> None:
+        self.path, self.method, self.body = path, method, body
+        self._conf, self._argv0 = ipam, argv0
+
+    def socket(self) -> str:
+        return str(self._conf.get("ipam_unix_socket_path") or default_socket(self._argv0))
+
+
 def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str, int]:
     """One CNI call: what to print on stdout and the exit code. ``env`` holds the CNI_* variables,
     ``argv0`` the path the runtime executed (the socket file lies beside it). ``ask(path, method,
-    body)`` answers a request to the agent (the agent running a relayed call answers it itself);
-    by default it goes to the agent's socket."""
+    body)`` answers a request to the agent; by default it goes to the agent's socket."""
+    call = steps(env, stdin, argv0)
+    try:
+        req = next(call)
+        while True:
+            try:
+                if ask is not None:
+                    reply = ask(req.path, req.method, req.body)
+                else:
+                    reply = _socket_call(req.path, req.method, req.body, req.socket())
+            except CniError as err:
+                req = call.throw(err)
+            else:
+                req = call.send(reply)
+    except StopIteration as done:
+        result: tuple[str, int] = done.value
+        return result
+
+
+def steps(env: Env, stdin: bytes, argv0: str) -> Steps:
+    """One CNI call, without I/O: yields each ``Request`` to the agent and is sent the agent's reply
+    (or thrown the ``CniError`` it carries); returns what to print on stdout and the exit code."""
     command = env.get("CNI_COMMAND", "")
     if command == "VERSION":
         return json_dumps({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED}), 0
@@ -292,8 +332,6 @@ def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str
     try:
         conf, version = load_config(stdin)
         ipam = conf["ipam"]
-        # (the socket is looked up only when nobody answers for the agent: a relayed call has ``ask``)
-        call = ask or socket_caller(ipam.get("ipam_unix_socket_path") or default_socket(argv0))
         out = ""
         if command == "ADD":
             body = {
@@ -307,7 +345,7 @@ def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str
                 **pod_args(env),
             }
             # One request: the agent answers 503 (code 11, try again) itself until it is ready.
-            reply = call("/v1/ipam/ip", "POST", body)
+            reply = yield Request("/v1/ipam/ip", "POST", body, ipam, argv0)
             out = json_dumps(format_result(reply, body["ifName"], version))
         elif command == "DEL":
             body = {
@@ -318,7 +356,7 @@ def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str
             }
             # Releasing what is already gone succeeds; an unreachable agent is a transient error
             # (code 11), so the runtime retries the DEL instead of leaking the address.
-            call("/v1/ipam/ip", "DELETE", body)
+            yield Request("/v1/ipam/ip", "DELETE", body, ipam, argv0)
         elif command == "CHECK":
             prev = conf.get("prevResult") or {}
             ips = prev.get("ips") if isinstance(prev, dict) else None
@@ -332,16 +370,16 @@ def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str
                 "ips": [ip["address"] for ip in ips],
                 **pod_args(env),
             }
-            call("/v1/ipam/check", "POST", body)
+            yield Request("/v1/ipam/check", "POST", body, ipam, argv0)
         elif command == "STATUS":
             try:
-                call("/v1/ipam/healthy", "GET", None)
+                yield Request("/v1/ipam/healthy", "GET", None, ipam, argv0)
             except CniError as exc:
                 raise CniError(50, f"spiderpool IPAM is not available: {exc.msg}", exc.details) from None
         elif command == "GC":
             valid = conf.get("cni.dev/valid-attachments") or []
             body = {"network": conf.get("name", ""), "validAttachments": valid}
-            call("/v1/ipam/gc", "POST", body)
+            yield Request("/v1/ipam/gc", "POST", body, ipam, argv0)
         else:
             raise CniError(4, f"unknown CNI_COMMAND {command!r}", "expected ADD, DEL, CHECK, VERSION, STATUS or GC")
     except CniError as err:
