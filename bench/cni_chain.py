@@ -9,9 +9,10 @@ noise:
 - macvlan + spiderpool + veth (the walkthrough's chain: also the veth pair, routes and neighbours);
 - host-local alone and spiderpool alone: the IPAM plugin exec'd by itself (its exec and its IPAM
   work, no interface), the ratio of the two printed at the end.
-ADD: into a fresh network namespace, for a pod that exists. DEL: after the pods are deleted, as a
-runtime tears a deleted pod's sandbox down (the addresses are released). Prints p50/p99 per chain and
-the ratios to the baseline.
+ADD: into a fresh network namespace, for a pod that exists, bound to node1 as a real pod is (its
+agent finds it in its watch cache) but never run by its kubelet (see ``RUNTIME_CLASS``). DEL: after
+the pods are deleted, as a runtime tears a deleted pod's sandbox down (the addresses are released).
+Prints p50/p99 per chain and the ratios to the baseline.
 
     python bench/cni_chain.py [--samples 50]
 """
