@@ -98,10 +98,10 @@ image-push: $(VENV)/.installed
 chart: $(VENV)/.installed
 	$(BIN)/python -m spiderpool_lab.release chart $(if $(CHART_URL),--url $(CHART_URL))
 
-## chart-push: push the packaged chart to an OCI registry, OCI=oci://host[:port]/path
+## chart-push: push the packaged chart to an OCI registry, OCI=oci://host[:port]/path (PLAIN_HTTP=true for a plain-HTTP one)
 chart-push: $(VENV)/.installed
 	@test -n "$(OCI)" || { echo "give OCI=oci://host[:port]/path, e.g. make chart-push OCI=oci://ghcr.io/myorg/charts"; exit 2; }
-	$(BIN)/python -m spiderpool_lab.release chart-push $(OCI)
+	$(BIN)/python -m spiderpool_lab.release chart-push $(OCI) $(if $(filter true,$(PLAIN_HTTP)),--plain-http)
 
 ## manifest: regenerate deploy/spiderpool.yaml from the chart (helm template with its defaults)
 manifest: $(VENV)/.installed

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p_cpush = sub.add_parser("chart-push", help="push the packaged chart to an OCI registry (oci://host/path)")
     p_cpush.add_argument("oci")
     p_cpush.add_argument("--out", default="dist/chart")
+    p_cpush.add_argument("--plain-http", action="store_true", help="a registry that speaks plain HTTP")
     args = p.parse_args(argv)
     try:
         if args.cmd == "image":
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "chart-push":
             if not args.oci.startswith("oci://"):
                 raise ReleaseError(f"{args.oci!r}: give oci://host[:port]/path")
-            _run([helm(), "push", str(Path(args.out) / f"spiderpool-{__version__}.tgz"), args.oci])
+            tgz = str(Path(args.out) / f"spiderpool-{__version__}.tgz")
+            _run([helm(), "push", tgz, args.oci, *(["--plain-http"] if args.plain_http else [])])
     except ReleaseError as exc:
         print(f"release: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """docs/install.md on the lab, as a user with a cluster of their own runs it: the image built with
 ``make image`` and pushed with ``make image-push`` to a registry (CNCF distribution, on a lab
 address), the chart packaged with ``make chart`` and served as a Helm repository, ``helm repo add``,
+the chart pushed to the registry (``make chart-push``) and read back from it,
 the page's ``helm install`` line, the nodes pulling the image from the registry (none imported),
 the walkthrough's Deployment Running with its auto-pool, ``kubectl spiderpool doctor``, the
 page's uninstall. And a wrong registry: ``helm install --wait`` fails within a minute, naming the
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "install.md"
 PAGE_REGISTRY = "registry.example.com/spiderpool"
 PAGE_REPO = "https://charts.example.com/spiderpool"
+PAGE_OCI = "oci://registry.example.com/charts"
 NS = "install-page"
 APP = "custom-ippool-deploy"
 REPO_PROCESS = "install-page-repo"
@@ -117,6 +119,11 @@ def test_the_install_page_end_to_end(agents: Agents, controllers: Controllers) -
     _ok(_sh(lab, page_command("helm repo add").replace(PAGE_REPO, url.rstrip("/"))))
     _ok(_sh(lab, page_command("helm repo update")))
     assert "spiderpool/spiderpool" in _ok(_sh(lab, "helm search repo spiderpool/spiderpool"))
+    # ... and pushed to the registry as an OCI artifact, which serves it back
+    oci = f"oci://{at}/charts"
+    _ok(_sh(lab, page_command("make chart chart-push").replace(PAGE_OCI, oci) + " PLAIN_HTTP=true", netns=True))
+    shown = _ok(_sh(lab, page_command("helm show chart oci://").replace(PAGE_OCI, oci) + " --plain-http", netns=True))
+    assert f"version: {__version__}" in shown.splitlines(), shown
 
     _uninstall(lab, agents, controllers)
     lab.reset_cni_config()
