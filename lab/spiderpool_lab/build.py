@@ -44,6 +44,10 @@ class Component:
     stamps: tuple[str, ...] = ()
     #: files of the upstream module kept beside the binaries (e.g. its deployment manifests)
     files: tuple[str, ...] = ()
+    #: binary name -> Go package whose test binary it is (``go test -c``, e.g. Kubernetes' e2e.test)
+    tests: dict[str, str] = field(default_factory=dict)
+    #: built only when named (``spiderpool-lab build NAME``), never by a plain ``build``
+    on_demand: bool = False
 
 
 K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "kubelet")
@@ -181,6 +185,28 @@ COMPONENTS: tuple[Component, ...] = (
         binaries={"registry": "github.com/distribution/distribution/v3/cmd/registry"},
     ),
     Component(
+        # Kubernetes' own end-to-end suite (e2e.test) and its test server (agnhost), from the same
+        # release as the cluster's: for the conformance run, which is not part of the test suite
+        name="kubernetes-e2e",
+        module_dir="k8s-e2e",
+        module="k8s.io/kubernetes",
+        versions=("v1.37.2",),
+        binaries={"agnhost": "k8s.io/kubernetes/test/images/agnhost"},
+        tests={"e2e.test": "k8s.io/kubernetes/test/e2e"},
+        staging_replace=True,
+        stamps=_K8S_STAMPS,
+        on_demand=True,
+    ),
+    Component(
+        # the cluster DNS of the underlay-only mode (the version kubeadm v1.37 deploys)
+        name="coredns",
+        module_dir="coredns",
+        module="github.com/coredns/coredns",
+        versions=("v1.14.6", "v1.14.5"),
+        binaries={"coredns": "github.com/coredns/coredns"},
+        on_demand=True,
+    ),
+    Component(
         name="helm",
         module_dir="helm",
         module="helm.sh/helm/v3",
@@ -300,7 +326,7 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     if stamp.exists():
         try:
             if json.loads(stamp.read_text()).get("fingerprint") == fp and all(
-                (out / b).exists() for b in (*comp.binaries, *(Path(f).name for f in comp.files))
+                (out / b).exists() for b in (*comp.binaries, *comp.tests, *(Path(f).name for f in comp.files))
             ):
                 return out
         except (ValueError, OSError):
@@ -319,13 +345,17 @@ def _build_version(comp: Component, version: str, gover: str) -> Path:
     if comp.binaries:
         # -v lists each package as it is compiled: the progress line counts them
         _run_go(["build", "-v", *flags, "-o", str(tmp_out) + "/", *comp.binaries.values()], work, log)
-    else:  # files only
+    for name, pkg in comp.tests.items():
+        _run_go(["test", "-c", "-v", *flags, "-o", str(tmp_out / name), pkg], work, log)
+    if not comp.binaries and not comp.tests:  # files only
         _run_go(["mod", "download", f"{comp.module}@{version}"], work, log)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for name, pkg in comp.binaries.items():
         shutil.move(str(tmp_out / _default_binary_name(pkg)), out / name)
+    for name in comp.tests:
+        shutil.move(str(tmp_out / name), out / name)
     if comp.files:
         gomodcache = subprocess.run(
             ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True, env=_go_env()
@@ -362,20 +392,28 @@ def read_lock() -> dict[str, dict[str, object]]:
     return data if isinstance(data, dict) else {}
 
 
+def selected(only: list[str] | None = None, *, demo: bool = False) -> list[Component]:
+    """The components a build makes: those named, else every one not built on demand (and, for
+    ``demo``, not only for the test suite)."""
+    unknown = set(only or []) - {c.name for c in COMPONENTS}
+    if unknown:
+        raise BuildError(f"unknown component(s) {sorted(unknown)}; known: {[c.name for c in COMPONENTS]}")
+    if only:
+        return [c for c in COMPONENTS if c.name in only]
+    return [c for c in COMPONENTS if not c.on_demand and not (demo and c.name in TEST_ONLY)]
+
+
 def build_all(*, only: list[str] | None = None) -> dict[str, dict[str, object]]:
     """Build every component (or those named), returning the lock written to the cache."""
     gover = go_version()
     say(f"toolchain: {gover}; cache: {paths.cache_dir()}")
     lock = read_lock()
-    wanted = [c for c in COMPONENTS if not only or c.name in only]
-    unknown = set(only or []) - {c.name for c in COMPONENTS}
-    if unknown:
-        raise BuildError(f"unknown component(s) {sorted(unknown)}; known: {[c.name for c in COMPONENTS]}")
+    wanted = selected(only)
     failures: list[str] = []
     for i, comp in enumerate(wanted, 1):
         errors: dict[str, str] = {}
         for version in comp.versions:
-            what = ", ".join(comp.binaries) or ", ".join(Path(f).name for f in comp.files)
+            what = ", ".join([*comp.binaries, *comp.tests]) or ", ".join(Path(f).name for f in comp.files)
             label = f"[{i}/{len(wanted)}] {comp.name} {version} ({what})"
             log = paths.cache_dir() / "work" / f"{comp.name}-{version}" / "build.log"
             try:
@@ -390,7 +428,7 @@ def build_all(*, only: list[str] | None = None) -> dict[str, dict[str, object]]:
                 "version": version,
                 "go": gover,
                 "dir": str(out),
-                "binaries": sorted(comp.binaries),
+                "binaries": sorted([*comp.binaries, *comp.tests]),
                 "failed_versions": errors,
             }
             break

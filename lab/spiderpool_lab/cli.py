@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_build = sub.add_parser("build", help="build the upstream components into the cache")
-    p_build.add_argument("components", nargs="*", help=f"subset of {[c.name for c in build.COMPONENTS]}")
+    p_build.add_argument(
+        "components",
+        nargs="*",
+        help=f"subset of {[c.name for c in build.COMPONENTS]} (built only when named: "
+        + ", ".join(c.name for c in build.COMPONENTS if c.on_demand)
+        + ")",
+    )
     p_build.add_argument("--no-images", action="store_true", help="only the Go components, not the images")
     p_build.add_argument(
         "--demo",
@@ -100,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if args.cmd == "build":
-            demo_only = [c.name for c in build.COMPONENTS if c.name not in build.TEST_ONLY] if args.demo else None
-            build.build_all(only=args.components or demo_only)
+            only = args.components or [c.name for c in build.selected(demo=args.demo)]
+            build.build_all(only=only)
             print(f"lock: {build.lock_path()}")
             if not args.no_images and not args.components:
                 images.build_images(skip=frozenset(build.TEST_ONLY) if args.demo else frozenset())

@@ -104,3 +104,14 @@ def test_a_lab_of_which_nothing_runs_is_started_clean(tmp_path: Path) -> None:
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_plain_build_skips_what_is_built_on_demand_and_the_demo_also_the_test_only_parts() -> None:
+    plain = {c.name for c in build.selected()}
+    assert "kubernetes-e2e" not in plain
+    assert {"kubernetes", "helm", "distribution"} <= plain
+    demo = {c.name for c in build.selected(demo=True)}
+    assert demo == plain - set(build.TEST_ONLY)
+    assert [c.name for c in build.selected(["kubernetes-e2e"])] == ["kubernetes-e2e"]
+    with pytest.raises(build.BuildError, match="unknown component"):
+        build.selected(["kubernetes-e2e", "nope"])
