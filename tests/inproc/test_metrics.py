@@ -109,10 +109,7 @@ async def test_a_controller_that_loses_the_lead_stops_exporting_pool_usage(
         await eventually(lambda: usage(pool) == (0, 5), within=60, what="the leader to export the pool's usage")
         assert leader.IS_LEADER._value.get() == 1
         # another replica holds the Lease now (as after a partition): this one cannot renew it
-        held = await client.get(LEASE, lease, "default")
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        held["spec"].update(holderIdentity="another-replica", leaseDurationSeconds=3600, renewTime=now)
-        await client.replace(LEASE, held)
+        await take_lease(client, lease)
         await eventually(lambda: not ctl.elector.is_leader, within=30, what="the controller to step down")
         await eventually(lambda: pool not in exported_pools(), within=30, what="the former leader to drop the series")
         assert leader.IS_LEADER._value.get() == 0
@@ -122,6 +119,22 @@ async def test_a_controller_that_loses_the_lead_stops_exporting_pool_usage(
         tasks[0].cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await ctl.client.close()
+
+
+async def take_lease(client: Client, lease: str) -> None:
+    """Write the Lease as another replica's, read again if the leader renewed it meanwhile (a
+    compare-and-swap, as a real contender's write is)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        held = await client.get(LEASE, lease, "default")
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        held["spec"].update(holderIdentity="another-replica", leaseDurationSeconds=3600, renewTime=now)
+        try:
+            await client.replace(LEASE, held)
+            return
+        except ApiError as exc:
+            if exc.code != 409 or asyncio.get_running_loop().time() > deadline:
+                raise
 
 
 def _expiry() -> float:
