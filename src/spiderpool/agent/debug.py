@@ -22,6 +22,7 @@ The answer::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import socket
@@ -123,11 +124,11 @@ class PodAddresses:
 
         def target() -> None:
             try:
-                value = read_netns(path)
+                value, error = read_netns(path), None
             except BaseException as exc:  # handed to the event loop
-                loop.call_soon_threadsafe(deliver, None, exc)
-            else:
-                loop.call_soon_threadsafe(deliver, value, None)
+                value, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed while the read hung: nobody waits
+                loop.call_soon_threadsafe(deliver, value, error)
 
         thread = threading.Thread(target=target, name="netns-addresses", daemon=True)
         self._stuck[path] = thread

@@ -85,12 +85,8 @@ class Relay:
         try:
             req = next(call)
             while True:
-                try:
-                    reply = spiderpool_ipam.answer(*await self.dispatch(req.method, req.path, req.body))
-                except spiderpool_ipam.CniError as err:
-                    req = call.throw(err)
-                else:
-                    req = call.send(reply)
+                status, reply = await self.dispatch(req.method, req.path, req.body)
+                req = spiderpool_ipam.feed(call, spiderpool_ipam.answer, status, reply)
         except StopIteration as done:
             result: tuple[str, int] = done.value
             return result

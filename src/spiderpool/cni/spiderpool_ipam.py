@@ -308,18 +308,23 @@ def run(env: Env, stdin: bytes, argv0: str, ask: Ask | None = None) -> tuple[str
     try:
         req = next(call)
         while True:
-            try:
-                if ask is not None:
-                    reply = ask(req.path, req.method, req.body)
-                else:
-                    reply = _socket_call(req.path, req.method, req.body, req.socket())
-            except CniError as err:
-                req = call.throw(err)
+            if ask is not None:
+                req = feed(call, ask, req.path, req.method, req.body)
             else:
-                req = call.send(reply)
+                req = feed(call, _socket_call, req.path, req.method, req.body, req.socket())
     except StopIteration as done:
         result: tuple[str, int] = done.value
         return result
+
+
+def feed(call: Steps, reply: Callable[..., Any], *args: Any) -> Request:
+    """Hand ``call`` the agent's reply, ``reply(*args)`` (or throw it the CniError that raises); the
+    call's next request (StopIteration with its result once it is done). Both drivers use it."""
+    try:
+        answer = reply(*args)
+    except CniError as err:
+        return call.throw(err)
+    return call.send(answer)
 
 
 def steps(env: Env, stdin: bytes, argv0: str) -> Steps:
